@@ -1,0 +1,66 @@
+# Design: shared declarations for every kernel family.
+#   * `real` is the fused float/double type every kernel is written over.
+#   * `gemm_rm` is a row-major GEMM on top of scipy's Fortran BLAS (operands swapped: a row-major
+#     C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T).
+#   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop.
+# Everything here is `inline` so cimporting this file adds no runtime module import.
+cimport numpy as cnp
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from "fastbp_omp.h":
+    int omp_get_max_threads() noexcept nogil
+    void omp_set_num_threads(int n) noexcept nogil
+    int FASTBP_HAVE_OPENMP
+
+# Below this many elements an elementwise loop runs serially: waking threads costs more than it saves.
+cdef enum:
+    PARALLEL_MIN = 32768
+
+cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
+    """Threads for a loop over `work` elements: 1 below PARALLEL_MIN, else OpenMP's maximum."""
+    return 1 if work < PARALLEL_MIN else omp_get_max_threads()
+
+
+cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, real alpha,
+                         const real* a, int lda, const real* b, int ldb, real beta,
+                         real* c, int ldc) noexcept nogil:
+    """Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if m == 0 or n == 0:
+        return
+    if real is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline object as_float_array(object x, str name, int ndim=-1):
+    """Return x as a C-contiguous float32/float64 ndarray, or raise TypeError/ValueError naming `name`."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    cdef int tn = cnp.PyArray_TYPE(arr)
+    if tn != cnp.NPY_FLOAT and tn != cnp.NPY_DOUBLE:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if ndim >= 0 and cnp.PyArray_NDIM(arr) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+cdef inline void check_same_dtype(object a, str aname, object b, str bname) except *:
+    if (<cnp.ndarray>a).descr.type_num != (<cnp.ndarray>b).descr.type_num:
+        raise TypeError(f"{aname} has dtype {a.dtype} but {bname} has dtype {b.dtype}; they must match")
+
+
+cdef inline void check_blas_size(Py_ssize_t n, str what) except *:
+    if n > 2147483647:
+        raise ValueError(f"{what} = {n} exceeds the 32-bit BLAS index limit (2**31 - 1)")

@@ -1,0 +1,170 @@
+# Design: matrix products for the linear layer and the graph's `@`, all through scipy's BLAS
+# (sgemm/dgemm via _common.gemm_rm, row-major, GIL released). Layout: x is (N, in), weight is
+# (out, in) as in PyTorch, y = x @ weight.T + bias. The bias is written into y before GEMM accumulates
+# into it (beta = 1), and the bias gradient is summed in the same call as the weight gradient.
+cimport numpy as cnp
+from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size
+
+import numpy as np
+
+cnp.import_array()
+
+
+cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
+                          real[:, ::1] y) noexcept:
+    with nogil:
+        _linear_forward_nogil(x, w, b, has_bias, y)
+
+
+cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
+                                bint has_bias, real[:, ::1] y) noexcept nogil:
+    cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
+    cdef real beta = 0
+    if has_bias:
+        for i in range(n):
+            for j in range(fout):
+                y[i, j] = b[j]
+        beta = 1
+    if fin == 0:
+        if not has_bias:
+            for i in range(n):
+                for j in range(fout):
+                    y[i, j] = 0
+        return
+    gemm_rm(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
+            beta, &y[0, 0], <int>fout)
+
+
+cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
+                           real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
+                           bint need_dx, bint need_dw, bint need_db) noexcept:
+    with nogil:
+        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
+
+
+cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
+                                 real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
+                                 bint need_dx, bint need_dw, bint need_db) noexcept nogil:
+    cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
+    if need_dx and fin > 0:
+        if fout > 0:
+            # dx[n, in] = g[n, out] @ w[out, in]
+            gemm_rm(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
+                    &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
+        else:
+            dx[:, :] = 0
+    if need_dw and fout > 0 and fin > 0:
+        # dw[out, in] = g[n, out]^T @ x[n, in]
+        gemm_rm(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
+    if need_db and fout > 0:
+        db[:] = 0
+        for i in range(n):
+            for j in range(fout):
+                db[j] += g[i, j]
+
+
+cdef tuple _check_linear(object x, object weight, object bias):
+    x = as_float_array(x, "x", 2)
+    weight = as_float_array(weight, "weight", 2)
+    check_same_dtype(x, "x", weight, "weight")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear: x has shape {x.shape} (in_features={x.shape[1]}) but weight has shape "
+                         f"{weight.shape} (in_features={weight.shape[1]})")
+    if x.shape[0] == 0:
+        raise ValueError(f"linear: empty batch, x has shape {x.shape}")
+    if bias is not None:
+        bias = as_float_array(bias, "bias", 1)
+        check_same_dtype(x, "x", bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"linear: bias has shape {bias.shape} but weight has shape {weight.shape}; "
+                             f"bias must have shape ({weight.shape[0]},)")
+    for d in (x.shape[0], x.shape[1], weight.shape[0]):
+        check_blas_size(d, "linear dimension")
+    return x, weight, bias
+
+
+def linear_forward(x, weight, bias=None):
+    """y = x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
+    x, weight, bias = _check_linear(x, weight, bias)
+    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _linear_forward[float](x, weight, b, has_bias, y)
+    else:
+        _linear_forward[double](x, weight, b, has_bias, y)
+    return y
+
+
+def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
+    """Gradients of y = x @ weight.T + bias: returns (dx, dweight, dbias), None where not needed."""
+    x, weight, _ = _check_linear(x, weight, None)
+    grad_out = as_float_array(grad_out, "grad_out", 2)
+    check_same_dtype(x, "x", grad_out, "grad_out")
+    if grad_out.shape[0] != x.shape[0] or grad_out.shape[1] != weight.shape[0]:
+        raise ValueError(f"linear_backward: grad_out has shape {grad_out.shape}, expected "
+                         f"({x.shape[0]}, {weight.shape[0]}) for x {x.shape} and weight {weight.shape}")
+    cdef bint ndx = bool(need_input_grad), ndw = bool(need_weight_grad), ndb = bool(need_bias_grad)
+    dt = x.dtype
+    dx = np.empty(x.shape, dtype=dt) if ndx else np.empty((1, 1), dtype=dt)
+    dw = np.empty(weight.shape, dtype=dt) if ndw else np.empty((1, 1), dtype=dt)
+    db = np.empty(weight.shape[0], dtype=dt) if ndb else np.empty(1, dtype=dt)
+    if dt == np.float32:
+        _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
+    else:
+        _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
+    return (dx if ndx else None, dw if ndw else None, db if ndb else None)
+
+
+cdef void _matmul(const real* a, const real* b, real* c, bint ta, bint tb, int m, int n, int k,
+                  int lda, int ldb) noexcept nogil:
+    cdef Py_ssize_t i
+    if k == 0:
+        for i in range(<Py_ssize_t>m * n):
+            c[i] = 0
+        return
+    gemm_rm(ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) for 2-D a, b, where op transposes when trans_a / trans_b is true.
+
+    A Fortran-ordered operand (for example a transposed view) is used in place by flipping its BLAS
+    transpose flag instead of being copied."""
+    cdef bint ta = bool(trans_a), tb = bool(trans_b)
+    for arr, nm in ((a, "a"), (b, "b")):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"matmul: {nm} must be a numpy.ndarray, got {type(arr).__name__}")
+        if arr.ndim != 2:
+            raise ValueError(f"matmul: {nm} must be 2-D, got shape {arr.shape}")
+    if not a.flags.c_contiguous and a.flags.f_contiguous:
+        a = a.T
+        ta = not ta
+    if not b.flags.c_contiguous and b.flags.f_contiguous:
+        b = b.T
+        tb = not tb
+    a = as_float_array(a, "a", 2)
+    b = as_float_array(b, "b", 2)
+    check_same_dtype(a, "a", b, "b")
+    m, ka = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
+    kb, n = (b.shape[1], b.shape[0]) if tb else (b.shape[0], b.shape[1])
+    if ka != kb:
+        raise ValueError(f"matmul: inner dimensions differ: op(a) is ({m}, {ka}) (a {a.shape}, trans_a={ta}) "
+                         f"and op(b) is ({kb}, {n}) (b {b.shape}, trans_b={tb})")
+    for d in (m, n, ka):
+        check_blas_size(d, "matmul dimension")
+    c = np.empty((m, n), dtype=a.dtype)
+    cdef int im = m, iN = n, ik = ka, lda = max(a.shape[1], 1), ldb = max(b.shape[1], 1)
+    cdef cnp.ndarray aa = a, bb = b, cc = c
+    if m == 0 or n == 0:
+        return c
+    if a.dtype == np.float32:
+        with nogil:
+            _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
+                           <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+    else:
+        with nogil:
+            _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
+                            <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+    return c

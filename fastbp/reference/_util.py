@@ -1,0 +1,44 @@
+"""Input checks shared by the NumPy references; they raise the same errors as the compiled wrappers."""
+import numpy as np
+
+
+def as_float_array(x, name, ndim=None):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+    return x
+
+
+def check_same_dtype(a, aname, b, bname):
+    if a.dtype != b.dtype:
+        raise TypeError(f"{aname} has dtype {a.dtype} but {bname} has dtype {b.dtype}; they must match")
+
+
+def check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def reduce(values, reduction, dtype):
+    """Apply a loss reduction to per-sample (or per-element) values."""
+    if reduction == "none":
+        return values.astype(dtype, copy=False)
+    total = values.sum(dtype=np.float64)
+    if reduction == "mean":
+        total = total / values.size
+    return np.array(total, dtype=dtype)
+
+
+def check_labels(labels, n, c):
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) to match logits with {n} rows, got {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= c))
+    if bad.size:
+        raise ValueError(f"label {labels[bad[0]]} at position {bad[0]} is out of range for {c} classes")
+    return labels.astype(np.intp)
