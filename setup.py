@@ -7,6 +7,7 @@ any x86-64 and must not change the process's floating-point mode.
 Environment switches:
   FASTBP_DEBUG=1     build with bounds checking and wraparound checks on (slow; for hunting bugs).
   FASTBP_OPENMP=0    build without OpenMP even if the compiler supports it.
+  FASTBP_BUILD_ONLY=conv,pool   development only: build just these csrc families (with --inplace).
 """
 import glob
 import os
@@ -72,8 +73,11 @@ class BuildExt(build_ext):
 
 def extensions():
     exts = []
+    only = [n for n in os.environ.get("FASTBP_BUILD_ONLY", "").split(",") if n]
     for pyx in sorted(glob.glob(os.path.join("csrc", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
+        if only and name not in only:
+            continue
         exts.append(Extension(f"fastbp._C.{name}", [pyx], include_dirs=[np.get_include(), "csrc"]))
     return cythonize(exts, compiler_directives=DIRECTIVES, include_path=["csrc"],
                      compile_time_env={"FASTBP_DEBUG": DEBUG})

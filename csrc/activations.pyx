@@ -143,12 +143,13 @@ cdef void _softmax_rows(const real[:, ::1] x, real[:, ::1] y, bint log_out) noex
                 y[r, j] = exp(x[r, j] - m)
             s = s + y[r, j]
         if log_out:
+            # (x - m) - log(s), not x - (m + log(s)): keeps float32 accurate for logits of size ~1000
             if real is float:
-                s = m + logf(s)
+                s = logf(s)
             else:
-                s = m + log(s)
+                s = log(s)
             for j in range(c):
-                y[r, j] = x[r, j] - s
+                y[r, j] = (x[r, j] - m) - s
         else:
             s = 1 / s
             for j in range(c):

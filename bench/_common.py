@@ -1,0 +1,87 @@
+"""Shared benchmark plumbing: thread setup, timing, PyTorch detection, table and JSON output.
+
+Benchmarks are never run by the test suite. Each script measures fastbp compiled, fastbp reference and
+(when installed) PyTorch's CPU build in the same run and reports medians and ratios."""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+THREADS = int(os.environ.get("FASTBP_BENCH_THREADS", "2"))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+import numpy as np  # noqa: E402
+
+import fastbp  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def setup_threads(n=THREADS):
+    fastbp.set_num_threads(n)
+    torch = import_torch()
+    if torch is not None:
+        torch.set_num_threads(n)
+    return torch
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def time_fn(fn, repeat=30, warmup=5, min_time=0.2):
+    """Median wall time of fn() in milliseconds over `repeat` timed calls (at least `min_time` s)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) > 20 * repeat:
+            break
+    return statistics.median(times)
+
+
+def machine_info():
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "threads": THREADS,
+            "numpy": np.__version__, "fastbp": fastbp.__version__}
+    torch = import_torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+    return info
+
+
+def report(name, rows, columns, targets=None):
+    """Print a table of rows (dicts) and write bench/results/<name>.json.
+
+    `targets` maps a row key to the maximum allowed fastbp/torch ratio; it is printed next to the ratio
+    (met / MISSED) but never asserted."""
+    targets = targets or {}
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"benchmark": name, "machine": machine_info(), "rows": rows, "targets": targets}, f, indent=2)
+    print(f"\nwrote {path}")
+    return path
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)

@@ -1,0 +1,195 @@
+"""Tests generated from the op registry (fastbp.registry.REGISTRY): every compiled op against its NumPy
+reference, forward and backward, float32 and float64, plus float64 central-difference gradient checks,
+linearity of backward in the incoming gradient, and inputs left unmodified."""
+import copy
+import inspect
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from fastbp import _backend
+from fastbp.registry import REGISTRY
+
+C, R = _backend.compiled, _backend.reference
+DTYPES = (np.float32, np.float64)
+OPS = [s for s in REGISTRY if s.kind == "op"]
+STEPS = [s for s in REGISTRY if s.kind == "step"]
+
+
+def _cases(spec, dtype):
+    rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{np.dtype(dtype).name}".encode()))
+    return spec.samples(rng, np.dtype(dtype))
+
+
+def _params(specs):
+    out = []
+    for spec in specs:
+        for dt in DTYPES:
+            for i, case in enumerate(_cases(spec, dt)):
+                out.append(pytest.param(spec, dt, i, id=f"{spec.name}-{np.dtype(dt).name}-{case.id}"))
+    return out
+
+
+def _case(spec, dt, i):
+    return copy.deepcopy(_cases(spec, dt)[i])
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _close(actual, expected, rtol, atol, what):
+    assert actual is not None and expected is not None, what
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def _grad_out(rng, out, dtype):
+    return rng.standard_normal(np.shape(out)).astype(dtype)
+
+
+@pytest.mark.parametrize("spec,dt,i", _params(OPS))
+def test_forward_matches_reference(spec, dt, i):
+    case = _case(spec, dt, i)
+    rtol, atol = spec.tolerance(dt)
+    oc = spec.forward(C, *case.inputs, **case.params)
+    orf = spec.forward(R, *case.inputs, **case.params)
+    oc_t = oc if isinstance(oc, tuple) else (oc,)
+    or_t = orf if isinstance(orf, tuple) else (orf,)
+    for k, (a, b) in enumerate(zip(oc_t, or_t)):
+        assert np.asarray(a).dtype == np.dtype(dt), f"output {k} has dtype {np.asarray(a).dtype}"
+        _close(a, b, rtol, atol, f"{spec.name} forward output {k}")
+
+
+@pytest.mark.parametrize("spec,dt,i", _params(OPS))
+def test_backward_matches_reference(spec, dt, i):
+    case = _case(spec, dt, i)
+    rtol, atol = spec.tolerance(dt)
+    rng = np.random.default_rng(i)
+    out = spec.forward(R, *case.inputs, **case.params)
+    g = _grad_out(rng, _first(out), dt)
+    gc = spec.backward(C, g, out, *case.inputs, **case.params)
+    gr = spec.backward(R, g, out, *case.inputs, **case.params)
+    assert len(gc) == len(spec.diff_inputs) == len(gr)
+    for k, idx in enumerate(spec.diff_inputs):
+        assert gc[k].dtype == np.dtype(dt)
+        assert gc[k].shape == np.shape(case.inputs[idx])
+        _close(gc[k], gr[k], rtol, atol, f"{spec.name} grad of input {idx}")
+
+
+@pytest.mark.parametrize("spec,dt,i", _params(OPS))
+def test_backward_is_linear_in_grad(spec, dt, i):
+    case = _case(spec, dt, i)
+    rtol, atol = spec.tolerance(dt)
+    rng = np.random.default_rng(100 + i)
+    out = spec.forward(R, *case.inputs, **case.params)
+    g1, g2 = _grad_out(rng, _first(out), dt), _grad_out(rng, _first(out), dt)
+    a, b = dt(0.75), dt(-1.5)
+    for B in (C, R):
+        lhs = spec.backward(B, np.asarray(a * g1 + b * g2, dtype=dt), out, *case.inputs, **case.params)
+        r1 = spec.backward(B, g1, out, *case.inputs, **case.params)
+        r2 = spec.backward(B, g2, out, *case.inputs, **case.params)
+        for k in range(len(lhs)):
+            scale = max(1.0, float(np.abs(lhs[k]).max(initial=0)))
+            _close(lhs[k], a * r1[k] + b * r2[k], rtol * 10, atol * 10 * scale, f"{spec.name}/{B.name} linearity {k}")
+
+
+@pytest.mark.parametrize("spec,dt,i", _params(OPS))
+def test_inputs_not_modified(spec, dt, i):
+    case = _case(spec, dt, i)
+    before = copy.deepcopy(case.inputs)
+    for B in (C, R):
+        out = spec.forward(B, *case.inputs, **case.params)
+        g = _grad_out(np.random.default_rng(0), _first(out), dt)
+        spec.backward(B, g, out, *case.inputs, **case.params)
+        for k, (x0, x1) in enumerate(zip(before, case.inputs)):
+            np.testing.assert_array_equal(np.asarray(x0), np.asarray(x1), err_msg=f"{B.name} modified input {k}")
+
+
+def _loss(B, spec, inputs, params, G):
+    return float(np.sum(np.asarray(_first(spec.forward(B, *inputs, **params)), dtype=np.float64) * G))
+
+
+# float64 only, and only samples not marked as extremes (where finite differences say nothing)
+GRADCHECK_PARAMS = [p for p in _params(OPS) if p.values[1] is np.float64 and _cases(*p.values[:2])[p.values[2]].gradcheck]
+
+
+@pytest.mark.parametrize("spec,dt,i", GRADCHECK_PARAMS)
+@pytest.mark.parametrize("backend_name", ["compiled", "reference"])
+def test_gradcheck_float64(spec, dt, i, backend_name):
+    """Analytic gradients of both backends against central differences of the reference forward."""
+    case = _case(spec, dt, i)
+    B = _backend.compiled if backend_name == "compiled" else R
+    rng = np.random.default_rng(7 + i)
+    inputs = [np.array(x, dtype=x.dtype) if isinstance(x, np.ndarray) else x for x in case.inputs]
+    out = spec.forward(R, *inputs, **case.params)
+    G = rng.standard_normal(np.shape(_first(out)))
+    grads = spec.backward(B, G, out, *inputs, **case.params)
+    eps = 1e-6
+    rtol, atol = spec.gradcheck_tol
+    for k, idx in enumerate(spec.diff_inputs):
+        x = inputs[idx]
+        analytic = np.asarray(grads[k], dtype=np.float64)
+        if x.size <= 60:
+            directions = [np.eye(1, x.size, j).reshape(x.shape) for j in range(x.size)]
+        else:
+            directions = [rng.standard_normal(x.shape) for _ in range(4)]
+        for d in directions:
+            xp, xm = inputs.copy(), inputs.copy()
+            xp[idx], xm[idx] = x + eps * d, x - eps * d
+            numeric = (_loss(R, spec, xp, case.params, G) - _loss(R, spec, xm, case.params, G)) / (2 * eps)
+            exact = float(np.sum(analytic * d))
+            assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact), 1.0), \
+                f"{spec.name} input {idx}: analytic {exact!r} vs numeric {numeric!r}"
+
+
+@pytest.mark.parametrize("spec,dt,i", _params(STEPS))
+def test_step_trajectory_matches_reference(spec, dt, i):
+    rtol, atol = spec.tolerance(dt)
+    case_c, case_r = _case(spec, dt, i), _case(spec, dt, i)
+    untouched = [k for k in range(len(case_c.inputs)) if k not in spec.mutates]
+    before = copy.deepcopy(case_c.inputs)
+    for t in range(spec.steps):
+        spec.forward(C, *case_c.inputs, step_index=t, **case_c.params)
+        spec.forward(R, *case_r.inputs, step_index=t, **case_r.params)
+        for k in spec.mutates:
+            _close(case_c.inputs[k], case_r.inputs[k], rtol, atol, f"{spec.name} state {k} after step {t + 1}")
+    for k in untouched:
+        np.testing.assert_array_equal(before[k], case_c.inputs[k], err_msg=f"{spec.name} modified input {k}")
+    assert not np.array_equal(before[spec.mutates[0]], case_c.inputs[spec.mutates[0]]), "step changed nothing"
+
+
+# ----- meta-tests: the registry covers every kernel, and both backends expose the same API -------------
+def test_every_compiled_kernel_has_a_registry_entry():
+    covered = {k for s in REGISTRY for k in s.kernels}
+    exported = set()
+    for mod in _backend.compiled_modules:
+        exported |= set(_backend.public_functions(mod))
+    missing = sorted(exported - covered)
+    assert not missing, f"kernels exported from fastbp._C with no registry entry: {missing}"
+    unknown = sorted(covered - exported)
+    assert not unknown, f"registry names kernels that fastbp._C does not export: {unknown}"
+
+
+def test_reference_mirrors_compiled_names_and_signatures():
+    from fastbp import reference
+    for fam, mod in zip(_backend.FAMILIES, _backend.compiled_modules):
+        cfun = _backend.public_functions(mod)
+        rfun = _backend.public_functions(getattr(reference, fam))
+        assert set(cfun) == set(rfun), f"{fam}: compiled {sorted(cfun)} vs reference {sorted(rfun)}"
+        for name in cfun:
+            sc, sr = inspect.signature(cfun[name]), inspect.signature(rfun[name])
+            assert list(sc.parameters) == list(sr.parameters), f"{fam}.{name}: {sc} vs {sr}"
+            for p in sc.parameters:
+                assert sc.parameters[p].default == sr.parameters[p].default, f"{fam}.{name}({p}) default differs"
+
+
+def test_every_csrc_family_is_built_and_listed():
+    csrc = os.path.join(os.path.dirname(__file__), os.pardir, "csrc")
+    if not os.path.isdir(csrc):
+        pytest.skip("no source tree next to the tests")
+    pyx = {os.path.splitext(f)[0] for f in os.listdir(csrc) if f.endswith(".pyx") and not f.startswith("_")}
+    assert pyx == set(_backend.FAMILIES), f"csrc families {sorted(pyx)} vs backend FAMILIES {_backend.FAMILIES}"
