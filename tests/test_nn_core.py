@@ -1,0 +1,343 @@
+"""Modules, SGD, backend switching, configuration and bad input for the issue-2 core."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import nn, optim, tensor
+import fastbp.nn.functional as F
+
+
+def mlp(dtype=None):
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+# ----- modules -----------------------------------------------------------------------------------------
+def test_linear_shapes_and_default_init():
+    fastbp.manual_seed(0)
+    lin = nn.Linear(400, 30)
+    assert lin.weight.shape == (30, 400) and lin.bias.shape == (30,)
+    assert lin.weight.dtype == np.float32
+    bound = 1 / math.sqrt(400)  # kaiming_uniform(a=sqrt(5)) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert np.abs(lin.weight.data).max() <= bound and np.abs(lin.weight.data).max() > 0.95 * bound
+    assert abs(lin.weight.data.std() - bound / math.sqrt(3)) < 0.05 * bound
+    assert np.abs(lin.bias.data).max() <= bound
+    assert nn.Linear(3, 2, bias=False).bias is None
+
+
+def test_manual_seed_reproducible():
+    fastbp.manual_seed(42)
+    a = mlp().state_dict()
+    fastbp.manual_seed(42)
+    b = mlp().state_dict()
+    fastbp.manual_seed(43)
+    c = mlp().state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["0.weight"], c["0.weight"])
+
+
+def test_state_dict_keys_roundtrip_and_errors():
+    m = mlp()
+    sd = m.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    sd["0.weight"] += 1  # a copy: the model is untouched
+    assert not np.array_equal(sd["0.weight"], m.state_dict()["0.weight"])
+    m2 = mlp()
+    m2.load_state_dict(sd)
+    np.testing.assert_array_equal(m2.state_dict()["0.weight"], sd["0.weight"])
+    bad = dict(sd)
+    bad["2.weight"] = np.zeros((3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="2.weight"):
+        m2.load_state_dict(bad)
+    missing = dict(sd)
+    del missing["4.bias"]
+    with pytest.raises(KeyError, match="4.bias"):
+        m2.load_state_dict(missing)
+    extra = dict(sd, **{"9.weight": np.zeros(1)})
+    with pytest.raises(KeyError, match="9.weight"):
+        m2.load_state_dict(extra)
+
+
+def test_named_parameters_nested_modules_train_eval_zero_grad():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x)) + x[:, :2]  # residual-style
+
+    net = Net()
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["body.0.weight", "body.0.bias", "head.weight", "head.bias"]
+    net.eval()
+    assert not net.training and not net.body[0].training
+    net.train()
+    assert net.head.training
+    out = net(tensor(np.ones((3, 4), dtype=np.float32)))
+    F.cross_entropy(out, np.array([0, 1, 1])).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_to_dtype_converts_parameters():
+    m = mlp().double()
+    assert all(p.dtype == np.float64 for p in m.parameters())
+    out = m(tensor(np.ones((2, 6))))
+    assert out.dtype == np.float64
+    m.float()
+    assert all(p.dtype == np.float32 for p in m.parameters())
+    with pytest.raises(TypeError):
+        m.to(np.int32)
+
+
+# ----- SGD against PyTorch's rule written out ---------------------------------------------------------
+@pytest.mark.parametrize("cfg", [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9, nesterov=True),
+                                 dict(lr=0.05, momentum=0.5, dampening=0.2, weight_decay=0.01)])
+def test_sgd_matches_pytorch_rule(cfg):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(6)]
+    p = nn.Parameter(p0.copy())
+    opt = optim.SGD([p], **cfg)
+    mom, damp, wd, nest = cfg.get("momentum", 0), cfg.get("dampening", 0), cfg.get("weight_decay", 0), cfg.get("nesterov", False)
+    q, buf = p0.copy(), None
+    for t, g in enumerate(grads):
+        p.grad = g.copy()
+        opt.step()
+        d = g + wd * q
+        if mom:
+            buf = d.copy() if buf is None else mom * buf + (1 - damp) * d
+            d = d + mom * buf if nest else buf
+        q = q - cfg["lr"] * d
+        np.testing.assert_allclose(p.data, q, rtol=1e-12, err_msg=f"step {t}")
+
+
+def test_sgd_validation_and_state_dict_resume():
+    p = nn.Parameter(np.ones(3))
+    for bad in (dict(lr=-1.0), dict(lr=0.1, momentum=-0.5), dict(lr=0.1, weight_decay=-1), dict(lr=0.1, nesterov=True)):
+        with pytest.raises(ValueError):
+            optim.SGD([p], **bad)
+    with pytest.raises(ValueError):
+        optim.SGD([], lr=0.1)
+    g = np.array([0.5, -1.0, 2.0])
+    a = nn.Parameter(np.ones(3))
+    oa = optim.SGD([a], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        a.grad = g.copy()
+        oa.step()
+    b = nn.Parameter(a.data.copy())
+    ob = optim.SGD([b], lr=0.1, momentum=0.9)
+    ob.load_state_dict(oa.state_dict())
+    for _ in range(3):
+        a.grad = g.copy()
+        b.grad = g.copy()
+        oa.step()
+        ob.step()
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+# ----- backend switch --------------------------------------------------------------------------------
+def _train(steps=5, dtype=np.float64):
+    fastbp.manual_seed(7)
+    m = mlp().to(dtype)
+    opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 6)).astype(dtype)
+    y = rng.integers(0, 3, 16)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(tensor(X)), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, m.state_dict()
+
+
+def test_compiled_and_reference_backends_train_identically():
+    assert fastbp.get_backend() == "compiled"
+    lc, sc = _train()
+    with fastbp.backend("reference"):
+        assert fastbp.get_backend() == "reference"
+        lr_, sr = _train()
+    assert fastbp.get_backend() == "compiled"
+    np.testing.assert_allclose(lc, lr_, rtol=1e-12)
+    for k in sc:
+        np.testing.assert_allclose(sc[k], sr[k], rtol=1e-10, atol=1e-12)
+    fastbp.set_backend("reference")
+    assert fastbp.get_backend() == "reference"
+    fastbp.set_backend("compiled")
+    with pytest.raises(ValueError):
+        fastbp.set_backend("cuda")
+
+
+def test_reference_backend_via_environment():
+    code = "import fastbp; print(fastbp.get_backend())"
+    env = dict(os.environ, FASTBP_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+
+
+def test_missing_extension_is_a_loud_error(tmp_path):
+    """Hide fastbp._C.gemm: import must fail with a rebuild hint, not fall back silently."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'fastbp._C.gemm': raise ImportError('simulated missing extension')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import fastbp\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTBP_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "Rebuild" in out.stderr and "FASTBP_BACKEND=reference" in out.stderr
+    env["FASTBP_BACKEND"] = "reference"
+    out = subprocess.run([sys.executable, "-c", code + "print(fastbp.get_backend())"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "reference"
+
+
+# ----- configuration --------------------------------------------------------------------------------------
+def test_show_config_and_cli(capsys):
+    fastbp.show_config()
+    text = capsys.readouterr().out
+    for needle in ("fastbp", "compiled kernels loaded: yes", "OpenMP", "GEMM BLAS"):
+        assert needle in text
+    out = subprocess.run([sys.executable, "-m", "fastbp", "info"], capture_output=True, text=True, check=True)
+    assert "compiled kernels loaded: yes" in out.stdout
+
+
+def test_set_num_threads_controls_openmp():
+    before = fastbp.get_num_threads()
+    try:
+        fastbp.set_num_threads(1)
+        assert fastbp.get_num_threads() == 1
+    finally:
+        fastbp.set_num_threads(before)
+    with pytest.raises(ValueError):
+        fastbp.set_num_threads(0)
+
+
+def test_thread_count_does_not_change_results():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 300)).astype(np.float32)
+    before = fastbp.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            fastbp.set_num_threads(n)
+            outs.append(fastbp._backend.compiled.relu_forward(x))
+        np.testing.assert_array_equal(outs[0], outs[1])
+    finally:
+        fastbp.set_num_threads(before)
+
+
+# ----- bad input -------------------------------------------------------------------------------------------
+BACKENDS = ["compiled", "reference"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_bad_input_raises_clear_errors(name):
+    B = getattr(fastbp._backend, name)
+    f32 = np.ones((4, 3), dtype=np.float32)
+    w = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"\(4, 3\).*\(2, 5\)"):
+        B.linear_forward(f32, np.ones((2, 5), dtype=np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        B.linear_forward(np.ones((4, 3), dtype=np.int64), w)
+    with pytest.raises(TypeError, match="dtype"):
+        B.linear_forward(f32, w.astype(np.float64))
+    with pytest.raises(ValueError, match="bias"):
+        B.linear_forward(f32, w, np.ones(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="empty batch"):
+        B.linear_forward(np.ones((0, 3), dtype=np.float32), w)
+    with pytest.raises(ValueError, match="2-D"):
+        B.linear_forward(np.ones(3, dtype=np.float32), w)
+    with pytest.raises(TypeError):
+        B.relu_forward([1.0, 2.0])
+    with pytest.raises(ValueError, match="shape"):
+        B.relu_backward(np.ones(3, dtype=np.float32), np.ones(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="inner dimensions"):
+        B.matmul(f32, f32)
+    logits = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        B.cross_entropy_forward(logits, np.array([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="out of range"):
+        B.cross_entropy_forward(logits, np.array([0, -1, 2, 0]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        B.cross_entropy_forward(logits, np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        B.cross_entropy_forward(logits, np.array([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="non-empty"):
+        B.cross_entropy_forward(np.zeros((0, 3), dtype=np.float32), np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match="reduction"):
+        B.cross_entropy_forward(logits, np.array([0, 1, 2, 0]), "avg")
+    with pytest.raises(ValueError, match="shape"):
+        B.mse_forward(f32, np.ones((3, 4), dtype=np.float32))
+    p = np.ones(3, dtype=np.float32)
+    with pytest.raises(ValueError, match=">= 0"):
+        B.sgd_step(p, p.copy(), None, -0.1)
+    with pytest.raises(ValueError, match="shape"):
+        B.sgd_step(p, np.ones(4, dtype=np.float32), None, 0.1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        B.sgd_step(np.ones(6, dtype=np.float32)[::2], p.copy(), None, 0.1)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        B.sgd_step(p, p.copy(), None, 0.1, 0.9)
+
+
+def test_layer_level_errors():
+    m = nn.Linear(5, 2)
+    with pytest.raises(ValueError, match="in_features"):
+        m(tensor(np.ones((3, 4), dtype=np.float32)))
+    with pytest.raises(ValueError, match="out of range"):
+        nn.CrossEntropyLoss()(tensor(np.zeros((2, 3), dtype=np.float32)), tensor(np.array([0, 5])))
+
+
+def test_labels_as_tensor_or_ndarray():
+    logits = tensor(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), requires_grad=True)
+    a = F.cross_entropy(logits, np.array([0, 1, 2, 1])).item()
+    b = F.cross_entropy(logits, tensor(np.array([0, 1, 2, 1]))).item()
+    assert a == b
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_nan_and_inf_follow_documented_rules(name):
+    """Documented: NaN propagates through activations and losses (as NumPy/PyTorch); infinities saturate
+    sigmoid/tanh; the loss of a row containing NaN is NaN."""
+    B = getattr(fastbp._backend, name)
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, 2.0], dtype=np.float32)
+    r = B.relu_forward(x)
+    assert np.isnan(r[0]) and r[1] == np.inf and r[2] == 0 and r[3] == 0 and r[4] == 2
+    s = B.sigmoid_forward(x)
+    assert np.isnan(s[0]) and s[1] == 1 and s[2] == 0
+    t = B.tanh_forward(x)
+    assert np.isnan(t[0]) and t[1] == 1 and t[2] == -1
+    loss, _ = B.cross_entropy_forward(np.array([[np.nan, 0.0], [1.0, 2.0]], dtype=np.float32), np.array([0, 1]))
+    assert np.isnan(loss)
+
+
+def test_relu_gradient_at_zero_is_zero():
+    for B in (fastbp._backend.compiled, fastbp._backend.reference):
+        x = np.array([-1.0, 0.0, 1.0], dtype=np.float64)
+        np.testing.assert_array_equal(B.relu_backward(np.ones(3), x), [0.0, 0.0, 1.0])
+    t = tensor(np.array([0.0, 0.0]), requires_grad=True)
+    F.relu(t).sum().backward()
+    np.testing.assert_array_equal(t.grad, [0.0, 0.0])
+
+
+def test_stable_sigmoid_and_log_softmax_at_extremes():
+    for B in (fastbp._backend.compiled, fastbp._backend.reference):
+        x = np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0], dtype=np.float32)
+        s = B.sigmoid_forward(x)
+        assert np.all(np.isfinite(s)) and s[0] == 0 and s[-1] == 1 and s[2] == 0.5
+        ls = B.log_softmax_forward(np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32))
+        np.testing.assert_allclose(ls, [[0.0, -1000.0, -2000.0]])
