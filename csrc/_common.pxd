@@ -19,8 +19,10 @@ cdef extern from "fastbp_omp.h":
     int FASTBP_HAVE_OPENMP
 
 # Below this many elements an elementwise loop runs serially: waking threads costs more than it saves.
+# Measured on 2 cores (ReLU, float32, idle workers sleeping): 200k elements 28 us serial vs 34 us on 2
+# threads; 500k elements 140 us vs 92 us.
 cdef enum:
-    PARALLEL_MIN = 32768
+    PARALLEL_MIN = 262144
 
 cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
     """Threads for a loop over `work` elements: 1 below PARALLEL_MIN, else OpenMP's maximum."""

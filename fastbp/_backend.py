@@ -42,6 +42,13 @@ _REBUILD_HINT = (
     "development checkout). To run on the NumPy reference backend on purpose, set FASTBP_BACKEND=reference."
 )
 
+# Our OpenMP threads and the BLAS threads behind GEMM share the cores. libgomp's default keeps idle
+# workers spinning after each parallel region, which starves the next GEMM's threads: measured on 2 cores,
+# an MLP forward at batch 256 took 10.8 ms instead of 0.14 ms. Unless the user chose a policy, idle
+# OpenMP workers sleep instead. This must happen before fastbp._C loads libgomp (it reads it once).
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 reference = _namespace("reference", [getattr(_reference, f) for f in FAMILIES])
 compiled_modules = ()
 try:

@@ -1,4 +1,6 @@
 """Build and runtime configuration: threads, BLAS, OpenMP, and `fastbp info`."""
+import os
+
 import numpy as np
 import scipy
 import threadpoolctl
@@ -49,6 +51,7 @@ def config():
         "compiled_kernels_loaded": compiled,
         "openmp": bool(compiled and _runtime().openmp_enabled()),
         "num_threads": get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
         "gemm_blas": [
             {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads"),
              "path": p.get("filepath")} for p in blas
@@ -65,7 +68,7 @@ def show_config():
     print(f"  backend in use:          {c['backend']}")
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
     print(f"  OpenMP:                  {'on' if c['openmp'] else 'off'}")
-    print(f"  OpenMP threads:          {c['num_threads']}")
+    print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
     for b in c["gemm_blas"]:
         print(f"  GEMM BLAS:               {b['library']} {b['version']} ({b['threads']} threads) {b['path']}")
     if not c["gemm_blas"]:

@@ -14,7 +14,7 @@ SGD_SETTINGS = [
 
 def _sgd_samples(rng, dt):
     cases = []
-    for shape in [(1,), (7, 3), (40000,)]:  # 40000 crosses the OpenMP threshold
+    for shape in [(1,), (7, 3), (300000,)]:  # 300000 crosses the OpenMP threshold
         for i, s in enumerate(SGD_SETTINGS):
             p = randn(rng, shape, dt)
             cases.append(Case(f"{'x'.join(map(str, shape))}_cfg{i}", (p, randn(rng, shape, dt), np.zeros_like(p)), s))
