@@ -1,8 +1,5 @@
 """Modules, SGD, backend switching, configuration and bad input for the issue-2 core."""
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +7,7 @@ import pytest
 import fastbp
 from fastbp import nn, optim, tensor
 import fastbp.nn.functional as F
+from conftest import run_python
 
 
 def mlp(dtype=None):
@@ -180,13 +178,12 @@ def test_compiled_and_reference_backends_train_identically():
 
 
 def test_reference_backend_via_environment():
-    code = "import fastbp; print(fastbp.get_backend())"
-    env = dict(os.environ, FASTBP_BACKEND="reference")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = run_python(["-c", "import fastbp; print(fastbp.get_backend())"], {"FASTBP_BACKEND": "reference"})
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "reference"
 
 
-def test_missing_extension_is_a_loud_error(tmp_path):
+def test_missing_extension_is_a_loud_error():
     """Hide fastbp._C.gemm: import must fail with a rebuild hint, not fall back silently."""
     code = (
         "import sys, importlib.abc\n"
@@ -196,14 +193,11 @@ def test_missing_extension_is_a_loud_error(tmp_path):
         "sys.meta_path.insert(0, Block())\n"
         "import fastbp\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "FASTBP_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_python(["-c", code], drop=("FASTBP_BACKEND",))
     assert out.returncode != 0
     assert "Rebuild" in out.stderr and "FASTBP_BACKEND=reference" in out.stderr
-    env["FASTBP_BACKEND"] = "reference"
-    out = subprocess.run([sys.executable, "-c", code + "print(fastbp.get_backend())"], env=env,
-                         capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "reference"
+    out = run_python(["-c", code + "print(fastbp.get_backend())"], {"FASTBP_BACKEND": "reference"})
+    assert out.returncode == 0 and out.stdout.strip() == "reference", out.stderr
 
 
 # ----- configuration --------------------------------------------------------------------------------------
@@ -212,7 +206,8 @@ def test_show_config_and_cli(capsys):
     text = capsys.readouterr().out
     for needle in ("fastbp", "compiled kernels loaded: yes", "OpenMP", "GEMM BLAS"):
         assert needle in text
-    out = subprocess.run([sys.executable, "-m", "fastbp", "info"], capture_output=True, text=True, check=True)
+    out = run_python(["-m", "fastbp", "info"])
+    assert out.returncode == 0, out.stderr
     assert "compiled kernels loaded: yes" in out.stdout
 
 

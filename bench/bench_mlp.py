@@ -1,0 +1,85 @@
+"""Training step of a 784-256-128-10 ReLU MLP (forward, cross-entropy, backward, SGD momentum 0.9),
+float32, at batch 1, 64 and 256 on 2 threads: fastbp compiled, fastbp reference and PyTorch (when
+installed), in one run. Prints median milliseconds and ratios; writes bench/results/mlp_step.json.
+
+    python bench/bench_mlp.py [--repeat 200]
+
+Targets (fastbp compiled / PyTorch): batch 1 <= 0.4, batch 64 <= 0.8, batch 256 <= 0.9."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (sets thread environment before numpy/fastbp load BLAS)
+
+import numpy as np  # noqa: E402
+
+import fastbp  # noqa: E402
+from fastbp import nn, optim  # noqa: E402
+
+SIZES = (784, 256, 128, 10)
+BATCHES = (1, 64, 256)
+TARGETS = {1: 0.4, 64: 0.8, 256: 0.9}
+
+
+def fastbp_step(backend, batch, rng):
+    fastbp.set_backend(backend)
+    fastbp.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x = rng.random((batch, 784), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(fastbp.tensor(x)), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def torch_step(torch, batch, rng):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x = torch.from_numpy(rng.random((batch, 784), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, batch))
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=200)
+    args = ap.parse_args(argv)
+    torch = _common.setup_threads()
+    rows = []
+    for batch in BATCHES:
+        rng = np.random.default_rng(batch)
+        row = {"batch": batch}
+        row["compiled_ms"] = _common.time_fn(fastbp_step("compiled", batch, rng), repeat=args.repeat)
+        row["reference_ms"] = _common.time_fn(fastbp_step("reference", batch, rng), repeat=args.repeat)
+        fastbp.set_backend("compiled")
+        row["speedup_vs_reference"] = row["reference_ms"] / row["compiled_ms"]
+        if torch is not None:
+            row["torch_ms"] = _common.time_fn(torch_step(torch, batch, rng), repeat=args.repeat)
+            row["ratio_vs_torch"] = row["compiled_ms"] / row["torch_ms"]
+            row["target"] = TARGETS[batch]
+            row["met"] = "yes" if row["ratio_vs_torch"] <= TARGETS[batch] else "MISSED"
+        rows.append(row)
+    if torch is None:
+        print("PyTorch not installed (pip install torch==2.13.0): torch columns omitted")
+    _common.report("mlp_step", rows, ["batch", "compiled_ms", "reference_ms", "torch_ms", "speedup_vs_reference",
+                                      "ratio_vs_torch", "target", "met"], {str(k): v for k, v in TARGETS.items()})
+
+
+if __name__ == "__main__":
+    main()
