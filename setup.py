@@ -54,12 +54,21 @@ def _compiler_accepts_openmp(compiler):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Extra compiler flags for one kernel family. -fno-math-errno lets GCC inline and vectorize sqrt (with
+# errno semantics every sqrtf is a libm call that blocks vectorization). It changes no floating-point
+# result (IEEE sqrt is correctly rounded either way; unlike -ffast-math it allows no reassociation); it
+# only means libm calls do not set errno, which no fastbp code reads. Measured: the Adam step over 1e6
+# float32 parameters went from 3.3 ms to ~1 ms on 2 threads.
+FAMILY_COMPILE_ARGS = {"optim": ["-fno-math-errno"]}
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         openmp = _compiler_accepts_openmp(self.compiler)
         sys.stderr.write(f"fastbp: OpenMP {'enabled' if openmp else 'NOT available, building serial kernels'}\n")
         for ext in self.extensions:
             ext.extra_compile_args = ["-O3", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code"]
+            ext.extra_compile_args += FAMILY_COMPILE_ARGS.get(ext.name.rsplit(".", 1)[-1], [])
             ext.extra_link_args = []
             if openmp:
                 ext.extra_compile_args.append("-fopenmp")

@@ -2,13 +2,29 @@
 # param, grad and its state buffers once and writes param and state once, following PyTorch's update
 # rules exactly (see each docstring). Parameters and state must be C-contiguous (they are updated in
 # place); grads may be any layout and are made contiguous first.
+#
+# Arithmetic is done in the parameter's dtype (float32 parameters are updated in float32, as PyTorch
+# does); scalar factors that depend only on hyperparameters and the step count (bias corrections, the
+# decayed AdaGrad rate) are computed once in double in the wrapper and rounded to that dtype. Every
+# element is independent, so results do not depend on the thread count. Loops run serially below
+# PARALLEL_MIN elements and with OpenMP prange (static schedule) above it.
 cimport numpy as cnp
 from cython.parallel cimport prange
+from libc.math cimport sqrt, sqrtf
 from _common cimport real, as_float_array, check_same_dtype, threads_for
+
+import math
 
 import numpy as np
 
 cnp.import_array()
+
+
+cdef inline real _sqrt(real x) noexcept nogil:
+    if real is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
 
 
 cdef object _check_state(object arr, str name, object param):
@@ -20,7 +36,7 @@ cdef object _check_state(object arr, str name, object param):
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
     if not arr.flags.c_contiguous or not arr.flags.writeable:
         raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
-    return arr
+    return arr.reshape(-1)
 
 
 cdef object _check_param(object param):
@@ -30,6 +46,40 @@ cdef object _check_param(object param):
     return _check_state(param, "param", param)
 
 
+cdef object _check_grad(object grad, object param):
+    grad = as_float_array(grad, "grad")
+    check_same_dtype(param, "param", grad, "grad")
+    if grad.shape != param.shape:
+        raise ValueError(f"grad has shape {grad.shape} but param has shape {param.shape}")
+    return grad.reshape(-1)
+
+
+cdef object _optional_state(object arr, str name, object param, bint needed, str why):
+    """The flattened state buffer when `needed`, else an empty array (the kernel never touches it)."""
+    if not needed:
+        return np.empty(0, dtype=param.dtype)
+    if arr is None:
+        raise ValueError(f"{why} needs {name} (got None)")
+    return _check_state(arr, name, param)
+
+
+cdef void _nonneg(str fn, str name, object value) except *:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{fn}: {name} must be >= 0, got {value}")
+
+
+cdef void _unit(str fn, str name, object value) except *:
+    if not 0 <= value < 1:
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {value}")
+
+
+cdef Py_ssize_t _step_count(str fn, object step) except -1:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{fn}: step must be an integer >= 1 (the count including this step), got {step!r}")
+    return step
+
+
+# ----- SGD --------------------------------------------------------------------------------------------
 cdef void _sgd(real[::1] p, const real[::1] g, real[::1] buf, double lr, double momentum,
                double dampening, double wd, bint nesterov, bint first) noexcept nogil:
     cdef Py_ssize_t i, n = p.shape[0]
@@ -63,22 +113,168 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weig
         param -= lr * d
 
     momentum_buffer may be None when momentum == 0. Returns None."""
-    param = _check_param(param)
-    grad = as_float_array(grad, "grad")
-    check_same_dtype(param, "param", grad, "grad")
-    if grad.shape != param.shape:
-        raise ValueError(f"grad has shape {grad.shape} but param has shape {param.shape}")
-    if lr < 0 or momentum < 0 or weight_decay < 0:
-        raise ValueError(f"sgd_step: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
-    if momentum != 0:
-        if momentum_buffer is None:
-            raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer")
-        buf = _check_state(momentum_buffer, "momentum_buffer", param).reshape(-1)
-    else:
-        buf = np.empty(0, dtype=param.dtype)
+    flat_p = _check_param(param)
+    flat_g = _check_grad(grad, param)
+    for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        _nonneg("sgd_step", name, v)
+    buf = _optional_state(momentum_buffer, "momentum_buffer", param, momentum != 0, "sgd_step: momentum != 0")
     if param.dtype == np.float32:
-        _sgd[float](param.reshape(-1), grad.reshape(-1), buf, lr, momentum, dampening, weight_decay,
-                    bool(nesterov), bool(first_step))
+        _sgd[float](flat_p, flat_g, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(first_step))
     else:
-        _sgd[double](param.reshape(-1), grad.reshape(-1), buf, lr, momentum, dampening, weight_decay,
-                     bool(nesterov), bool(first_step))
+        _sgd[double](flat_p, flat_g, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(first_step))
+
+
+# ----- AdaGrad ------------------------------------------------------------------------------------------
+cdef void _adagrad(real[::1] p, const real[::1] g, real[::1] ssum, double clr, double wd,
+                   double eps) noexcept nogil:
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef real d, s
+    cdef real rclr = <real>clr, rwd = <real>wd, reps = <real>eps
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        d = g[i]
+        if wd != 0:
+            d = d + rwd * p[i]
+        s = ssum[i] + d * d
+        ssum[i] = s
+        p[i] = p[i] - rclr * (d / (_sqrt(s) + reps))
+
+
+def adagrad_step(param, grad, state_sum, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
+    """One in-place AdaGrad step, PyTorch's rule (`step` counts this step, starting at 1):
+
+        d = grad + weight_decay * param
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += d * d
+        param -= clr * d / (sqrt(state_sum) + eps)
+
+    state_sum starts at `initial_accumulator_value` (the caller fills it). Returns None."""
+    flat_p = _check_param(param)
+    flat_g = _check_grad(grad, param)
+    t = _step_count("adagrad_step", step)
+    for name, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay), ("eps", eps)):
+        _nonneg("adagrad_step", name, v)
+    ssum = _check_state(state_sum, "state_sum", param)
+    clr = lr / (1 + (t - 1) * lr_decay)
+    if param.dtype == np.float32:
+        _adagrad[float](flat_p, flat_g, ssum, clr, weight_decay, eps)
+    else:
+        _adagrad[double](flat_p, flat_g, ssum, clr, weight_decay, eps)
+
+
+# ----- RMSProp ------------------------------------------------------------------------------------------
+cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg, real[::1] buf,
+                   double lr, double alpha, double eps, double wd, double momentum,
+                   bint centered) noexcept nogil:
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef real d, s, a, avg, b
+    cdef real rlr = <real>lr, ralpha = <real>alpha, rcalpha = <real>(1 - alpha), reps = <real>eps
+    cdef real rwd = <real>wd, rmom = <real>momentum
+    cdef bint use_mom = momentum > 0
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        d = g[i]
+        if wd != 0:
+            d = d + rwd * p[i]
+        s = ralpha * sq[i] + rcalpha * (d * d)
+        sq[i] = s
+        if centered:
+            a = ralpha * gavg[i] + rcalpha * d
+            gavg[i] = a
+            avg = _sqrt(s - a * a) + reps
+        else:
+            avg = _sqrt(s) + reps
+        if use_mom:
+            b = rmom * buf[i] + d / avg
+            buf[i] = b
+            p[i] = p[i] - rlr * b
+        else:
+            p[i] = p[i] - rlr * (d / avg)
+
+
+def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8,
+                 weight_decay=0.0, momentum=0.0, centered=False):
+    """One in-place RMSProp step, PyTorch's rule:
+
+        d = grad + weight_decay * param
+        square_avg = alpha * square_avg + (1 - alpha) * d * d
+        if centered: grad_avg = alpha * grad_avg + (1 - alpha) * d
+                     avg = sqrt(square_avg - grad_avg^2) + eps
+        else:        avg = sqrt(square_avg) + eps
+        if momentum > 0: buf = momentum * buf + d / avg;  param -= lr * buf
+        else:            param -= lr * d / avg
+
+    All state starts at zero. grad_avg may be None unless centered, momentum_buffer None unless
+    momentum > 0. Returns None."""
+    flat_p = _check_param(param)
+    flat_g = _check_grad(grad, param)
+    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay), ("momentum", momentum),
+                    ("alpha", alpha)):
+        _nonneg("rmsprop_step", name, v)
+    sq = _check_state(square_avg, "square_avg", param)
+    gavg = _optional_state(grad_avg, "grad_avg", param, bool(centered), "rmsprop_step: centered=True")
+    buf = _optional_state(momentum_buffer, "momentum_buffer", param, momentum > 0, "rmsprop_step: momentum > 0")
+    if param.dtype == np.float32:
+        _rmsprop[float](flat_p, flat_g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, bool(centered))
+    else:
+        _rmsprop[double](flat_p, flat_g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, bool(centered))
+
+
+# ----- Adam / AdamW -------------------------------------------------------------------------------------
+cdef void _adam(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real[::1] vmax,
+                double beta1, double beta2, double eps, double wd, double decay, double step_size,
+                double bc2_sqrt, bint amsgrad, bint decoupled) noexcept nogil:
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef real x, d, mi, vi
+    cdef real rb1 = <real>beta1, rcb1 = <real>(1 - beta1), rb2 = <real>beta2, rcb2 = <real>(1 - beta2)
+    cdef real reps = <real>eps, rwd = <real>wd, rdecay = <real>decay, rstep = <real>step_size
+    cdef real rbc2 = <real>bc2_sqrt
+    cdef bint coupled = wd != 0 and not decoupled
+    cdef bint shrink = wd != 0 and decoupled
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        x = p[i]
+        d = g[i]
+        if shrink:
+            x = x * rdecay
+        elif coupled:
+            d = d + rwd * x
+        mi = rb1 * m[i] + rcb1 * d
+        vi = rb2 * v[i] + rcb2 * (d * d)
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            if vmax[i] > vi:
+                vi = vmax[i]
+            vmax[i] = vi
+        p[i] = x - rstep * (mi / (_sqrt(vi) / rbc2 + reps))
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled_weight_decay=False):
+    """One in-place Adam (or AdamW) step, PyTorch's rule (`step` counts this step, starting at 1):
+
+        if decoupled_weight_decay: param *= 1 - lr * weight_decay        (AdamW)
+        else:                      d = grad + weight_decay * param       (Adam, coupled L2)
+        exp_avg    = beta1 * exp_avg    + (1 - beta1) * d
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * d * d
+        v = max(max_exp_avg_sq, exp_avg_sq) (stored back) if amsgrad else exp_avg_sq
+        param -= lr / (1 - beta1^step) * exp_avg / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+
+    All state starts at zero. max_exp_avg_sq may be None unless amsgrad. Returns None."""
+    flat_p = _check_param(param)
+    flat_g = _check_grad(grad, param)
+    t = _step_count("adam_step", step)
+    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+        _nonneg("adam_step", name, v)
+    _unit("adam_step", "beta1", beta1)
+    _unit("adam_step", "beta2", beta2)
+    m = _check_state(exp_avg, "exp_avg", param)
+    v2 = _check_state(exp_avg_sq, "exp_avg_sq", param)
+    vmax = _optional_state(max_exp_avg_sq, "max_exp_avg_sq", param, bool(amsgrad), "adam_step: amsgrad=True")
+    step_size = lr / (1 - beta1 ** t)
+    bc2_sqrt = math.sqrt(1 - beta2 ** t)
+    decay = 1 - lr * weight_decay
+    if param.dtype == np.float32:
+        _adam[float](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
+                     bool(amsgrad), bool(decoupled_weight_decay))
+    else:
+        _adam[double](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
+                      bool(amsgrad), bool(decoupled_weight_decay))
