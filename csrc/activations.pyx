@@ -1,15 +1,26 @@
-# Design: elementwise activations and row-wise softmax / log-softmax, forward and backward.
-# Elementwise ops work on any shape (flattened, C-contiguous); softmax-family ops normalise over the
-# last axis of a C-contiguous array viewed as (rows, C). Loops run serially below PARALLEL_MIN elements
-# and with OpenMP prange above it. Backward formulas use the saved input (ReLU) or the saved output
-# (sigmoid, tanh, softmax, log-softmax), whichever the derivative needs.
+# Design: elementwise activations, softmax / log-softmax over any axis, and the max-over-pieces of
+# Maxout, forward and backward.
+#   * Elementwise ops work on any shape (flattened, C-contiguous). Backward formulas use the saved input
+#     (ReLU, LeakyReLU, ELU) or the saved output (sigmoid, tanh), whichever the derivative needs.
+#   * Softmax-family ops view a C-contiguous array as (outer, C, inner) with C = shape[axis] and
+#     normalise each of the outer*inner lines of C values (stride `inner`). axis=-1 is the row case.
+#   * Maxout views its input (..., F*k) as (..., F, k) and takes the max over the k consecutive values;
+#     the forward returns the argmax (intp) that the backward scatters the gradient to.
+# Loops run serially below PARALLEL_MIN elements and with OpenMP prange above it; every output element
+# is computed by one thread from its own inputs, so results do not depend on the thread count.
 #
-# Rules at non-differentiable or extreme points:
-#   * relu'(0) = 0 (as PyTorch); relu(NaN) = NaN (NaN propagates, as np.maximum).
-#   * sigmoid uses 1/(1+exp(-x)) for x >= 0 and exp(x)/(1+exp(x)) for x < 0, so it never overflows.
+# Rules at non-differentiable or extreme points (PyTorch's conventions):
+#   * relu'(0) = 0; leaky_relu'(0) = negative_slope; elu'(0) = alpha: at 0 the x <= 0 branch applies.
+#     NaN propagates through every activation.
+#   * sigmoid uses 1/(1+exp(-x)) for x >= 0 and exp(x)/(1+exp(x)) for x < 0, so it never overflows;
+#     elu uses expm1 (accurate near 0) and never evaluates exp of a positive number.
+#   * softmax subtracts the line's max first; log-softmax returns (x - m) - log(sum exp(x - m)), finite
+#     and float32-accurate for logits of size ~1000.
+#   * maxout ties: the first (lowest-index) maximal piece receives the gradient; a NaN piece wins (the
+#     first NaN), as numpy.argmax.
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, tanh, tanhf, log, logf
+from libc.math cimport exp, expf, expm1, expm1f, tanh, tanhf, log
 from _common cimport real, as_float_array, check_same_dtype, threads_for
 
 import numpy as np
@@ -20,6 +31,8 @@ cdef enum:
     RELU = 0
     SIGMOID = 1
     TANH = 2
+    LEAKY_RELU = 3
+    ELU = 4
 
 
 cdef inline real _sigmoid(real x) noexcept nogil:
@@ -36,9 +49,19 @@ cdef inline real _sigmoid(real x) noexcept nogil:
     return e / (1 + e)
 
 
-cdef inline real _fwd(real x, int op) noexcept nogil:
+cdef inline real _fwd(real x, int op, real a) noexcept nogil:
+    # `a` is the op's parameter: negative_slope (LEAKY_RELU) or alpha (ELU); unused otherwise
     if op == RELU:
         return 0 if x <= 0 else x
+    if op == LEAKY_RELU:
+        return x if x > 0 else x * a
+    if op == ELU:
+        if x > 0:
+            return x
+        if real is float:
+            return a * expm1f(x)
+        else:
+            return a * expm1(x)
     if op == SIGMOID:
         return _sigmoid(x)
     if real is float:
@@ -47,40 +70,60 @@ cdef inline real _fwd(real x, int op) noexcept nogil:
         return tanh(x)
 
 
-cdef inline real _bwd(real g, real s, int op) noexcept nogil:
-    # s is the saved input for RELU, the saved output for SIGMOID and TANH
+cdef inline real _bwd(real g, real s, int op, real a) noexcept nogil:
+    # s is the saved input for RELU, LEAKY_RELU and ELU, the saved output for SIGMOID and TANH
     if op == RELU:
         return g if s > 0 else 0
+    if op == LEAKY_RELU:
+        return g if s > 0 else g * a
+    if op == ELU:
+        if s > 0:
+            return g
+        if real is float:
+            return g * a * expf(s)
+        else:
+            return g * a * exp(s)
     if op == SIGMOID:
         return g * s * (1 - s)
     return g * (1 - s * s)
 
 
-cdef void _unary_forward(const real[::1] x, real[::1] y, int op) noexcept nogil:
+cdef void _unary_forward(const real[::1] x, real[::1] y, int op, real a) noexcept nogil:
     cdef Py_ssize_t i, n = x.shape[0]
     for i in prange(n, schedule="static", num_threads=threads_for(n)):
-        y[i] = _fwd(x[i], op)
+        y[i] = _fwd(x[i], op, a)
 
 
-cdef void _unary_backward(const real[::1] g, const real[::1] s, real[::1] out, int op) noexcept nogil:
+cdef void _unary_backward(const real[::1] g, const real[::1] s, real[::1] out, int op, real a) noexcept nogil:
     cdef Py_ssize_t i, n = g.shape[0]
     for i in prange(n, schedule="static", num_threads=threads_for(n)):
-        out[i] = _bwd(g[i], s[i], op)
+        out[i] = _bwd(g[i], s[i], op, a)
 
 
-cdef object _forward(object x, int op):
+cdef double _param(object value, str name) except? -1:
+    cdef double v
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+cdef object _forward(object x, int op, double a=0):
     x = as_float_array(x, "x")
     y = np.empty_like(x)
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     if x.dtype == np.float32:
-        _unary_forward[float](xf, yf, op)
+        _unary_forward[float](xf, yf, op, <float>a)
     else:
-        _unary_forward[double](xf, yf, op)
+        _unary_forward[double](xf, yf, op, a)
     return y
 
 
-cdef object _backward(object grad_out, object saved, str saved_name, int op):
+cdef object _backward(object grad_out, object saved, str saved_name, int op, double a=0):
     grad_out = as_float_array(grad_out, "grad_out")
     saved = as_float_array(saved, saved_name)
     check_same_dtype(grad_out, "grad_out", saved, saved_name)
@@ -91,9 +134,9 @@ cdef object _backward(object grad_out, object saved, str saved_name, int op):
     sf = saved.reshape(-1)
     of = out.reshape(-1)
     if grad_out.dtype == np.float32:
-        _unary_backward[float](gf, sf, of, op)
+        _unary_backward[float](gf, sf, of, op, <float>a)
     else:
-        _unary_backward[double](gf, sf, of, op)
+        _unary_backward[double](gf, sf, of, op, a)
     return out
 
 
@@ -105,6 +148,26 @@ def relu_forward(x):
 def relu_backward(grad_out, x):
     """grad_out where x > 0, else 0 (the gradient at exactly 0 is 0)."""
     return _backward(grad_out, x, "x", RELU)
+
+
+def leaky_relu_forward(x, negative_slope=0.01):
+    """x for x > 0, negative_slope * x otherwise."""
+    return _forward(x, LEAKY_RELU, _param(negative_slope, "negative_slope"))
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01):
+    """grad_out where x > 0, negative_slope * grad_out where x <= 0 (at exactly 0: negative_slope)."""
+    return _backward(grad_out, x, "x", LEAKY_RELU, _param(negative_slope, "negative_slope"))
+
+
+def elu_forward(x, alpha=1.0):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise (computed with expm1)."""
+    return _forward(x, ELU, _param(alpha, "alpha"))
+
+
+def elu_backward(grad_out, x, alpha=1.0):
+    """grad_out where x > 0, grad_out * alpha * exp(x) where x <= 0 (at exactly 0: alpha)."""
+    return _backward(grad_out, x, "x", ELU, _param(alpha, "alpha"))
 
 
 def sigmoid_forward(x):
@@ -127,108 +190,212 @@ def tanh_backward(grad_out, y):
     return _backward(grad_out, y, "y", TANH)
 
 
-cdef void _softmax_rows(const real[:, ::1] x, real[:, ::1] y, bint log_out) noexcept nogil:
-    cdef Py_ssize_t r, j, rows = x.shape[0], c = x.shape[1]
-    cdef real m, s
-    for r in range(rows):
-        m = x[r, 0]
-        for j in range(1, c):
-            if x[r, j] > m:
-                m = x[r, j]
-        s = 0
+# ----- softmax / log-softmax over one axis ------------------------------------------------------------
+cdef inline void _softmax_line(const real* x, real* y, Py_ssize_t c, Py_ssize_t stride,
+                               bint log_out) noexcept nogil:
+    """Softmax (or log-softmax) of the c values x[0], x[stride], ..., written to y at the same offsets."""
+    cdef Py_ssize_t j
+    cdef real m = x[0], e
+    cdef double s = 0, ls
+    for j in range(1, c):
+        if x[j * stride] > m:
+            m = x[j * stride]
+    for j in range(c):
+        if real is float:
+            e = expf(x[j * stride] - m)
+        else:
+            e = exp(x[j * stride] - m)
+        s += e
+        if not log_out:
+            y[j * stride] = e
+    if log_out:
+        # (x - m) - log(s), not x - (m + log(s)): keeps float32 accurate for logits of size ~1000
+        ls = log(s)
+        for j in range(c):
+            y[j * stride] = <real>((x[j * stride] - m) - ls)
+    else:
+        s = 1 / s
+        for j in range(c):
+            y[j * stride] = <real>(y[j * stride] * s)
+
+
+cdef inline void _softmax_line_backward(const real* g, const real* y, real* out, Py_ssize_t c,
+                                        Py_ssize_t stride, bint log_out) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double s = 0
+    if log_out:
+        for j in range(c):
+            s += g[j * stride]
         for j in range(c):
             if real is float:
-                y[r, j] = expf(x[r, j] - m)
+                out[j * stride] = <real>(g[j * stride] - expf(y[j * stride]) * s)
             else:
-                y[r, j] = exp(x[r, j] - m)
-            s = s + y[r, j]
-        if log_out:
-            # (x - m) - log(s), not x - (m + log(s)): keeps float32 accurate for logits of size ~1000
-            if real is float:
-                s = logf(s)
-            else:
-                s = log(s)
-            for j in range(c):
-                y[r, j] = (x[r, j] - m) - s
-        else:
-            s = 1 / s
-            for j in range(c):
-                y[r, j] = y[r, j] * s
-
-
-cdef void _softmax_rows_backward(const real[:, ::1] g, const real[:, ::1] y, real[:, ::1] out,
-                                 bint log_out) noexcept nogil:
-    cdef Py_ssize_t r, j, rows = g.shape[0], c = g.shape[1]
-    cdef real s
-    for r in range(rows):
-        s = 0
-        if log_out:
-            for j in range(c):
-                s = s + g[r, j]
-            for j in range(c):
-                if real is float:
-                    out[r, j] = g[r, j] - expf(y[r, j]) * s
-                else:
-                    out[r, j] = g[r, j] - exp(y[r, j]) * s
-        else:
-            for j in range(c):
-                s = s + g[r, j] * y[r, j]
-            for j in range(c):
-                out[r, j] = y[r, j] * (g[r, j] - s)
-
-
-cdef object _as_rows(object a):
-    if a.ndim == 0:
-        raise ValueError(f"softmax needs at least 1 dimension, got shape {a.shape}")
-    if a.shape[a.ndim - 1] == 0:
-        raise ValueError(f"softmax over an empty last axis, shape {a.shape}")
-    return a.reshape(-1, a.shape[a.ndim - 1])
-
-
-cdef object _softmax_fwd(object x, bint log_out):
-    x = as_float_array(x, "x")
-    y = np.empty_like(x)
-    xr = _as_rows(x)
-    yr = y.reshape(xr.shape)
-    if x.dtype == np.float32:
-        _softmax_rows[float](xr, yr, log_out)
+                out[j * stride] = g[j * stride] - exp(y[j * stride]) * s
     else:
-        _softmax_rows[double](xr, yr, log_out)
+        for j in range(c):
+            s += g[j * stride] * y[j * stride]
+        for j in range(c):
+            out[j * stride] = <real>(y[j * stride] * (g[j * stride] - s))
+
+
+cdef void _softmax_lines(const real[:, :, ::1] x, real[:, :, ::1] y, bint log_out) noexcept nogil:
+    cdef Py_ssize_t p, o, i, outer = x.shape[0], c = x.shape[1], inner = x.shape[2]
+    for p in prange(outer * inner, schedule="static", num_threads=threads_for(outer * c * inner)):
+        o = p // inner
+        i = p - o * inner
+        _softmax_line(&x[o, 0, i], &y[o, 0, i], c, inner, log_out)
+
+
+cdef void _softmax_lines_backward(const real[:, :, ::1] g, const real[:, :, ::1] y, real[:, :, ::1] out,
+                                  bint log_out) noexcept nogil:
+    cdef Py_ssize_t p, o, i, outer = g.shape[0], c = g.shape[1], inner = g.shape[2]
+    for p in prange(outer * inner, schedule="static", num_threads=threads_for(outer * c * inner)):
+        o = p // inner
+        i = p - o * inner
+        _softmax_line_backward(&g[o, 0, i], &y[o, 0, i], &out[o, 0, i], c, inner, log_out)
+
+
+cdef tuple _axis_view(object a, object axis, str name):
+    """(outer, C, inner) for normalising `a` over `axis`, after validating both."""
+    if a.ndim == 0:
+        raise ValueError(f"softmax needs at least 1 dimension, got {name} of shape {a.shape}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    cdef Py_ssize_t ax = axis
+    if ax < -a.ndim or ax >= a.ndim:
+        raise ValueError(f"axis {axis} is out of range for {name} of shape {a.shape}")
+    if ax < 0:
+        ax += a.ndim
+    cdef Py_ssize_t c = a.shape[ax]
+    if c == 0:
+        raise ValueError(f"softmax over an empty axis {axis}, {name} of shape {a.shape}")
+    cdef Py_ssize_t outer = 1, inner = 1, k
+    for k in range(ax):
+        outer *= a.shape[k]
+    for k in range(ax + 1, a.ndim):
+        inner *= a.shape[k]
+    return (outer, c, inner)
+
+
+cdef object _softmax_fwd(object x, object axis, bint log_out):
+    x = as_float_array(x, "x")
+    shape3 = _axis_view(x, axis, "x")
+    y = np.empty_like(x)
+    if x.dtype == np.float32:
+        _softmax_lines[float](x.reshape(shape3), y.reshape(shape3), log_out)
+    else:
+        _softmax_lines[double](x.reshape(shape3), y.reshape(shape3), log_out)
     return y
 
 
-cdef object _softmax_bwd(object grad_out, object y, bint log_out):
+cdef object _softmax_bwd(object grad_out, object y, object axis, bint log_out):
     grad_out = as_float_array(grad_out, "grad_out")
     y = as_float_array(y, "y")
     check_same_dtype(grad_out, "grad_out", y, "y")
     if grad_out.shape != y.shape:
         raise ValueError(f"grad_out has shape {grad_out.shape} but y has shape {y.shape}")
+    shape3 = _axis_view(y, axis, "y")
     out = np.empty_like(y)
-    gr = _as_rows(grad_out)
-    yr = y.reshape(gr.shape)
-    orr = out.reshape(gr.shape)
     if y.dtype == np.float32:
-        _softmax_rows_backward[float](gr, yr, orr, log_out)
+        _softmax_lines_backward[float](grad_out.reshape(shape3), y.reshape(shape3), out.reshape(shape3), log_out)
     else:
-        _softmax_rows_backward[double](gr, yr, orr, log_out)
+        _softmax_lines_backward[double](grad_out.reshape(shape3), y.reshape(shape3), out.reshape(shape3), log_out)
     return out
 
 
-def softmax_forward(x):
-    """exp(x - max) / sum(exp(x - max)) over the last axis."""
-    return _softmax_fwd(x, False)
+def softmax_forward(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) over `axis`."""
+    return _softmax_fwd(x, axis, False)
 
 
-def softmax_backward(grad_out, y):
-    """y * (grad_out - sum(grad_out * y)) over the last axis, where y = softmax(x)."""
-    return _softmax_bwd(grad_out, y, False)
+def softmax_backward(grad_out, y, axis=-1):
+    """y * (grad_out - sum(grad_out * y)) over `axis`, where y = softmax(x)."""
+    return _softmax_bwd(grad_out, y, axis, False)
 
 
-def log_softmax_forward(x):
-    """x - logsumexp(x) over the last axis (max subtracted first, so finite for finite x)."""
-    return _softmax_fwd(x, True)
+def log_softmax_forward(x, axis=-1):
+    """(x - max) - log(sum(exp(x - max))) over `axis` (finite for finite x)."""
+    return _softmax_fwd(x, axis, True)
 
 
-def log_softmax_backward(grad_out, y):
-    """grad_out - exp(y) * sum(grad_out) over the last axis, where y = log_softmax(x)."""
-    return _softmax_bwd(grad_out, y, True)
+def log_softmax_backward(grad_out, y, axis=-1):
+    """grad_out - exp(y) * sum(grad_out) over `axis`, where y = log_softmax(x)."""
+    return _softmax_bwd(grad_out, y, axis, True)
+
+
+# ----- maxout: max over k consecutive pieces -----------------------------------------------------------
+cdef void _maxout_forward(const real[:, ::1] x, real[::1] y, Py_ssize_t[::1] arg) noexcept nogil:
+    cdef Py_ssize_t u, j, best, units = x.shape[0], k = x.shape[1]
+    cdef real m, v
+    for u in prange(units, schedule="static", num_threads=threads_for(units * k)):
+        m = x[u, 0]
+        best = 0
+        for j in range(1, k):
+            v = x[u, j]
+            # strict > keeps the first maximum; a NaN wins once and then stays (as numpy.argmax)
+            if v > m or (v != v and m == m):
+                m = v
+                best = j
+        y[u] = m
+        arg[u] = best
+
+
+cdef void _maxout_backward(const real[::1] g, const Py_ssize_t[::1] arg, real[:, ::1] dx) noexcept nogil:
+    cdef Py_ssize_t u, j, units = dx.shape[0], k = dx.shape[1]
+    for u in prange(units, schedule="static", num_threads=threads_for(units * k)):
+        for j in range(k):
+            dx[u, j] = 0
+        dx[u, arg[u]] = g[u]
+
+
+cdef Py_ssize_t _pieces(object pieces) except -1:
+    if isinstance(pieces, bool) or not isinstance(pieces, (int, np.integer)):
+        raise TypeError(f"pieces must be an int, got {type(pieces).__name__}")
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    return pieces
+
+
+def maxout_forward(x, pieces):
+    """Max over groups of `pieces` consecutive values of the last axis: x (..., F*pieces) -> (..., F).
+
+    Returns (y, argmax): argmax (intp, shape of y) is the winning piece of each output, the first one
+    on ties, which maxout_backward needs."""
+    cdef Py_ssize_t k = _pieces(pieces)
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError(f"maxout needs at least 1 dimension, got x of shape {x.shape}")
+    last = x.shape[x.ndim - 1]
+    if last % k != 0:
+        raise ValueError(f"maxout: the last axis of x (shape {x.shape}) is not a multiple of pieces={k}")
+    out_shape = x.shape[:x.ndim - 1] + (last // k,)
+    y = np.empty(out_shape, dtype=x.dtype)
+    arg = np.empty(out_shape, dtype=np.intp)
+    x2 = x.reshape(-1, k)
+    if x.dtype == np.float32:
+        _maxout_forward[float](x2, y.reshape(-1), arg.reshape(-1))
+    else:
+        _maxout_forward[double](x2, y.reshape(-1), arg.reshape(-1))
+    return y, arg
+
+
+def maxout_backward(grad_out, argmax, pieces):
+    """Gradient w.r.t. x (..., F*pieces): grad_out[..., f] goes to piece argmax[..., f] of group f, zeros
+    elsewhere."""
+    cdef Py_ssize_t k = _pieces(pieces)
+    grad_out = as_float_array(grad_out, "grad_out")
+    if grad_out.ndim == 0:
+        raise ValueError(f"maxout needs at least 1 dimension, got grad_out of shape {grad_out.shape}")
+    if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu":
+        raise TypeError(f"argmax must be an integer numpy.ndarray, got {getattr(argmax, 'dtype', type(argmax).__name__)}")
+    if argmax.shape != grad_out.shape:
+        raise ValueError(f"argmax has shape {argmax.shape} but grad_out has shape {grad_out.shape}")
+    arg = np.ascontiguousarray(argmax, dtype=np.intp).reshape(-1)
+    if arg.size and (arg.min() < 0 or arg.max() >= k):
+        raise ValueError(f"argmax values must lie in [0, {k}), got range [{arg.min()}, {arg.max()}]")
+    dx = np.empty(grad_out.shape[:grad_out.ndim - 1] + (grad_out.shape[grad_out.ndim - 1] * k,), dtype=grad_out.dtype)
+    if grad_out.dtype == np.float32:
+        _maxout_backward[float](grad_out.reshape(-1), arg, dx.reshape(-1, k))
+    else:
+        _maxout_backward[double](grad_out.reshape(-1), arg, dx.reshape(-1, k))
+    return dx
