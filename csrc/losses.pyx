@@ -1,12 +1,26 @@
-# Design: losses over a batch of N rows. Softmax cross-entropy takes logits (N, C) and integer labels
-# (N,); the forward saves only the per-row log-sum-exp (N values) and the backward produces the logits
-# gradient softmax(x) - onehot(y), scaled by the incoming gradient, in one pass. Mean squared error is
-# over all elements. Reductions: "mean" (default), "sum", "none" (per-row / per-element values).
-# Labels are range-checked in a validation loop before any compute loop touches the logits.
+# Design: losses and norm penalties. Every loss takes a `reduction` ("mean" (default), "sum", "none") and
+# returns a 0-d array or the unreduced values; every backward takes the incoming gradient (a scalar, or
+# the shape of the unreduced values for "none") and produces the input gradient in one pass.
+#   * Row losses over logits / scores (N, C) with integer labels (N,): softmax cross-entropy (optional
+#     class weights and label smoothing), NLL on log-probabilities, multiclass hinge (MultiMargin).
+#     Cross-entropy's forward saves only the per-row log-sum-exp (N values); its backward forms
+#     softmax(x) from it and writes the whole gradient in one pass.
+#   * Elementwise losses over any shape (pred and target of equal shape): squared error, absolute error,
+#     binary cross-entropy on probabilities, binary cross-entropy on logits.
+#   * norm_penalty: l1 * sum|p| + l2 * sum p^2 of one parameter array (the L1/L2/elastic-net regularizers).
+# Labels are range-checked, and BCE probabilities checked to lie in [0, 1], in validation loops before
+# any compute loop runs. Per-element values are computed in double. Large inputs run with OpenMP prange;
+# sums are taken over fixed chunks (or per row) and then added in index order, so the result does not
+# depend on the thread count.
+#
+# Rules at kinks: |d|' = sign(d) with sign(0) = 0; the hinge max(0, z) has gradient 0 at z = 0; BCE's
+# gradient is (x - y) / max(x (1 - x), 1e-12) (PyTorch's, so finite at x = 0 or 1).
 cimport numpy as cnp
-from libc.math cimport exp, expf, log, logf
-from _common cimport real, as_float_array, check_same_dtype
+from cython.parallel cimport prange
+from libc.math cimport exp, log, log1p, fabs
+from _common cimport real, as_float_array, check_same_dtype, threads_for
 
+import math
 import numpy as np
 
 cnp.import_array()
@@ -16,8 +30,22 @@ cdef enum:
     RED_MEAN = 1
     RED_SUM = 2
 
+cdef enum:
+    SQUARED = 0
+    ABSOLUTE = 1
+    BCE = 2
+    BCE_LOGITS = 3
+
+cdef enum:
+    CHUNK = 8192  # elements per partial sum: fixed, so sums do not depend on the thread count
+
+cdef double BCE_LOG_MIN = -100.0   # PyTorch clamps log(p) and log(1 - p) at -100
+cdef double BCE_GRAD_EPS = 1e-12   # and divides the gradient by max(p (1 - p), 1e-12)
+
 
 cdef int _reduction_code(object reduction) except -1:
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction must be 'mean', 'sum' or 'none', got {type(reduction).__name__}")
     if reduction == "mean":
         return RED_MEAN
     if reduction == "sum":
@@ -34,6 +62,11 @@ cdef object _check_labels(object labels, Py_ssize_t n, Py_ssize_t c):
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) to match logits with {n} rows, got {labels.shape}")
+    if labels.dtype.kind == "u" and labels.dtype.itemsize >= np.dtype(np.intp).itemsize and labels.size \
+            and labels.max() >= c:
+        # unsigned values too large for intp would wrap negative on conversion
+        bad_u = int(np.flatnonzero(labels >= c)[0])
+        raise ValueError(f"label {labels[bad_u]} at position {bad_u} is out of range for {c} classes")
     labels = np.ascontiguousarray(labels, dtype=np.intp)
     cdef const Py_ssize_t[::1] lv = labels
     cdef Py_ssize_t i, bad = -1
@@ -47,159 +80,598 @@ cdef object _check_labels(object labels, Py_ssize_t n, Py_ssize_t c):
     return labels
 
 
-cdef tuple _check_ce(object logits, object labels):
-    logits = as_float_array(logits, "logits", 2)
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"cross_entropy: logits must be non-empty (N, C), got shape {logits.shape}")
-    labels = _check_labels(labels, logits.shape[0], logits.shape[1])
-    return logits, labels
+cdef tuple _check_rows(object x, object labels, str what, str xname):
+    x = as_float_array(x, xname, 2)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{what}: {xname} must be non-empty (N, C), got shape {x.shape}")
+    labels = _check_labels(labels, x.shape[0], x.shape[1])
+    return x, labels
 
 
-cdef double _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, real[::1] lse,
-                        real[::1] per_row) noexcept nogil:
+cdef object _class_weight(object weight, object x, str what):
+    """None, or `weight` validated as a (C,) array of x's dtype."""
+    if weight is None:
+        return None
+    weight = as_float_array(weight, "weight", 1)
+    check_same_dtype(x, what, weight, "weight")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight has shape {weight.shape} but {what} has shape {x.shape}; "
+                         f"weight must have shape ({x.shape[1]},)")
+    return weight
+
+
+cdef object _dummy(object dtype):
+    return np.zeros(1, dtype=dtype)
+
+
+cdef double _finite(object value, str name) except? -1:
+    cdef double v
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+cdef object _grad_scale(object grad_out, int red, object reduction, tuple shape, double denom, object dtype):
+    """The incoming gradient as a flat contiguous array: per element/row for "none", else one value
+    (divided by `denom` for "mean")."""
+    g = np.asarray(grad_out, dtype=dtype)
+    if red == RED_NONE:
+        if g.shape != shape:
+            raise ValueError(f"grad_out must have shape {shape} for reduction='none', got {g.shape}")
+        return np.ascontiguousarray(g).reshape(-1)
+    if g.size != 1:
+        raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+    if red == RED_MEAN:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (g.reshape(1).astype(np.float64) / denom).astype(dtype)
+    return g.reshape(1).copy()
+
+
+cdef object _reduced(double total, int red, double denom, object dtype):
+    if red == RED_MEAN:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = np.float64(total) / np.float64(denom)
+    return np.array(total, dtype=dtype)
+
+
+cdef double _ordered_sum(const double[::1] v) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double total = 0
+    for i in range(v.shape[0]):
+        total += v[i]
+    return total
+
+
+cdef double _weight_of_labels(const real[::1] w, const Py_ssize_t[::1] y) noexcept nogil:
+    """sum_n w[y_n]: the denominator of PyTorch's weighted mean."""
+    cdef Py_ssize_t i
+    cdef double total = 0
+    for i in range(y.shape[0]):
+        total += w[y[i]]
+    return total
+
+
+cdef double _mean_denominator(object weight, object labels):
+    if weight is None:
+        return labels.shape[0]
+    if weight.dtype == np.float32:
+        return _weight_of_labels[float](weight, labels)
+    return _weight_of_labels[double](weight, labels)
+
+
+# ----- softmax cross-entropy -------------------------------------------------------------------------
+cdef void _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[::1] w, bint has_w,
+                      double eps, real[::1] lse, double[::1] row) noexcept nogil:
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
     cdef real m
-    cdef double s, total = 0
-    for i in range(n):
+    cdef double s, ls, v, t, wy
+    for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
         m = x[i, 0]
         for j in range(1, c):
             if x[i, j] > m:
                 m = x[i, j]
         s = 0
         for j in range(c):
-            if real is float:
-                s += expf(x[i, j] - m)
-            else:
-                s += exp(x[i, j] - m)
-        lse[i] = <real>(m + log(s))
-        per_row[i] = lse[i] - x[i, y[i]]
-        total += per_row[i]
-    return total
+            s = s + exp(<double>x[i, j] - m)
+        ls = log(s)
+        lse[i] = <real>(m + ls)
+        wy = w[y[i]] if has_w else 1.0
+        # -log softmax(x)_k = (m - x_k) + log(s): no cancellation against a large lse
+        v = (1 - eps) * wy * ((<double>m - x[i, y[i]]) + ls)
+        if eps != 0:
+            t = 0
+            for j in range(c):
+                t = t + (w[j] if has_w else 1.0) * ((<double>m - x[i, j]) + ls)
+            v = v + eps / c * t
+        row[i] = v
 
 
 cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
-                       const Py_ssize_t[::1] y, const real[::1] lse, real[:, ::1] dx) noexcept nogil:
+                       const Py_ssize_t[::1] y, const real[::1] w, bint has_w, double eps,
+                       const real[::1] lse, real[:, ::1] dx) noexcept nogil:
+    # d l_n / d x_k = p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
-    cdef real s
-    for i in range(n):
-        s = scale[i] if per_row_scale else scale[0]
+    cdef double s, wy, wsum = 0, a, p
+    if has_w:
         for j in range(c):
-            if real is float:
-                dx[i, j] = expf(x[i, j] - lse[i]) * s
-            else:
-                dx[i, j] = exp(x[i, j] - lse[i]) * s
-        dx[i, y[i]] -= s
+            wsum += w[j]
+    else:
+        wsum = c
+    for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
+        s = scale[i] if per_row_scale else scale[0]
+        wy = w[y[i]] if has_w else 1.0
+        a = (1 - eps) * wy + eps / c * wsum
+        for j in range(c):
+            p = exp(<double>x[i, j] - lse[i])
+            dx[i, j] = <real>(s * (p * a - eps / c * (w[j] if has_w else 1.0)))
+        dx[i, y[i]] = <real>(dx[i, y[i]] - s * (1 - eps) * wy)
 
 
-def cross_entropy_forward(logits, labels, reduction="mean"):
-    """Softmax cross-entropy of logits (N, C) against integer labels (N,).
+cdef tuple _ce_prepare(object logits, object labels, object weight, object label_smoothing):
+    logits, labels = _check_rows(logits, labels, "cross_entropy", "logits")
+    weight = _class_weight(weight, logits, "logits")
+    cdef double eps = _finite(label_smoothing, "label_smoothing")
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
+    return logits, labels, weight, eps
 
-    Returns (loss, lse): loss is a 0-d array ("mean"/"sum") or (N,) array ("none"); lse (N,) is the
+
+def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, C) against integer labels (N,), as PyTorch's cross_entropy.
+
+    l_n = (1 - eps) w[y_n] (-log softmax(x_n)[y_n]) + eps / C sum_c w[c] (-log softmax(x_n)[c]) with
+    eps = label_smoothing and w = weight (ones if None). "mean" divides the sum by sum_n w[y_n] (N
+    without weights). Returns (loss, lse): loss is 0-d ("mean"/"sum") or (N,) ("none"); lse (N,) is the
     per-row log-sum-exp that cross_entropy_backward needs."""
     cdef int red = _reduction_code(reduction)
-    logits, labels = _check_ce(logits, labels)
+    cdef double eps
+    logits, labels, weight, eps = _ce_prepare(logits, labels, weight, label_smoothing)
     n = logits.shape[0]
     lse = np.empty(n, dtype=logits.dtype)
-    per_row = np.empty(n, dtype=logits.dtype)
+    row = np.empty(n, dtype=np.float64)
+    w = weight if weight is not None else _dummy(logits.dtype)
     if logits.dtype == np.float32:
-        total = _ce_forward[float](logits, labels, lse, per_row)
+        _ce_forward[float](logits, labels, w, weight is not None, eps, lse, row)
     else:
-        total = _ce_forward[double](logits, labels, lse, per_row)
+        _ce_forward[double](logits, labels, w, weight is not None, eps, lse, row)
     if red == RED_NONE:
-        return per_row, lse
-    if red == RED_MEAN:
-        total /= n
-    return np.array(total, dtype=logits.dtype), lse
+        return row.astype(logits.dtype), lse
+    return _reduced(_ordered_sum(row), red, _mean_denominator(weight, labels), logits.dtype), lse
 
 
-def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean"):
-    """Gradient w.r.t. logits: (softmax(logits) - onehot(labels)) * grad_out (/ N for "mean")."""
+def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0):
+    """Gradient w.r.t. logits: g (p_k ((1 - eps) w[y] + eps/C sum(w)) - (1 - eps) w[y] [k == y] - eps/C w[k])
+    with p = softmax(logits) = exp(logits - lse), g the incoming gradient (divided by the mean's
+    denominator for "mean"). Without weights and smoothing this is g (softmax(x) - onehot(y))."""
     cdef int red = _reduction_code(reduction)
-    logits, labels = _check_ce(logits, labels)
+    cdef double eps
+    logits, labels, weight, eps = _ce_prepare(logits, labels, weight, label_smoothing)
     n = logits.shape[0]
     lse = as_float_array(lse, "lse", 1)
     check_same_dtype(logits, "logits", lse, "lse")
     if lse.shape[0] != n:
         raise ValueError(f"lse has shape {lse.shape}, expected ({n},)")
-    g = np.asarray(grad_out, dtype=logits.dtype)
-    if red == RED_NONE:
-        if g.shape != (n,):
-            raise ValueError(f"grad_out must have shape ({n},) for reduction='none', got {g.shape}")
-        scale = np.ascontiguousarray(g)
-    else:
-        if g.size != 1:
-            raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
-        scale = g.reshape(1) / n if red == RED_MEAN else g.reshape(1).copy()
+    scale = _grad_scale(grad_out, red, reduction, (n,), _mean_denominator(weight, labels), logits.dtype)
+    w = weight if weight is not None else _dummy(logits.dtype)
     dx = np.empty_like(logits)
     if logits.dtype == np.float32:
-        _ce_backward[float](scale, red == RED_NONE, logits, labels, lse, dx)
+        _ce_backward[float](scale, red == RED_NONE, logits, labels, w, weight is not None, eps, lse, dx)
     else:
-        _ce_backward[double](scale, red == RED_NONE, logits, labels, lse, dx)
+        _ce_backward[double](scale, red == RED_NONE, logits, labels, w, weight is not None, eps, lse, dx)
     return dx
 
 
-cdef double _mse_forward(const real[::1] p, const real[::1] t, real[::1] out, bint keep) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef double total = 0
-    cdef real d
-    for i in range(n):
-        d = p[i] - t[i]
-        if keep:
-            out[i] = d * d
-        total += d * d
-    return total
+# ----- negative log-likelihood on log-probabilities ----------------------------------------------------
+cdef void _nll_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[::1] w, bint has_w,
+                       double[::1] row) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        row[i] = -(<double>(w[y[i]] if has_w else 1)) * x[i, y[i]]
 
 
-cdef void _mse_backward(const real[::1] g, bint per_elem, const real[::1] p, const real[::1] t,
-                        real[::1] dp) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    for i in range(n):
-        dp[i] = 2 * (p[i] - t[i]) * (g[i] if per_elem else g[0])
+cdef void _nll_backward(const real[::1] scale, bint per_row_scale, const Py_ssize_t[::1] y,
+                        const real[::1] w, bint has_w, real[:, ::1] dx) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(dx.shape[0]):
+        dx[i, y[i]] = -(scale[i] if per_row_scale else scale[0]) * (w[y[i]] if has_w else 1)
 
 
-cdef tuple _check_mse(object pred, object target):
-    pred = as_float_array(pred, "pred")
+def nll_forward(log_probs, labels, reduction="mean", weight=None):
+    """Negative log-likelihood, as PyTorch's nll_loss: l_n = -w[y_n] log_probs[n, y_n] for log_probs
+    (N, C) and integer labels (N,); "mean" divides the sum by sum_n w[y_n] (N without weights)."""
+    cdef int red = _reduction_code(reduction)
+    log_probs, labels = _check_rows(log_probs, labels, "nll", "log_probs")
+    weight = _class_weight(weight, log_probs, "log_probs")
+    w = weight if weight is not None else _dummy(log_probs.dtype)
+    row = np.empty(log_probs.shape[0], dtype=np.float64)
+    if log_probs.dtype == np.float32:
+        _nll_forward[float](log_probs, labels, w, weight is not None, row)
+    else:
+        _nll_forward[double](log_probs, labels, w, weight is not None, row)
+    if red == RED_NONE:
+        return row.astype(log_probs.dtype)
+    return _reduced(_ordered_sum(row), red, _mean_denominator(weight, labels), log_probs.dtype)
+
+
+def nll_backward(grad_out, log_probs, labels, reduction="mean", weight=None):
+    """Gradient w.r.t. log_probs: -g w[y_n] at (n, y_n), zero elsewhere (g divided by the mean's
+    denominator for "mean")."""
+    cdef int red = _reduction_code(reduction)
+    log_probs, labels = _check_rows(log_probs, labels, "nll", "log_probs")
+    weight = _class_weight(weight, log_probs, "log_probs")
+    n = log_probs.shape[0]
+    scale = _grad_scale(grad_out, red, reduction, (n,), _mean_denominator(weight, labels), log_probs.dtype)
+    w = weight if weight is not None else _dummy(log_probs.dtype)
+    dx = np.zeros_like(log_probs)
+    if log_probs.dtype == np.float32:
+        _nll_backward[float](scale, red == RED_NONE, labels, w, weight is not None, dx)
+    else:
+        _nll_backward[double](scale, red == RED_NONE, labels, w, weight is not None, dx)
+    return dx
+
+
+# ----- multiclass hinge (MultiMargin) -------------------------------------------------------------------
+cdef void _mm_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[::1] w, bint has_w,
+                      int p, double margin, double norm, double[::1] row) noexcept nogil:
+    cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
+    cdef double z, acc, xy
+    for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
+        xy = x[i, y[i]]
+        acc = 0
+        for j in range(c):
+            if j == y[i]:
+                continue
+            z = margin - xy + x[i, j]
+            if z > 0:
+                acc = acc + (z if p == 1 else z * z)
+        row[i] = acc * (w[y[i]] if has_w else 1.0) / norm
+
+
+cdef void _mm_backward(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
+                       const Py_ssize_t[::1] y, const real[::1] w, bint has_w, int p, double margin,
+                       double norm, real[:, ::1] dx) noexcept nogil:
+    cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
+    cdef double z, h, s, xy, total
+    for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
+        s = (scale[i] if per_row_scale else scale[0]) * (w[y[i]] if has_w else 1.0) / norm
+        xy = x[i, y[i]]
+        total = 0
+        for j in range(c):
+            if j == y[i]:
+                dx[i, j] = 0
+                continue
+            z = margin - xy + x[i, j]
+            if z > 0:  # the hinge's gradient at z == 0 is 0
+                h = s if p == 1 else 2 * z * s
+            else:
+                h = 0
+            dx[i, j] = <real>h
+            total = total + h
+        dx[i, y[i]] = <real>(-total)
+
+
+cdef tuple _mm_prepare(object scores, object labels, object p, object margin, object weight,
+                       object normalization):
+    scores, labels = _check_rows(scores, labels, "multi_margin", "scores")
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    cdef double mg = _finite(margin, "margin")
+    weight = _class_weight(weight, scores, "scores")
+    if normalization == "classes":
+        norm = float(scores.shape[1])
+    elif normalization == "sum":
+        norm = 1.0
+    else:
+        raise ValueError(f"normalization must be 'classes' (PyTorch's MultiMarginLoss: divide by C) or "
+                         f"'sum' (the plain sum over classes), got {normalization!r}")
+    return scores, labels, int(p), mg, weight, norm
+
+
+def multi_margin_forward(scores, labels, reduction="mean", p=1, margin=1.0, weight=None, normalization="classes"):
+    """Multiclass hinge loss of scores (N, C) against integer labels (N,):
+    l_n = w[y_n] sum_{j != y_n} max(0, margin - s[n, y_n] + s[n, j])**p / D, p in {1, 2}, with
+    D = C for normalization="classes" (PyTorch's MultiMarginLoss) or D = 1 for "sum" (the multiclass
+    SVM loss as usually written). "mean" averages over the N rows."""
+    cdef int red = _reduction_code(reduction)
+    cdef double mg, norm
+    cdef int pp
+    scores, labels, pp, mg, weight, norm = _mm_prepare(scores, labels, p, margin, weight, normalization)
+    w = weight if weight is not None else _dummy(scores.dtype)
+    row = np.empty(scores.shape[0], dtype=np.float64)
+    if scores.dtype == np.float32:
+        _mm_forward[float](scores, labels, w, weight is not None, pp, mg, norm, row)
+    else:
+        _mm_forward[double](scores, labels, w, weight is not None, pp, mg, norm, row)
+    if red == RED_NONE:
+        return row.astype(scores.dtype)
+    return _reduced(_ordered_sum(row), red, scores.shape[0], scores.dtype)
+
+
+def multi_margin_backward(grad_out, scores, labels, reduction="mean", p=1, margin=1.0, weight=None,
+                          normalization="classes"):
+    """Gradient w.r.t. scores: each active margin (z > 0) adds h = g w[y] / D (p = 1) or 2 z g w[y] / D
+    (p = 2) to s[n, j] and subtracts it from s[n, y_n]."""
+    cdef int red = _reduction_code(reduction)
+    cdef double mg, norm
+    cdef int pp
+    scores, labels, pp, mg, weight, norm = _mm_prepare(scores, labels, p, margin, weight, normalization)
+    n = scores.shape[0]
+    scale = _grad_scale(grad_out, red, reduction, (n,), n, scores.dtype)
+    w = weight if weight is not None else _dummy(scores.dtype)
+    dx = np.empty_like(scores)
+    if scores.dtype == np.float32:
+        _mm_backward[float](scale, red == RED_NONE, scores, labels, w, weight is not None, pp, mg, norm, dx)
+    else:
+        _mm_backward[double](scale, red == RED_NONE, scores, labels, w, weight is not None, pp, mg, norm, dx)
+    return dx
+
+
+# ----- elementwise losses --------------------------------------------------------------------------------
+cdef inline double _elem_value(double x, double t, double pw, int kind) noexcept nogil:
+    cdef double d, lx, l1x, e, l
+    if kind == SQUARED:
+        d = x - t
+        return d * d
+    if kind == ABSOLUTE:
+        return fabs(x - t)
+    if kind == BCE:
+        lx = log(x)
+        l1x = log1p(-x)
+        if lx < BCE_LOG_MIN:
+            lx = BCE_LOG_MIN
+        if l1x < BCE_LOG_MIN:
+            l1x = BCE_LOG_MIN
+        return -(t * lx + (1 - t) * l1x)
+    # BCE_LOGITS: pw t softplus(-x) + (1 - t) softplus(x), both terms >= 0 for t in [0, 1], and
+    # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows
+    e = exp(-fabs(x))
+    l = log1p(e)
+    return pw * t * ((-x if x < 0 else 0) + l) + (1 - t) * ((x if x > 0 else 0) + l)
+
+
+cdef inline double _elem_grad(double x, double t, double pw, int kind) noexcept nogil:
+    cdef double d, e, sig, den
+    if kind == SQUARED:
+        return 2 * (x - t)
+    if kind == ABSOLUTE:
+        d = x - t
+        if d > 0:
+            return 1
+        if d < 0:
+            return -1
+        return d  # 0 at d == 0, NaN stays NaN
+    if kind == BCE:
+        den = x * (1 - x)
+        if den < BCE_GRAD_EPS:
+            den = BCE_GRAD_EPS
+        return (x - t) / den
+    # BCE_LOGITS: sigmoid(x) (1 - t + pw t) - pw t
+    e = exp(-fabs(x))
+    sig = 1 / (1 + e) if x >= 0 else e / (1 + e)
+    return sig * (1 - t + pw * t) - pw * t
+
+
+cdef void _elem_forward(const real[::1] x, const real[::1] t, const real[::1] w, bint has_w,
+                        const real[::1] pw, bint has_pw, int kind, real[::1] out, bint keep,
+                        double[::1] partial) noexcept nogil:
+    cdef Py_ssize_t ch, lo, hi, i, n = x.shape[0]
+    cdef double acc, v
+    for ch in prange(partial.shape[0], schedule="static", num_threads=threads_for(n)):
+        lo = ch * CHUNK
+        hi = lo + CHUNK
+        if hi > n:
+            hi = n
+        acc = 0
+        for i in range(lo, hi):
+            v = _elem_value(x[i], t[i], pw[i] if has_pw else 1.0, kind)
+            if has_w:
+                v = v * w[i]
+            if keep:
+                out[i] = <real>v
+            acc = acc + v
+        partial[ch] = acc
+
+
+cdef void _elem_backward(const real[::1] g, bint per_elem, const real[::1] x, const real[::1] t,
+                         const real[::1] w, bint has_w, const real[::1] pw, bint has_pw, int kind,
+                         real[::1] dx) noexcept nogil:
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef double d
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        d = _elem_grad(x[i], t[i], pw[i] if has_pw else 1.0, kind)
+        if has_w:
+            d = d * w[i]
+        dx[i] = <real>(d * (g[i] if per_elem else g[0]))
+
+
+cdef Py_ssize_t _first_outside_unit(const real[::1] a) noexcept nogil:
+    """Index of the first value not in [0, 1] (NaN included), or -1."""
+    cdef Py_ssize_t i
+    for i in range(a.shape[0]):
+        if not (a[i] >= 0 and a[i] <= 1):
+            return i
+    return -1
+
+
+cdef object _elementwise_weight(object weight, object x, str name):
+    """None, or `weight` broadcast to x's shape as a flat contiguous array of x's dtype."""
+    if weight is None:
+        return None
+    weight = as_float_array(weight, name)
+    check_same_dtype(x, "input", weight, name)
+    try:
+        full = np.broadcast_to(weight, x.shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {weight.shape} cannot be broadcast to the input shape {x.shape}") from None
+    return np.ascontiguousarray(full).reshape(-1)
+
+
+cdef tuple _elem_prepare(object pred, object target, int kind, str what, str pname, object weight,
+                         object pos_weight):
+    pred = as_float_array(pred, pname)
     target = as_float_array(target, "target")
-    check_same_dtype(pred, "pred", target, "target")
+    check_same_dtype(pred, pname, target, "target")
     if pred.shape != target.shape:
-        raise ValueError(f"mse: pred has shape {pred.shape} but target has shape {target.shape}")
+        raise ValueError(f"{what}: {pname} has shape {pred.shape} but target has shape {target.shape}")
     if pred.size == 0:
-        raise ValueError(f"mse: empty input of shape {pred.shape}")
-    return pred, target
+        raise ValueError(f"{what}: empty input of shape {pred.shape}")
+    xf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    cdef Py_ssize_t bad
+    if kind == BCE:
+        for arr, nm in ((xf, pname), (tf, "target")):
+            bad = _first_outside_unit[float](arr) if arr.dtype == np.float32 else _first_outside_unit[double](arr)
+            if bad >= 0:
+                raise ValueError(f"{what}: all elements of {nm} must lie in [0, 1]; element "
+                                 f"{np.unravel_index(bad, pred.shape)} is {arr[bad]}")
+    w = _elementwise_weight(weight, pred, "weight")
+    pw = _elementwise_weight(pos_weight, pred, "pos_weight")
+    return pred, xf, tf, w, pw
+
+
+cdef object _elem_loss(object pred, object target, object reduction, int kind, str what, str pname,
+                       object weight=None, object pos_weight=None):
+    cdef int red = _reduction_code(reduction)
+    pred, xf, tf, w, pw = _elem_prepare(pred, target, kind, what, pname, weight, pos_weight)
+    n = xf.shape[0]
+    out = np.empty_like(xf) if red == RED_NONE else _dummy(pred.dtype)
+    partial = np.empty((n + CHUNK - 1) // CHUNK, dtype=np.float64)
+    wa = w if w is not None else _dummy(pred.dtype)
+    pwa = pw if pw is not None else _dummy(pred.dtype)
+    if pred.dtype == np.float32:
+        _elem_forward[float](xf, tf, wa, w is not None, pwa, pw is not None, kind, out, red == RED_NONE, partial)
+    else:
+        _elem_forward[double](xf, tf, wa, w is not None, pwa, pw is not None, kind, out, red == RED_NONE, partial)
+    if red == RED_NONE:
+        return out.reshape(pred.shape)
+    return _reduced(_ordered_sum(partial), red, n, pred.dtype)
+
+
+cdef object _elem_grad_of(object grad_out, object pred, object target, object reduction, int kind, str what,
+                          str pname, object weight=None, object pos_weight=None):
+    cdef int red = _reduction_code(reduction)
+    pred, xf, tf, w, pw = _elem_prepare(pred, target, kind, what, pname, weight, pos_weight)
+    scale = _grad_scale(grad_out, red, reduction, pred.shape, pred.size, pred.dtype)
+    wa = w if w is not None else _dummy(pred.dtype)
+    pwa = pw if pw is not None else _dummy(pred.dtype)
+    dx = np.empty_like(pred)
+    if pred.dtype == np.float32:
+        _elem_backward[float](scale, red == RED_NONE, xf, tf, wa, w is not None, pwa, pw is not None, kind,
+                              dx.reshape(-1))
+    else:
+        _elem_backward[double](scale, red == RED_NONE, xf, tf, wa, w is not None, pwa, pw is not None, kind,
+                               dx.reshape(-1))
+    return dx
 
 
 def mse_forward(pred, target, reduction="mean"):
     """(pred - target)**2 averaged ("mean"), summed ("sum") or elementwise ("none")."""
-    cdef int red = _reduction_code(reduction)
-    pred, target = _check_mse(pred, target)
-    out = np.empty_like(pred)
-    if pred.dtype == np.float32:
-        total = _mse_forward[float](pred.reshape(-1), target.reshape(-1), out.reshape(-1), red == RED_NONE)
-    else:
-        total = _mse_forward[double](pred.reshape(-1), target.reshape(-1), out.reshape(-1), red == RED_NONE)
-    if red == RED_NONE:
-        return out
-    if red == RED_MEAN:
-        total /= pred.size
-    return np.array(total, dtype=pred.dtype)
+    return _elem_loss(pred, target, reduction, SQUARED, "mse", "pred")
 
 
 def mse_backward(grad_out, pred, target, reduction="mean"):
     """Gradient w.r.t. pred: 2 * (pred - target) * grad_out (/ numel for "mean"); w.r.t. target it is the negative."""
-    cdef int red = _reduction_code(reduction)
-    pred, target = _check_mse(pred, target)
-    g = np.asarray(grad_out, dtype=pred.dtype)
-    if red == RED_NONE:
-        if g.shape != pred.shape:
-            raise ValueError(f"grad_out must have shape {pred.shape} for reduction='none', got {g.shape}")
-        scale = np.ascontiguousarray(g).reshape(-1)
+    return _elem_grad_of(grad_out, pred, target, reduction, SQUARED, "mse", "pred")
+
+
+def l1_forward(pred, target, reduction="mean"):
+    """|pred - target| averaged ("mean"), summed ("sum") or elementwise ("none")."""
+    return _elem_loss(pred, target, reduction, ABSOLUTE, "l1", "pred")
+
+
+def l1_backward(grad_out, pred, target, reduction="mean"):
+    """Gradient w.r.t. pred: sign(pred - target) * grad_out (/ numel for "mean"), 0 where pred == target;
+    w.r.t. target it is the negative."""
+    return _elem_grad_of(grad_out, pred, target, reduction, ABSOLUTE, "l1", "pred")
+
+
+def bce_forward(probs, target, reduction="mean", weight=None):
+    """Binary cross-entropy on probabilities, as PyTorch's binary_cross_entropy:
+    l = -w (t max(log p, -100) + (1 - t) max(log(1 - p), -100)); probs and target must lie in [0, 1];
+    weight (optional) broadcasts to the input's shape; "mean" divides by the number of elements."""
+    return _elem_loss(probs, target, reduction, BCE, "binary_cross_entropy", "probs", weight)
+
+
+def bce_backward(grad_out, probs, target, reduction="mean", weight=None):
+    """Gradient w.r.t. probs: g w (p - t) / max(p (1 - p), 1e-12) (PyTorch's formula)."""
+    return _elem_grad_of(grad_out, probs, target, reduction, BCE, "binary_cross_entropy", "probs", weight)
+
+
+def bce_with_logits_forward(logits, target, reduction="mean", weight=None, pos_weight=None):
+    """Binary cross-entropy on logits, as PyTorch's binary_cross_entropy_with_logits:
+    l = w (pw t softplus(-x) + (1 - t) softplus(x)) = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))),
+    finite for any finite x. weight and pos_weight (optional) broadcast to the input's shape."""
+    return _elem_loss(logits, target, reduction, BCE_LOGITS, "binary_cross_entropy_with_logits", "logits",
+                      weight, pos_weight)
+
+
+def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=None, pos_weight=None):
+    """Gradient w.r.t. logits: g w (sigmoid(x) (1 - t + pw t) - pw t); without pos_weight g w (sigmoid(x) - t)."""
+    return _elem_grad_of(grad_out, logits, target, reduction, BCE_LOGITS, "binary_cross_entropy_with_logits",
+                         "logits", weight, pos_weight)
+
+
+# ----- L1 / L2 penalties ----------------------------------------------------------------------------------
+cdef void _penalty_forward(const real[::1] p, double l1, double l2, double[::1] partial) noexcept nogil:
+    cdef Py_ssize_t ch, lo, hi, i, n = p.shape[0]
+    cdef double acc, v
+    for ch in prange(partial.shape[0], schedule="static", num_threads=threads_for(n)):
+        lo = ch * CHUNK
+        hi = lo + CHUNK
+        if hi > n:
+            hi = n
+        acc = 0
+        for i in range(lo, hi):
+            v = p[i]
+            acc = acc + l1 * fabs(v) + l2 * v * v
+        partial[ch] = acc
+
+
+cdef void _penalty_backward(real g, const real[::1] p, double l1, double l2, real[::1] dp) noexcept nogil:
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef double v, sgn
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        v = p[i]
+        sgn = 1 if v > 0 else (-1 if v < 0 else 0)
+        dp[i] = <real>(g * (l1 * sgn + 2 * l2 * v))
+
+
+cdef tuple _penalty_coeffs(object l1, object l2):
+    cdef double a = _finite(l1, "l1"), b = _finite(l2, "l2")
+    if a < 0 or b < 0:
+        raise ValueError(f"penalty coefficients must be >= 0, got l1={a}, l2={b}")
+    return a, b
+
+
+def norm_penalty_forward(param, l1=0.0, l2=0.0):
+    """l1 * sum(|param|) + l2 * sum(param**2) as a 0-d array (the L1 / L2 / elastic-net regularizer)."""
+    cdef double a, b
+    a, b = _penalty_coeffs(l1, l2)
+    param = as_float_array(param, "param")
+    pf = param.reshape(-1)
+    partial = np.empty((pf.shape[0] + CHUNK - 1) // CHUNK, dtype=np.float64)
+    if param.dtype == np.float32:
+        _penalty_forward[float](pf, a, b, partial)
     else:
-        if g.size != 1:
-            raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
-        scale = g.reshape(1) / pred.size if red == RED_MEAN else g.reshape(1).copy()
-    dp = np.empty_like(pred)
-    if pred.dtype == np.float32:
-        _mse_backward[float](scale, red == RED_NONE, pred.reshape(-1), target.reshape(-1), dp.reshape(-1))
+        _penalty_forward[double](pf, a, b, partial)
+    return np.array(_ordered_sum(partial), dtype=param.dtype)
+
+
+def norm_penalty_backward(grad_out, param, l1=0.0, l2=0.0):
+    """Gradient w.r.t. param: grad_out * (l1 * sign(param) + 2 * l2 * param), with sign(0) = 0."""
+    cdef double a, b
+    a, b = _penalty_coeffs(l1, l2)
+    param = as_float_array(param, "param")
+    g = np.asarray(grad_out, dtype=param.dtype)
+    if g.size != 1:
+        raise ValueError(f"grad_out must be a scalar, got shape {g.shape}")
+    dp = np.empty_like(param)
+    if param.dtype == np.float32:
+        _penalty_backward[float](g.reshape(-1)[0], param.reshape(-1), a, b, dp.reshape(-1))
     else:
-        _mse_backward[double](scale, red == RED_NONE, pred.reshape(-1), target.reshape(-1), dp.reshape(-1))
+        _penalty_backward[double](g.reshape(-1)[0], param.reshape(-1), a, b, dp.reshape(-1))
     return dp
