@@ -73,8 +73,8 @@ def transposed(a):
 
 
 def _families():
-    from . import activations, gemm, losses, optim
-    return (gemm, activations, losses, optim)
+    from . import activations, conv, gemm, losses, optim, pool
+    return (gemm, activations, losses, optim, conv, pool)
 
 
 def build():

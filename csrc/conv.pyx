@@ -1,0 +1,464 @@
+# Design: 2-D convolution (cross-correlation, as PyTorch's conv2d), forward and backward, NCHW.
+#   x (N, C, H, W), weight (O, C, kH, kW), bias (O,) or None, y (N, O, OH, OW) with
+#   OH = (H + 2 pH - dH (kH - 1) - 1) // sH + 1 (same for OW); stride, padding, dilation are int or pair.
+#
+# Forward is im2col + BLAS GEMM: the columns of one sample are a (K, P) matrix with K = C kH kW rows
+# (row (c, kh, kw) holds the input pixel each output pixel sees through that tap, 0 in the padding) and
+# P = OH OW columns, so y[n] (O, P) = weight (O, K) @ col[n] (K, P). Backward recomputes the columns:
+#   dweight += g[n] (O, P) @ col[n]^T,  dcol[n] = weight^T @ g[n],  dx[n] = col2im(dcol[n]) (scatter-add),
+#   dbias = sum of g over n, OH, OW.
+#
+# Memory: the column workspace is bounded. The batch is processed in chunks of as many samples as fit in
+# the workspace limit (default 64 MiB, `_set_workspace_limit`; fastbp.nn.functional.set_conv_workspace_limit
+# is the public setter); a single sample whose columns exceed the limit is processed alone.
+#
+# Two GEMM layouts, chosen per call by the work of one sample's GEMM (O K P multiply-adds):
+#   * per-sample (large samples): workspace (chunk, K, P); one GEMM per sample writes straight into y
+#     (bias pre-filled, beta = 1), no output copy. 1x1 kernels with stride 1 and no padding skip im2col
+#     (x[n] viewed as (C, H W) is already the column matrix) and the workspace.
+#   * batched (small samples, where one GEMM per sample would be too small for BLAS to use its threads):
+#     workspace (K, chunk P) plus an (O, chunk P) output block; one GEMM per chunk, then a parallel copy into
+#     y adding the bias (backward gathers g into that block first).
+# im2col/col2im run in OpenMP prange over (sample, channel) pairs of the chunk; each pair owns its rows of
+# the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order (deterministic).
+# BLAS (threaded by OpenBLAS) is always called outside prange. Index arithmetic is Py_ssize_t throughout.
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.string cimport memset, memcpy
+from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for
+
+import operator
+
+import numpy as np
+
+cnp.import_array()
+
+DEFAULT_WORKSPACE_LIMIT = 64 * 1024 * 1024
+cdef Py_ssize_t _workspace_limit = DEFAULT_WORKSPACE_LIMIT
+# Below this many multiply-adds per sample GEMM the batched layout is used.
+DEFAULT_BATCH_MACS = 1 << 21
+cdef Py_ssize_t _batch_macs = DEFAULT_BATCH_MACS
+
+
+cdef struct Geom:
+    Py_ssize_t N, C, H, W, O, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW
+    Py_ssize_t K, P, taps       # K = C kH kW, P = OH OW, taps = kH kW
+    bint direct                 # 1x1 kernel, stride 1, no padding: x[n] is its own column matrix
+
+
+# ----- index helpers --------------------------------------------------------------------------------
+cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size, Py_ssize_t count,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the o in [0, count) with 0 <= start + o * step < size (step >= 1)."""
+    cdef Py_ssize_t a = 0, b
+    if start < 0:
+        a = (-start + step - 1) // step
+    if size - 1 - start < 0:
+        b = 0
+    else:
+        b = (size - 1 - start) // step + 1
+    if a > count:
+        a = count
+    if b > count:
+        b = count
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b
+
+
+cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
+    """The kH kW column rows of one input plane xc (H, W); row t starts at col + t ld, P entries."""
+    cdef Py_ssize_t kh, kw, oh, ow, ih, iw0, lo, hi, base
+    cdef real* row
+    cdef real* dst
+    for kh in range(g.kH):
+        for kw in range(g.kW):
+            row = col + (kh * g.kW + kw) * ld
+            iw0 = kw * g.dW - g.pW
+            _valid_range(iw0, g.sW, g.W, g.OW, &lo, &hi)
+            for oh in range(g.OH):
+                dst = row + oh * g.OW
+                ih = oh * g.sH - g.pH + kh * g.dH
+                if ih < 0 or ih >= g.H or hi == lo:
+                    memset(dst, 0, g.OW * sizeof(real))
+                    continue
+                base = ih * g.W + iw0
+                for ow in range(lo):
+                    dst[ow] = 0
+                if g.sW == 1:
+                    memcpy(dst + lo, xc + (base + lo), (hi - lo) * sizeof(real))
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] = xc[base + ow * g.sW]
+                for ow in range(hi, g.OW):
+                    dst[ow] = 0
+
+
+cdef void _col2im_plane(const real* col, Py_ssize_t ld, real* dxc, const Geom* g) noexcept nogil:
+    """dxc (H, W) = sum over the kH kW column rows of one plane, scattered back to the input pixels."""
+    cdef Py_ssize_t kh, kw, oh, ow, ih, iw0, lo, hi, base
+    cdef const real* row
+    cdef const real* src
+    memset(dxc, 0, g.H * g.W * sizeof(real))
+    for kh in range(g.kH):
+        for kw in range(g.kW):
+            row = col + (kh * g.kW + kw) * ld
+            iw0 = kw * g.dW - g.pW
+            _valid_range(iw0, g.sW, g.W, g.OW, &lo, &hi)
+            if hi == lo:
+                continue
+            for oh in range(g.OH):
+                ih = oh * g.sH - g.pH + kh * g.dH
+                if ih < 0 or ih >= g.H:
+                    continue
+                src = row + oh * g.OW
+                base = ih * g.W + iw0
+                if g.sW == 1:
+                    for ow in range(lo, hi):
+                        dxc[base + ow] += src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dxc[base + ow * g.sW] += src[ow]
+
+
+cdef void _im2col_chunk(const real* x, Py_ssize_t n0, Py_ssize_t nb, real* col, Py_ssize_t ld,
+                        Py_ssize_t sample_stride, const Geom* g) noexcept nogil:
+    """Columns of samples n0 .. n0+nb-1: sample j, channel c go to col + j sample_stride + c taps ld."""
+    cdef Py_ssize_t t, j, c, HW = g.H * g.W
+    for t in prange(nb * g.C, schedule="static", num_threads=threads_for(nb * g.K * g.P)):
+        j = t // g.C
+        c = t - j * g.C
+        _im2col_plane(x + ((n0 + j) * g.C + c) * HW, col + j * sample_stride + c * g.taps * ld, ld, g)
+
+
+cdef void _col2im_chunk(const real* col, Py_ssize_t ld, Py_ssize_t sample_stride, real* dx,
+                        Py_ssize_t n0, Py_ssize_t nb, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t t, j, c, HW = g.H * g.W
+    for t in prange(nb * g.C, schedule="static", num_threads=threads_for(nb * g.K * g.P)):
+        j = t // g.C
+        c = t - j * g.C
+        _col2im_plane(col + j * sample_stride + c * g.taps * ld, ld, dx + ((n0 + j) * g.C + c) * HW, g)
+
+
+# ----- forward --------------------------------------------------------------------------------------
+cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, real* ws,
+                        Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t n0 = 0, nb, j, t, o, p, ld
+    cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
+    cdef real beta = 1 if b != NULL else 0
+    cdef real bo
+    cdef real* col
+    cdef real* blk
+    cdef real* yr
+    cdef const real* src
+    while n0 < g.N:
+        nb = chunk if chunk < g.N - n0 else g.N - n0
+        if batched:
+            ld = nb * P
+            col = ws
+            blk = ws + K * ld
+            _im2col_chunk(x, n0, nb, col, ld, P, g)
+            gemm_rm(False, False, <int>O, <int>ld, <int>K, <real>1, w, <int>K, col, <int>ld, <real>0,
+                    blk, <int>ld)
+            for t in prange(nb * O, schedule="static", num_threads=threads_for(nb * O * P)):
+                j = t // O
+                o = t - j * O
+                src = blk + o * ld + j * P
+                yr = y + (n0 + j) * ys + o * P
+                if b != NULL:
+                    bo = b[o]
+                    for p in range(P):
+                        yr[p] = src[p] + bo
+                else:
+                    memcpy(yr, src, P * sizeof(real))
+        else:
+            if not g.direct:
+                _im2col_chunk(x, n0, nb, ws, P, K * P, g)
+            if b != NULL:
+                for t in prange(nb * O, schedule="static", num_threads=threads_for(nb * O * P)):
+                    j = t // O
+                    o = t - j * O
+                    yr = y + (n0 + j) * ys + o * P
+                    bo = b[o]
+                    for p in range(P):
+                        yr[p] = bo
+            for j in range(nb):
+                src = (x + (n0 + j) * xs) if g.direct else (ws + j * K * P)
+                gemm_rm(False, False, <int>O, <int>P, <int>K, <real>1, w, <int>K, src, <int>P, beta,
+                        y + (n0 + j) * ys, <int>P)
+        n0 += nb
+
+
+# ----- backward -------------------------------------------------------------------------------------
+cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:
+    """db[o] = sum over n, then p, of g[n, o, p], accumulated in double in a fixed order."""
+    cdef Py_ssize_t o, n, p, P = g.P, ys = g.O * g.P
+    cdef double s
+    cdef const real* r
+    for o in prange(g.O, schedule="static", num_threads=threads_for(g.N * g.O * g.P)):
+        s = 0
+        for n in range(g.N):
+            r = gy + n * ys + o * P
+            for p in range(P):
+                s = s + r[p]
+        db[o] = <real>s
+
+
+cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dw, real* ws,
+                         bint ndx, bint ndw, Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t n0 = 0, nb, j, t, o, ld
+    cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
+    cdef real beta = 0
+    cdef real* col
+    cdef real* blk
+    cdef real* dst
+    cdef const real* src
+    if ndw and g.N == 0:
+        memset(dw, 0, O * K * sizeof(real))
+    while n0 < g.N:
+        nb = chunk if chunk < g.N - n0 else g.N - n0
+        if batched:
+            ld = nb * P
+            col = ws
+            blk = ws + K * ld
+            for t in prange(nb * O, schedule="static", num_threads=threads_for(nb * O * P)):
+                j = t // O
+                o = t - j * O
+                memcpy(blk + o * ld + j * P, gy + (n0 + j) * ys + o * P, P * sizeof(real))
+            if ndw:
+                _im2col_chunk(x, n0, nb, col, ld, P, g)
+                gemm_rm(False, True, <int>O, <int>K, <int>ld, <real>1, blk, <int>ld, col, <int>ld, beta,
+                        dw, <int>K)
+            if ndx:
+                gemm_rm(True, False, <int>K, <int>ld, <int>O, <real>1, w, <int>K, blk, <int>ld, <real>0,
+                        col, <int>ld)
+                _col2im_chunk(col, ld, P, dx, n0, nb, g)
+        else:
+            if ndw and not g.direct:
+                _im2col_chunk(x, n0, nb, ws, P, K * P, g)
+            for j in range(nb):
+                src = gy + (n0 + j) * ys
+                col = (<real*>x + (n0 + j) * xs) if g.direct else (ws + j * K * P)
+                if ndw:
+                    gemm_rm(False, True, <int>O, <int>K, <int>P, <real>1, src, <int>P, col, <int>P, beta,
+                            dw, <int>K)
+                    beta = 1
+                if ndx:
+                    dst = (dx + (n0 + j) * xs) if g.direct else col
+                    gemm_rm(True, False, <int>K, <int>P, <int>O, <real>1, w, <int>K, src, <int>P, <real>0,
+                            dst, <int>P)
+            if ndx and not g.direct:
+                _col2im_chunk(ws, P, K * P, dx, n0, nb, g)
+        beta = 1
+        n0 += nb
+
+
+# ----- validation and planning (Python level, before any nogil code) --------------------------------
+cdef tuple _pair(object v, str name, Py_ssize_t minimum):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        a, b = operator.index(a), operator.index(b)
+    except TypeError:
+        raise TypeError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"conv2d: {name} must be >= {minimum}, got {v!r}")
+    return a, b
+
+
+cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, object dilation) except -1:
+    if len(xs) != 4:
+        raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {xs}")
+    if len(wsh) != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (out_channels, in_channels, kH, kW), got shape {wsh}")
+    g.sH, g.sW = _pair(stride, "stride", 1)
+    g.pH, g.pW = _pair(padding, "padding", 0)
+    g.dH, g.dW = _pair(dilation, "dilation", 1)
+    g.N, g.C, g.H, g.W = xs
+    g.O, cw, g.kH, g.kW = wsh
+    if g.C != cw:
+        raise ValueError(f"conv2d: x has shape {xs} ({g.C} channels) but weight has shape {wsh} "
+                         f"({cw} input channels)")
+    if g.C == 0 or g.O == 0 or g.kH == 0 or g.kW == 0:
+        raise ValueError(f"conv2d: empty channel or kernel dimension, x shape {xs}, weight shape {wsh}")
+    ekh, ekw = (g.kH - 1) * g.dH + 1, (g.kW - 1) * g.dW + 1
+    hp, wp = g.H + 2 * g.pH, g.W + 2 * g.pW
+    if ekh > hp or ekw > wp:
+        raise ValueError(f"conv2d: kernel {g.kH}x{g.kW} (dilation {(g.dH, g.dW)}, spanning {ekh}x{ekw}) is "
+                         f"larger than the padded input {hp}x{wp} (x shape {xs}, weight shape {wsh}, "
+                         f"padding {(g.pH, g.pW)})")
+    g.OH = (hp - ekh) // g.sH + 1
+    g.OW = (wp - ekw) // g.sW + 1
+    g.taps = g.kH * g.kW
+    g.K = g.C * g.taps
+    g.P = g.OH * g.OW
+    g.direct = g.taps == 1 and g.sH == 1 and g.sW == 1 and g.pH == 0 and g.pW == 0
+    for d, what in ((g.K, "C*kH*kW"), (g.P, "OH*OW"), (g.O, "out_channels"), (g.C * g.H * g.W, "C*H*W")):
+        check_blas_size(d, f"conv2d {what}")
+    return 0
+
+
+cdef int _plan(const Geom* g, Py_ssize_t itemsize, Py_ssize_t* chunk, bint* batched) except -1:
+    """Samples per chunk and the GEMM layout for this geometry under the current workspace limit."""
+    cdef Py_ssize_t per
+    batched[0] = g.O * g.K * g.P < _batch_macs
+    if batched[0]:
+        per = (g.K + g.O) * g.P * itemsize
+    elif g.direct:
+        per = 0
+    else:
+        per = g.K * g.P * itemsize
+    if per == 0:
+        chunk[0] = g.N if g.N > 0 else 1
+    else:
+        chunk[0] = _workspace_limit // per
+        if chunk[0] < 1:
+            chunk[0] = 1
+        if chunk[0] > g.N:
+            chunk[0] = g.N if g.N > 0 else 1
+    if batched[0]:
+        check_blas_size(chunk[0] * g.P, "conv2d chunk*OH*OW")
+    return 0
+
+
+cdef object _workspace(const Geom* g, Py_ssize_t chunk, bint batched, object dtype):
+    if batched:
+        return np.empty((g.K + g.O) * chunk * g.P, dtype=dtype)
+    if g.direct:
+        return np.empty(1, dtype=dtype)
+    return np.empty(g.K * chunk * g.P, dtype=dtype)
+
+
+cdef inline void* _ptr(object a):
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+# ----- public kernels -------------------------------------------------------------------------------
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """y = conv2d(x, weight) + bias for x (N, C, H, W), weight (O, C, kH, kW), bias (O,) or None.
+
+    stride, padding (zeros) and dilation are an int or a (height, width) pair. Returns y (N, O, OH, OW)."""
+    cdef Geom g
+    cdef Py_ssize_t chunk
+    cdef bint batched
+    x = as_float_array(x, "x")
+    weight = as_float_array(weight, "weight")
+    check_same_dtype(x, "x", weight, "weight")
+    _geometry(&g, x.shape, weight.shape, stride, padding, dilation)
+    if bias is not None:
+        bias = as_float_array(bias, "bias")
+        check_same_dtype(x, "x", bias, "bias")
+        if bias.shape != (g.O,):
+            raise ValueError(f"conv2d: bias has shape {bias.shape} but weight has shape {weight.shape}; "
+                             f"bias must have shape ({g.O},)")
+    _plan(&g, x.dtype.itemsize, &chunk, &batched)
+    y = np.empty((g.N, g.O, g.OH, g.OW), dtype=x.dtype)
+    ws = _workspace(&g, chunk, batched, x.dtype)
+    cdef void* px = _ptr(x)
+    cdef void* pw = _ptr(weight)
+    cdef void* pb = _ptr(bias) if bias is not None else NULL
+    cdef void* py = _ptr(y)
+    cdef void* pws = _ptr(ws)
+    if x.dtype == np.float32:
+        with nogil:
+            _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws, chunk, batched, &g)
+    else:
+        with nogil:
+            _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws, chunk,
+                                  batched, &g)
+    return y
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_input_grad=True,
+                    need_weight_grad=True, need_bias_grad=True):
+    """Gradients of conv2d_forward: returns (dx, dweight, dbias), None where not needed."""
+    cdef Geom g
+    cdef Py_ssize_t chunk
+    cdef bint batched
+    cdef bint ndx = bool(need_input_grad), ndw = bool(need_weight_grad), ndb = bool(need_bias_grad)
+    x = as_float_array(x, "x")
+    weight = as_float_array(weight, "weight")
+    grad_out = as_float_array(grad_out, "grad_out")
+    check_same_dtype(x, "x", weight, "weight")
+    check_same_dtype(x, "x", grad_out, "grad_out")
+    _geometry(&g, x.shape, weight.shape, stride, padding, dilation)
+    if grad_out.shape != (g.N, g.O, g.OH, g.OW):
+        raise ValueError(f"conv2d_backward: grad_out has shape {grad_out.shape}, expected "
+                         f"{(g.N, g.O, g.OH, g.OW)} for x {x.shape} and weight {weight.shape}")
+    _plan(&g, x.dtype.itemsize, &chunk, &batched)
+    dt = x.dtype
+    dx = np.empty(x.shape, dtype=dt) if ndx else None
+    dw = np.empty(weight.shape, dtype=dt) if ndw else None
+    db = np.empty(g.O, dtype=dt) if ndb else None
+    ws = _workspace(&g, chunk, batched, dt) if (ndx or ndw) else None
+    cdef void* pg = _ptr(grad_out)
+    cdef void* px = _ptr(x)
+    cdef void* pw = _ptr(weight)
+    cdef void* pdx = _ptr(dx) if ndx else NULL
+    cdef void* pdw = _ptr(dw) if ndw else NULL
+    cdef void* pdb = _ptr(db) if ndb else NULL
+    cdef void* pws = _ptr(ws) if ws is not None else NULL
+    if dt == np.float32:
+        with nogil:
+            if ndb:
+                _bias_grad[float](<float*>pg, <float*>pdb, &g)
+            if ndx or ndw:
+                _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
+                                      <float*>pws, ndx, ndw, chunk, batched, &g)
+    else:
+        with nogil:
+            if ndb:
+                _bias_grad[double](<double*>pg, <double*>pdb, &g)
+            if ndx or ndw:
+                _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx, <double*>pdw,
+                                       <double*>pws, ndx, ndw, chunk, batched, &g)
+    return dx, dw, db
+
+
+# ----- settings (underscore names: not kernels; fastbp.nn.functional wraps them) ---------------------
+def _set_workspace_limit(nbytes):
+    """Bound, in bytes, on the im2col workspace of one conv2d call (at least one sample's columns)."""
+    global _workspace_limit
+    n = operator.index(nbytes)
+    if n < 1:
+        raise ValueError(f"conv workspace limit must be >= 1 byte, got {n}")
+    _workspace_limit = n
+
+
+def _get_workspace_limit():
+    return _workspace_limit
+
+
+def _set_batch_threshold(macs):
+    """Per-sample GEMM size (multiply-adds) below which the batched layout is used; 0 = never batch."""
+    global _batch_macs
+    n = operator.index(macs)
+    if n < 0:
+        raise ValueError(f"batch threshold must be >= 0, got {n}")
+    _batch_macs = n
+
+
+def _get_batch_threshold():
+    return _batch_macs
+
+
+def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):
+    """How a call with these shapes would run: {"layout", "chunk", "chunks", "workspace_bytes"}."""
+    cdef Geom g
+    cdef Py_ssize_t chunk
+    cdef bint batched
+    _geometry(&g, tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
+    _plan(&g, itemsize, &chunk, &batched)
+    if batched:
+        nbytes = (g.K + g.O) * chunk * g.P * itemsize
+    elif g.direct:
+        nbytes = 0
+    else:
+        nbytes = g.K * chunk * g.P * itemsize
+    return {"layout": "batched" if batched else ("direct" if g.direct else "per-sample"),
+            "chunk": chunk, "chunks": -(-g.N // chunk) if g.N else 0, "workspace_bytes": nbytes}

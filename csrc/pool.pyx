@@ -1,0 +1,347 @@
+# Design: 2-D pooling over NCHW planes, forward and backward.
+#   * max_pool2d(kernel, stride = kernel, padding, dilation): forward writes y and the argmax of each
+#     window as a flat index ih * W + iw into its (H, W) input plane (int64, as PyTorch); backward zeroes
+#     dx and adds grad_out[p] at dx[index[p]], so overlapping windows accumulate.
+#     Tie rule: the first maximum in row-major window order wins (scan kh, then kw; a later element
+#     replaces the current one only if strictly greater). NaN counts as the maximum: the first NaN in the
+#     window wins and y is NaN. Padding is implicit -inf and is never selected; a window that holds only
+#     padding (possible only with dilation wider than the input) gives y = -inf and index -1, and its
+#     gradient is dropped.
+#   * avg_pool2d(kernel, stride = kernel, padding) with count_include_pad=True (PyTorch's default): every
+#     window divides by kH kW, padded zeros included; backward spreads grad / (kH kW) over the window.
+#   * global_avg_pool2d: mean over each (H, W) plane, output (N, C, 1, 1).
+# Output size: OH = (H + 2 pH - dH (kH - 1) - 1) // sH + 1 (floor mode), padding at most half the kernel.
+# Every loop runs over the N C planes with OpenMP prange; each plane is owned by one thread, so backward
+# scatters are race-free and add in a fixed order. Index arithmetic is Py_ssize_t.
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+from _common cimport real, as_float_array, check_same_dtype, threads_for
+
+import operator
+
+import numpy as np
+
+cnp.import_array()
+
+
+cdef struct PGeom:
+    Py_ssize_t N, C, H, W, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW
+
+
+cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size, Py_ssize_t count,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the k in [0, count) with 0 <= start + k * step < size (step >= 1)."""
+    cdef Py_ssize_t a = 0, b
+    if start < 0:
+        a = (-start + step - 1) // step
+    if size - 1 - start < 0:
+        b = 0
+    else:
+        b = (size - 1 - start) // step + 1
+    if a > count:
+        a = count
+    if b > count:
+        b = count
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b
+
+
+# ----- max pooling ----------------------------------------------------------------------------------
+cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noexcept nogil:
+    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, r, j, bi
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
+    cdef real v, best
+    cdef const real* xp
+    for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
+        xp = x + t * HW
+        for oh in range(g.OH):
+            ih0 = oh * g.sH - g.pH
+            _valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
+            for ow in range(g.OW):
+                iw0 = ow * g.sW - g.pW
+                _valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
+                best = -INFINITY
+                bi = -1
+                for kh in range(khl, khh):
+                    r = (ih0 + kh * g.dH) * g.W + iw0
+                    for kw in range(kwl, kwh):
+                        j = r + kw * g.dW
+                        v = xp[j]
+                        if bi < 0 or v > best or (v != v and best == best):
+                            best = v
+                            bi = j
+                y[t * P + oh * g.OW + ow] = best
+                ind[t * P + oh * g.OW + ow] = bi
+
+
+cdef Py_ssize_t _max_backward(const real* gy, const int64_t* ind, real* dx, Py_ssize_t planes,
+                              Py_ssize_t HW, Py_ssize_t P) noexcept nogil:
+    """Scatter gy through ind; returns the number of indices outside [-1, HW) (those are skipped)."""
+    cdef Py_ssize_t t, p, j, bad = 0
+    cdef real* dp
+    for t in prange(planes, schedule="static", num_threads=threads_for(planes * HW)):
+        dp = dx + t * HW
+        memset(dp, 0, HW * sizeof(real))
+        for p in range(P):
+            j = ind[t * P + p]
+            if 0 <= j < HW:
+                dp[j] += gy[t * P + p]
+            elif j != -1:
+                bad += 1
+    return bad
+
+
+# ----- average pooling ------------------------------------------------------------------------------
+cdef void _avg_forward(const real* x, real* y, const PGeom* g) noexcept nogil:
+    cdef Py_ssize_t t, oh, ow, ih, iw, ih0, iw0, khl, khh, kwl, kwh
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
+    cdef real s
+    cdef real area = <real>(g.kH * g.kW)
+    cdef const real* xp
+    for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
+        xp = x + t * HW
+        for oh in range(g.OH):
+            ih0 = oh * g.sH - g.pH
+            _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+            for ow in range(g.OW):
+                iw0 = ow * g.sW - g.pW
+                _valid_range(iw0, 1, g.W, g.kW, &kwl, &kwh)
+                s = 0
+                for ih in range(ih0 + khl, ih0 + khh):
+                    for iw in range(iw0 + kwl, iw0 + kwh):
+                        s = s + xp[ih * g.W + iw]
+                y[t * P + oh * g.OW + ow] = s / area
+
+
+cdef void _avg_backward(const real* gy, real* dx, const PGeom* g) noexcept nogil:
+    cdef Py_ssize_t t, oh, ow, ih, iw, ih0, iw0, khl, khh, kwl, kwh
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
+    cdef real v
+    cdef real area = <real>(g.kH * g.kW)
+    cdef real* dp
+    for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
+        dp = dx + t * HW
+        memset(dp, 0, HW * sizeof(real))
+        for oh in range(g.OH):
+            ih0 = oh * g.sH - g.pH
+            _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+            for ow in range(g.OW):
+                iw0 = ow * g.sW - g.pW
+                _valid_range(iw0, 1, g.W, g.kW, &kwl, &kwh)
+                v = gy[t * P + oh * g.OW + ow] / area
+                for ih in range(ih0 + khl, ih0 + khh):
+                    for iw in range(iw0 + kwl, iw0 + kwh):
+                        dp[ih * g.W + iw] += v
+
+
+# ----- global average pooling -----------------------------------------------------------------------
+cdef void _gap_forward(const real* x, real* y, Py_ssize_t planes, Py_ssize_t HW) noexcept nogil:
+    cdef Py_ssize_t t, i
+    cdef double s
+    cdef const real* xp
+    for t in prange(planes, schedule="static", num_threads=threads_for(planes * HW)):
+        xp = x + t * HW
+        s = 0
+        for i in range(HW):
+            s = s + xp[i]
+        y[t] = <real>(s / HW)
+
+
+cdef void _gap_backward(const real* gy, real* dx, Py_ssize_t planes, Py_ssize_t HW) noexcept nogil:
+    cdef Py_ssize_t t, i
+    cdef real v
+    cdef real* dp
+    for t in prange(planes, schedule="static", num_threads=threads_for(planes * HW)):
+        dp = dx + t * HW
+        v = gy[t] / <real>HW
+        for i in range(HW):
+            dp[i] = v
+
+
+# ----- validation (Python level, before any nogil code) ---------------------------------------------
+cdef tuple _pair(str op, object v, str name, Py_ssize_t minimum):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        a, b = operator.index(a), operator.index(b)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
+    return a, b
+
+
+cdef int _geometry(PGeom* g, str op, tuple xs, object kernel_size, object stride, object padding,
+                   object dilation) except -1:
+    if len(xs) != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {xs}")
+    g.N, g.C, g.H, g.W = xs
+    g.kH, g.kW = _pair(op, kernel_size, "kernel_size", 1)
+    g.sH, g.sW = _pair(op, kernel_size if stride is None else stride, "stride", 1)
+    g.pH, g.pW = _pair(op, padding, "padding", 0)
+    g.dH, g.dW = _pair(op, dilation, "dilation", 1)
+    if 2 * g.pH > g.kH or 2 * g.pW > g.kW:
+        raise ValueError(f"{op}: padding {(g.pH, g.pW)} must be at most half the kernel size "
+                         f"{(g.kH, g.kW)}")
+    ekh, ekw = (g.kH - 1) * g.dH + 1, (g.kW - 1) * g.dW + 1
+    hp, wp = g.H + 2 * g.pH, g.W + 2 * g.pW
+    if ekh > hp or ekw > wp:
+        raise ValueError(f"{op}: kernel {g.kH}x{g.kW} (dilation {(g.dH, g.dW)}, spanning {ekh}x{ekw}) is "
+                         f"larger than the padded input {hp}x{wp} (x shape {xs}, padding {(g.pH, g.pW)})")
+    g.OH = (hp - ekh) // g.sH + 1
+    g.OW = (wp - ekw) // g.sW + 1
+    return 0
+
+
+cdef tuple _input_shape(str op, object input_shape):
+    try:
+        shp = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        raise TypeError(f"{op}: input_shape must be a sequence of 4 ints, got {input_shape!r}") from None
+    if len(shp) != 4 or min(shp) < 0:
+        raise ValueError(f"{op}: input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
+    return shp
+
+
+cdef inline void* _ptr(object a):
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+# ----- public kernels -------------------------------------------------------------------------------
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
+    """Max over each window of x (N, C, H, W). Returns (y, indices): y (N, C, OH, OW) and the int64 flat
+    index ih * W + iw of each window's maximum in its input plane (first maximum wins; NaN is a maximum)."""
+    cdef PGeom g
+    x = as_float_array(x, "x")
+    _geometry(&g, "max_pool2d", x.shape, kernel_size, stride, padding, dilation)
+    y = np.empty((g.N, g.C, g.OH, g.OW), dtype=x.dtype)
+    ind = np.empty((g.N, g.C, g.OH, g.OW), dtype=np.int64)
+    cdef void* px = _ptr(x)
+    cdef void* py = _ptr(y)
+    cdef int64_t* pi = <int64_t*>_ptr(ind)
+    if x.dtype == np.float32:
+        with nogil:
+            _max_forward[float](<float*>px, <float*>py, pi, &g)
+    else:
+        with nogil:
+            _max_forward[double](<double*>px, <double*>py, pi, &g)
+    return y, ind
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """dx of input_shape (N, C, H, W): zeros plus grad_out added at each window's saved argmax index."""
+    shp = _input_shape("max_pool2d_backward", input_shape)
+    grad_out = as_float_array(grad_out, "grad_out", 4)
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
+        raise TypeError(f"max_pool2d_backward: indices must be an int64 numpy.ndarray (from "
+                        f"max_pool2d_forward), got {getattr(indices, 'dtype', type(indices).__name__)}")
+    indices = np.ascontiguousarray(indices)
+    if indices.shape != grad_out.shape:
+        raise ValueError(f"max_pool2d_backward: indices have shape {indices.shape} but grad_out has shape "
+                         f"{grad_out.shape}")
+    if grad_out.shape[:2] != shp[:2]:
+        raise ValueError(f"max_pool2d_backward: grad_out has shape {grad_out.shape} but input_shape is "
+                         f"{shp}; the (N, C) dimensions must match")
+    dx = np.empty(shp, dtype=grad_out.dtype)
+    cdef Py_ssize_t planes = shp[0] * shp[1], HW = shp[2] * shp[3]
+    cdef Py_ssize_t P = grad_out.shape[2] * grad_out.shape[3], bad
+    cdef void* pg = _ptr(grad_out)
+    cdef void* pdx = _ptr(dx)
+    cdef int64_t* pi = <int64_t*>_ptr(indices)
+    if grad_out.dtype == np.float32:
+        with nogil:
+            bad = _max_backward[float](<float*>pg, pi, <float*>pdx, planes, HW, P)
+    else:
+        with nogil:
+            bad = _max_backward[double](<double*>pg, pi, <double*>pdx, planes, HW, P)
+    if bad:
+        raise ValueError(f"max_pool2d_backward: {bad} indices are outside [-1, {HW}) for input planes of "
+                         f"{shp[2]}x{shp[3]}; indices must come from max_pool2d_forward on this input shape")
+    return dx
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """Mean over each window of x (N, C, H, W), padded zeros counted (divisor kH kW)."""
+    cdef PGeom g
+    x = as_float_array(x, "x")
+    _geometry(&g, "avg_pool2d", x.shape, kernel_size, stride, padding, 1)
+    y = np.empty((g.N, g.C, g.OH, g.OW), dtype=x.dtype)
+    cdef void* px = _ptr(x)
+    cdef void* py = _ptr(y)
+    if x.dtype == np.float32:
+        with nogil:
+            _avg_forward[float](<float*>px, <float*>py, &g)
+    else:
+        with nogil:
+            _avg_forward[double](<double*>px, <double*>py, &g)
+    return y
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0):
+    """dx of input_shape: each grad_out element spread as grad / (kH kW) over its window's real pixels."""
+    cdef PGeom g
+    shp = _input_shape("avg_pool2d_backward", input_shape)
+    grad_out = as_float_array(grad_out, "grad_out", 4)
+    _geometry(&g, "avg_pool2d_backward", shp, kernel_size, stride, padding, 1)
+    if grad_out.shape != (g.N, g.C, g.OH, g.OW):
+        raise ValueError(f"avg_pool2d_backward: grad_out has shape {grad_out.shape}, expected "
+                         f"{(g.N, g.C, g.OH, g.OW)} for input_shape {shp}")
+    dx = np.empty(shp, dtype=grad_out.dtype)
+    cdef void* pg = _ptr(grad_out)
+    cdef void* pdx = _ptr(dx)
+    if grad_out.dtype == np.float32:
+        with nogil:
+            _avg_backward[float](<float*>pg, <float*>pdx, &g)
+    else:
+        with nogil:
+            _avg_backward[double](<double*>pg, <double*>pdx, &g)
+    return dx
+
+
+def global_avg_pool2d_forward(x):
+    """Mean of each (H, W) plane of x (N, C, H, W): y (N, C, 1, 1), summed in double."""
+    x = as_float_array(x, "x", 4)
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"global_avg_pool2d: empty spatial dimensions, x shape {x.shape}")
+    y = np.empty((x.shape[0], x.shape[1], 1, 1), dtype=x.dtype)
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1], HW = x.shape[2] * x.shape[3]
+    cdef void* px = _ptr(x)
+    cdef void* py = _ptr(y)
+    if x.dtype == np.float32:
+        with nogil:
+            _gap_forward[float](<float*>px, <float*>py, planes, HW)
+    else:
+        with nogil:
+            _gap_forward[double](<double*>px, <double*>py, planes, HW)
+    return y
+
+
+def global_avg_pool2d_backward(grad_out, input_shape):
+    """dx of input_shape (N, C, H, W) = grad_out[n, c] / (H W) everywhere in plane (n, c)."""
+    shp = _input_shape("global_avg_pool2d_backward", input_shape)
+    grad_out = as_float_array(grad_out, "grad_out", 4)
+    if grad_out.shape != (shp[0], shp[1], 1, 1):
+        raise ValueError(f"global_avg_pool2d_backward: grad_out has shape {grad_out.shape}, expected "
+                         f"{(shp[0], shp[1], 1, 1)} for input_shape {shp}")
+    if shp[2] == 0 or shp[3] == 0:
+        raise ValueError(f"global_avg_pool2d_backward: empty spatial dimensions, input_shape {shp}")
+    dx = np.empty(shp, dtype=grad_out.dtype)
+    cdef Py_ssize_t planes = shp[0] * shp[1], HW = shp[2] * shp[3]
+    cdef void* pg = _ptr(grad_out)
+    cdef void* pdx = _ptr(dx)
+    if grad_out.dtype == np.float32:
+        with nogil:
+            _gap_backward[float](<float*>pg, <float*>pdx, planes, HW)
+    else:
+        with nogil:
+            _gap_backward[double](<double*>pg, <double*>pdx, planes, HW)
+    return dx

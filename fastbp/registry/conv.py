@@ -1,0 +1,64 @@
+"""Registry entries for csrc/conv.pyx.
+
+Samples cover odd and rectangular inputs and kernels, batch 1, one channel, stride > 1, padding (also
+wider than the kernel), dilation, 1x1 kernels (the path that skips im2col), a kernel exactly as large as
+the padded input, and non-contiguous views. Most are small enough for per-element central differences in
+the float64 gradient check; "per_sample_layout" is large enough for the one-GEMM-per-sample layout (the
+others use the batched layout); tests/test_conv_pool.py runs both layouts and chunked workspaces."""
+import numpy as np
+
+from . import Case, OpSpec, noncontig, randn
+
+# (id, x shape, weight shape, params)
+CONV_SHAPES = [
+    ("n2_c3_5x6_k3x2", (2, 3, 5, 6), (4, 3, 3, 2), {}),
+    ("batch1_c1_7x5_pad1", (1, 1, 7, 5), (2, 1, 3, 3), {"padding": 1}),
+    ("stride2x3_pad1x2_rect", (2, 2, 9, 8), (3, 2, 3, 4), {"stride": (2, 3), "padding": (1, 2)}),
+    ("dilation2x3_pad2x1", (1, 2, 9, 10), (2, 2, 2, 3), {"dilation": (2, 3), "padding": (2, 1)}),
+    ("k1x1_direct", (2, 4, 5, 5), (3, 4, 1, 1), {}),
+    ("k1x1_stride2", (2, 3, 5, 5), (2, 3, 1, 1), {"stride": 2}),
+    ("pad3_wider_than_k2", (2, 1, 4, 4), (2, 1, 2, 2), {"padding": 3}),
+    ("kernel_fills_padded_input", (1, 2, 3, 4), (2, 2, 5, 4), {"padding": (1, 0)}),
+    ("stride3_gt_kernel2", (1, 2, 8, 7), (2, 2, 2, 2), {"stride": 3}),
+    ("all_options", (3, 2, 11, 9), (4, 2, 3, 2), {"stride": (2, 1), "padding": (2, 1), "dilation": (1, 2)}),
+    ("per_sample_layout", (2, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
+]
+
+
+def _conv_samples(rng, dt):
+    cases = []
+    for cid, xs, ws, params in CONV_SHAPES:
+        x, w, b = randn(rng, xs, dt), randn(rng, ws, dt, 0.5), randn(rng, ws[0], dt)
+        cases.append(Case(cid, (x, w, b), params))
+    x, w, b = randn(rng, (2, 3, 6, 5), dt), randn(rng, (2, 3, 3, 3), dt), randn(rng, 2, dt)
+    cases.append(Case("noncontig", (noncontig(x), noncontig(w), noncontig(b)), {"padding": 1}))
+    return cases
+
+
+def _conv_nobias_samples(rng, dt):
+    return [Case("n2_c2_6x7_k3_s2", (randn(rng, (2, 2, 6, 7), dt), randn(rng, (3, 2, 3, 3), dt)),
+                 {"stride": 2, "padding": 1}),
+            Case("batch1_c1_5x5_k2x3", (randn(rng, (1, 1, 5, 5), dt), randn(rng, (1, 1, 2, 3), dt)), {}),
+            Case("noncontig", (noncontig(randn(rng, (1, 2, 5, 4), dt)), noncontig(randn(rng, (2, 2, 2, 2), dt))),
+                 {"dilation": 2, "padding": 1})]
+
+
+SPECS = [
+    OpSpec(
+        name="conv2d",
+        kernels=("conv2d_forward", "conv2d_backward"),
+        forward=lambda B, x, w, b, **p: B.conv2d_forward(x, w, b, **p),
+        backward=lambda B, g, out, x, w, b, **p: B.conv2d_backward(g, x, w, **p),
+        samples=_conv_samples,
+        diff_inputs=(0, 1, 2),
+        tol={np.dtype(np.float32): (2e-4, 5e-5), np.dtype(np.float64): (1e-9, 1e-11)},
+    ),
+    OpSpec(
+        name="conv2d_nobias",
+        kernels=("conv2d_forward", "conv2d_backward"),
+        forward=lambda B, x, w, **p: B.conv2d_forward(x, w, None, **p),
+        backward=lambda B, g, out, x, w, **p: B.conv2d_backward(g, x, w, need_bias_grad=False, **p)[:2],
+        samples=_conv_nobias_samples,
+        diff_inputs=(0, 1),
+    ),
+]
