@@ -11,6 +11,8 @@ class SGD(Optimizer):
     d = grad + weight_decay * p;  buf = d (first step) or momentum * buf + (1 - dampening) * d;
     d = d + momentum * buf (Nesterov) or buf;  p -= lr * d.  Exactly torch.optim.SGD."""
 
+    _buffer_keys = ("momentum_buffer",)
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                       weight_decay=weight_decay))
