@@ -162,7 +162,8 @@ def maxout_backward(grad_out, argmax, pieces):
     if grad_out.ndim == 0:
         raise ValueError(f"maxout needs at least 1 dimension, got grad_out of shape {grad_out.shape}")
     if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu":
-        raise TypeError(f"argmax must be an integer numpy.ndarray, got {getattr(argmax, 'dtype', type(argmax).__name__)}")
+        got = getattr(argmax, "dtype", type(argmax).__name__)
+        raise TypeError(f"argmax must be an integer numpy.ndarray, got {got}")
     if argmax.shape != grad_out.shape:
         raise ValueError(f"argmax has shape {argmax.shape} but grad_out has shape {grad_out.shape}")
     if argmax.size and (argmax.min() < 0 or argmax.max() >= pieces):

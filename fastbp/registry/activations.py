@@ -6,6 +6,14 @@ from . import Case, OpSpec, away_from, noncontig, randn
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (1, 1), (300, 129)]
 LARGE = (640, 512)  # 327,680 elements: above PARALLEL_MIN, so the OpenMP path runs
 ACT_TOL = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-12, 1e-14)}
+BLOCK = 4099  # prime, so a tiled block does not line up with rows
+
+
+def tiled(make, shape):
+    """A large sample made by tiling one random block of BLOCK values, `make((BLOCK,))`. Large samples exist to
+    run the OpenMP path; the generated tests rebuild every sample of an op for each test, and drawing 300k
+    fresh values each time made them several times slower."""
+    return np.resize(make((BLOCK,)), shape)
 
 
 def _elementwise_samples(kink=None, params=None):
@@ -16,7 +24,7 @@ def _elementwise_samples(kink=None, params=None):
             (lambda s: randn(rng, s, dt, scale=2.0))
         cases = [Case("x".join(map(str, s)), (make(s),), dict(params)) for s in SHAPES]
         cases.append(Case("noncontig", (noncontig(make((4, 6))),), dict(params)))
-        cases.append(Case("large", (make(LARGE),), dict(params)))
+        cases.append(Case("large", (tiled(make, LARGE),), dict(params)))
         cases.append(Case("extremes", (np.array([-1000.0, -50.0, -1.0, 1.0, 50.0, 1000.0], dtype=dt),),
                           dict(params), gradcheck=False))
         if kink is not None:
@@ -44,9 +52,9 @@ def _rows_samples(rng, dt):
     cases.append(Case("3x5_axis-2", (randn(rng, (3, 5), dt, 2.0),), {"axis": -2}))
     cases.append(Case("1x1x6_axis1", (randn(rng, (1, 1, 6), dt, 2.0),), {"axis": 1}))
     cases.append(Case("noncontig_axis0", (noncontig(randn(rng, (5, 6), dt)),), {"axis": 0}))
-    cases.append(Case("large_logits_axis0", (np.array([[1000.0, -1000.0], [0.0, -999.0], [-1000.0, 1000.0]], dtype=dt),),
-                      {"axis": 0}, gradcheck=False))
-    cases.append(Case("large_axis1", (randn(rng, (40, 128, 70), dt, 2.0),), {"axis": 1}))
+    big = np.array([[1000.0, -1000.0], [0.0, -999.0], [-1000.0, 1000.0]], dtype=dt)
+    cases.append(Case("large_logits_axis0", (big,), {"axis": 0}, gradcheck=False))
+    cases.append(Case("large_axis1", (tiled(lambda s: randn(rng, s, dt, 2.0), (40, 128, 70)),), {"axis": 1}))
     return cases
 
 
@@ -70,7 +78,7 @@ def _maxout_samples(rng, dt):
     cases.append(Case("noncontig", (noncontig(randn(rng, (3, 8), dt)),), {"pieces": 4}))
     # large: above PARALLEL_MIN; no gradcheck, since among 131k random triples some pieces lie within
     # a finite-difference step of each other
-    cases.append(Case("large", (randn(rng, (512, 768), dt),), {"pieces": 3}, gradcheck=False))
+    cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt), (512, 768)),), {"pieces": 3}, gradcheck=False))
     # ties: the first maximal piece receives the gradient, in both backends
     ties = np.array([[1.0, 1.0, 0.0, 2.0, 2.0, 2.0], [-1.0, 0.5, 0.5, 0.0, 0.0, 0.0]], dtype=dt)
     cases.append(Case("ties", (ties,), {"pieces": 3}, gradcheck=False))

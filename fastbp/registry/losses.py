@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import Case, OpSpec, away_from, noncontig, randn
+from .activations import tiled
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -21,8 +22,8 @@ def _ce_samples(rng, dt):
         for red in REDUCTIONS:
             cases.append(Case(f"n{n}_c{c}_{red}", (randn(rng, (n, c), dt, 2.0), rng.integers(0, c, n)),
                               {"reduction": red}))
-    for n, c in [(5, 3), (9, 33), (1, 4)]:
-        for red in REDUCTIONS:
+    for n, c, reds in [(5, 3, REDUCTIONS), (9, 33, ("mean", "none")), (1, 4, ("mean",))]:
+        for red in reds:
             x, y = randn(rng, (n, c), dt, 2.0), rng.integers(0, c, n)
             w = _class_weight(rng, c, dt)
             cases.append(Case(f"n{n}_c{c}_{red}_weight", (x, y), {"reduction": red, "weight": w}))
@@ -37,7 +38,7 @@ def _ce_samples(rng, dt):
     cases.append(Case("large_logits", (big, np.array([0, 2])), gradcheck=False))
     cases.append(Case("large_logits_smooth", (big, np.array([0, 2])),
                       {"label_smoothing": 0.1, "weight": np.array([1.0, 2.0, 0.5], dtype=dt)}, gradcheck=False))
-    cases.append(Case("large", (randn(rng, (30000, 10), dt, 2.0), rng.integers(0, 10, 30000)),
+    cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt, 2.0), (30000, 10)), rng.integers(0, 10, 30000)),
                       {"label_smoothing": 0.05}))
     return cases
 
@@ -69,35 +70,45 @@ MM_SETTINGS = [
 
 def _mm_samples(rng, dt):
     cases = []
-    for n, c in [(1, 1), (1, 4), (6, 5), (64, 10)]:
-        for i, s in enumerate(MM_SETTINGS):
-            for red in REDUCTIONS:
-                cases.append(Case(f"n{n}_c{c}_cfg{i}_{red}", (randn(rng, (n, c), dt), rng.integers(0, c, n)),
-                                  dict(s, reduction=red)))
+    for i, s in enumerate(MM_SETTINGS):
+        for red in REDUCTIONS:
+            cases.append(Case(f"n6_c5_cfg{i}_{red}", (randn(rng, (6, 5), dt), rng.integers(0, 5, 6)),
+                              dict(s, reduction=red)))
+    for n, c in [(1, 1), (1, 4), (64, 10)]:
+        cases.append(Case(f"n{n}_c{c}", (randn(rng, (n, c), dt), rng.integers(0, c, n))))
+        cases.append(Case(f"n{n}_c{c}_cfg3_none", (randn(rng, (n, c), dt), rng.integers(0, c, n)),
+                          dict(MM_SETTINGS[3], reduction="none")))
+    for n, c in [(6, 5), (64, 10)]:
         cases.append(Case(f"n{n}_c{c}_weight", (randn(rng, (n, c), dt), rng.integers(0, c, n)),
                           {"weight": _class_weight(rng, c, dt), "p": 2}))
     x = randn(rng, (4, 6), dt)
-    cases.append(Case("noncontig", (noncontig(x), rng.integers(0, 6, 4)), {"weight": noncontig(_class_weight(rng, 6, dt))}))
+    cases.append(Case("noncontig", (noncontig(x), rng.integers(0, 6, 4)),
+                      {"weight": noncontig(_class_weight(rng, 6, dt))}))
     # margins exactly at the hinge (z == 0): gradient 0 there, in both backends
     cases.append(Case("at_hinge", (np.array([[1.0, 0.0, -3.0], [0.5, 0.5, 2.0]], dtype=dt), np.array([0, 2])),
                       {"margin": 1.0}, gradcheck=False))
     cases.append(Case("extremes", (np.array([[1000.0, -1000.0, 0.0]], dtype=dt), np.array([1])), gradcheck=False))
-    cases.append(Case("large", (randn(rng, (30000, 10), dt), rng.integers(0, 10, 30000)), {"p": 2}))
+    cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt), (30000, 10)), rng.integers(0, 10, 30000)), {"p": 2}))
     return cases
 
 
 # ----- elementwise losses -------------------------------------------------------------------------------
 ELEM_SHAPES = [(1,), (5, 3), (2, 3, 4), (128, 10)]
-LARGE = (600, 500)  # 300,000 elements: above PARALLEL_MIN
+
+
+def _elem_cases(shapes=ELEM_SHAPES):
+    """(shape, reduction) pairs: every reduction on two shapes, "mean" on the others."""
+    return [(s, red) for s in shapes for red in (REDUCTIONS if s in ((5, 3), (2, 3, 4)) else ("mean",))]
+LARGE = (600, 500)  # 300,000 elements: above PARALLEL_MIN (tiled from a small random block, see `tiled`)
+BLOCK_PAIR = 4001  # prime, and not BLOCK, so pred and target tiles do not repeat in step
 
 
 def _mse_samples(rng, dt):
     cases = []
-    for s in ELEM_SHAPES:
-        for red in REDUCTIONS:
-            cases.append(Case(f"{_shape_id(s)}_{red}", (randn(rng, s, dt), randn(rng, s, dt)), {"reduction": red}))
+    for s, red in _elem_cases():
+        cases.append(Case(f"{_shape_id(s)}_{red}", (randn(rng, s, dt), randn(rng, s, dt)), {"reduction": red}))
     cases.append(Case("noncontig", (noncontig(randn(rng, (3, 4), dt)), randn(rng, (3, 4), dt))))
-    cases.append(Case("large", (randn(rng, LARGE, dt), randn(rng, LARGE, dt))))
+    cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt), LARGE), tiled(lambda s: randn(rng, s, dt), LARGE))))
     return cases
 
 
@@ -109,12 +120,12 @@ def _l1_pair(rng, s, dt):
 
 def _l1_samples(rng, dt):
     cases = []
-    for s in ELEM_SHAPES:
-        for red in REDUCTIONS:
-            cases.append(Case(f"{_shape_id(s)}_{red}", _l1_pair(rng, s, dt), {"reduction": red}))
+    for s, red in _elem_cases():
+        cases.append(Case(f"{_shape_id(s)}_{red}", _l1_pair(rng, s, dt), {"reduction": red}))
     p, t = _l1_pair(rng, (3, 4), dt)
     cases.append(Case("noncontig", (noncontig(p), noncontig(t))))
-    cases.append(Case("large", _l1_pair(rng, LARGE, dt)))
+    p, t = _l1_pair(rng, (BLOCK_PAIR,), dt)
+    cases.append(Case("large", (np.resize(p, LARGE), np.resize(t, LARGE))))
     eq = np.array([1.0, -2.0, 0.0, 3.0], dtype=dt)
     cases.append(Case("at_kink", (eq, np.array([1.0, 0.0, 0.0, 3.5], dtype=dt)), {"reduction": "sum"}, gradcheck=False))
     return cases
@@ -126,17 +137,16 @@ def _probs(rng, s, dt):
 
 def _bce_samples(rng, dt):
     cases = []
-    for s in ELEM_SHAPES:
-        for red in REDUCTIONS:
-            cases.append(Case(f"{_shape_id(s)}_{red}", (_probs(rng, s, dt), rng.random(s).astype(dt)),
-                              {"reduction": red}))
+    for s, red in _elem_cases():
+        cases.append(Case(f"{_shape_id(s)}_{red}", (_probs(rng, s, dt), rng.random(s).astype(dt)), {"reduction": red}))
     cases.append(Case("weight_full", (_probs(rng, (5, 3), dt), rng.random((5, 3)).astype(dt)),
                       {"weight": rng.random((5, 3)).astype(dt)}))
     cases.append(Case("weight_broadcast_none", (_probs(rng, (5, 3), dt), rng.random((5, 3)).astype(dt)),
                       {"weight": rng.random(3).astype(dt), "reduction": "none"}))
     cases.append(Case("hard_targets", (_probs(rng, (4, 4), dt), rng.integers(0, 2, (4, 4)).astype(dt))))
     cases.append(Case("noncontig", (noncontig(_probs(rng, (3, 4), dt)), noncontig(rng.random((3, 4)).astype(dt)))))
-    cases.append(Case("large", (_probs(rng, LARGE, dt), rng.random(LARGE).astype(dt))))
+    cases.append(Case("large", (tiled(lambda s: _probs(rng, s, dt), LARGE),
+                                tiled(lambda s: rng.random(s).astype(dt), LARGE))))
     # probabilities at 0 and 1: log clamped at -100, gradient (p - t) / max(p (1 - p), 1e-12)
     edge = np.array([0.0, 1.0, 0.0, 1.0, 1e-30, 1 - 1e-7], dtype=dt)
     cases.append(Case("clamped", (edge, np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0], dtype=dt)), {"reduction": "none"},
@@ -146,17 +156,17 @@ def _bce_samples(rng, dt):
 
 def _bcel_samples(rng, dt):
     cases = []
-    for s in ELEM_SHAPES:
-        for red in REDUCTIONS:
-            cases.append(Case(f"{_shape_id(s)}_{red}", (randn(rng, s, dt, 3.0), rng.random(s).astype(dt)),
-                              {"reduction": red}))
+    for s, red in _elem_cases():
+        cases.append(Case(f"{_shape_id(s)}_{red}", (randn(rng, s, dt, 3.0), rng.random(s).astype(dt)),
+                          {"reduction": red}))
     cases.append(Case("weight_pos_weight", (randn(rng, (6, 4), dt, 3.0), rng.random((6, 4)).astype(dt)),
                       {"weight": rng.random((6, 1)).astype(dt), "pos_weight": (3 * rng.random(4)).astype(dt)}))
     cases.append(Case("pos_weight_none", (randn(rng, (6, 4), dt, 3.0), rng.integers(0, 2, (6, 4)).astype(dt)),
                       {"pos_weight": (3 * rng.random(4)).astype(dt), "reduction": "none"}))
     cases.append(Case("noncontig", (noncontig(randn(rng, (3, 4), dt)), noncontig(rng.random((3, 4)).astype(dt))),
                       {"pos_weight": noncontig((3 * rng.random(4)).astype(dt))}))
-    cases.append(Case("large", (randn(rng, LARGE, dt, 3.0), rng.random(LARGE).astype(dt))))
+    cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt, 3.0), LARGE),
+                                tiled(lambda s: rng.random(s).astype(dt), LARGE))))
     big = np.array([-1000.0, -1000.0, 1000.0, 1000.0, -30.0, 30.0, 0.0], dtype=dt)
     cases.append(Case("extremes", (big, np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.5], dtype=dt)),
                       {"reduction": "none", "pos_weight": np.full(7, 2.0, dtype=dt)}, gradcheck=False))
@@ -173,7 +183,7 @@ def _penalty_samples(rng, dt):
         for i, st in enumerate(PENALTY_SETTINGS):
             cases.append(Case(f"{_shape_id(s)}_cfg{i}", (away_from(rng, s, dt),), dict(st)))
     cases.append(Case("noncontig", (noncontig(away_from(rng, (3, 4), dt)),), {"l1": 0.2, "l2": 0.1}))
-    cases.append(Case("large", (away_from(rng, LARGE, dt),), {"l1": 1e-3, "l2": 1e-2}))
+    cases.append(Case("large", (tiled(lambda s: away_from(rng, s, dt), LARGE),), {"l1": 1e-3, "l2": 1e-2}))
     cases.append(Case("at_zero", (np.array([0.0, -0.0, 1.0, -2.0], dtype=dt),), {"l1": 0.5, "l2": 0.25},
                       gradcheck=False))
     return cases
