@@ -1,7 +1,9 @@
 """Neural-network modules, PyTorch-shaped."""
 from . import functional, init, utils
-from .layers import CrossEntropyLoss, Linear, LogSoftmax, MSELoss, ReLU, Sigmoid, Softmax, Tanh
+from .layers import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, ELU, L1Loss, LeakyReLU, Linear, LogSoftmax,
+                     Maxout, MSELoss, MultiMarginLoss, NLLLoss, ReLU, Sigmoid, Softmax, Tanh)
 from .module import Module, Parameter, Sequential
 
 __all__ = ["functional", "init", "utils", "Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh",
-           "Softmax", "LogSoftmax", "CrossEntropyLoss", "MSELoss"]
+           "Softmax", "LogSoftmax", "CrossEntropyLoss", "MSELoss", "LeakyReLU", "ELU", "Maxout", "L1Loss",
+           "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "MultiMarginLoss"]

@@ -1,12 +1,35 @@
 """Functional forms of the layers: each takes Tensors (or ndarrays) and records the graph."""
 import numpy as np
 
+from .._dtype import get_default_dtype
 from ..ops import nn as _ops
 from ..tensor import Tensor
 
 
 def _labels(target):
     return target.data if isinstance(target, Tensor) else np.asarray(target)
+
+
+def _dtype_of(x):
+    return x.data.dtype if isinstance(x, Tensor) else np.asarray(x).dtype
+
+
+def _const(value, like, name):
+    """A constant array argument (class weights, pos_weight) as an ndarray of `like`'s dtype; None stays None."""
+    if value is None:
+        return None
+    arr = value.data if isinstance(value, Tensor) else np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=_dtype_of(like))
+
+
+def _weight_arg(weight, what):
+    """The weight argument, refusing a reduction string passed in its place."""
+    if isinstance(weight, str):
+        raise TypeError(f"{what}: the third argument is the class weight, as in PyTorch; pass the reduction "
+                        f"by keyword (reduction={weight!r})")
+    return weight
 
 
 def linear(x, weight, bias=None):
@@ -34,10 +57,144 @@ def log_softmax(x, axis=-1):
     return _ops.LogSoftmax.apply(x, axis=axis)
 
 
-def cross_entropy(logits, target, reduction="mean"):
-    """Softmax cross-entropy of logits (N, C) against integer class labels (N,) (ndarray or Tensor)."""
-    return _ops.CrossEntropy.apply(logits, _labels(target), reduction=reduction)
+def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, C) against integer class labels (N,) (ndarray or Tensor), as
+    PyTorch's cross_entropy with class-index targets (same argument order):
+
+        l_n = (1 - eps) w[y_n] (-log softmax(x_n)[y_n]) + eps / C * sum_c w[c] (-log softmax(x_n)[c])
+
+    with eps = label_smoothing in [0, 1] and w = weight (C,) (ones when None). "mean" divides the sum by
+    sum_n w[y_n] (by N without weights), "sum" adds, "none" returns the (N,) values.
+
+    Differences from PyTorch: the logits must be 2-D (N, C); targets are class indices only (no
+    class-probability targets) and there is no ignore_index. The weight is a constant cast to the logits'
+    dtype; it gets no gradient."""
+    weight = _weight_arg(weight, "cross_entropy")
+    return _ops.CrossEntropy.apply(input, _labels(target), reduction=reduction,
+                                   weight=_const(weight, input, "weight"), label_smoothing=label_smoothing)
 
 
 def mse_loss(input, target, reduction="mean"):
     return _ops.MSELoss.apply(input, target, reduction=reduction)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x for x > 0, negative_slope * x otherwise. Gradient at exactly 0: negative_slope (PyTorch's rule)."""
+    return _ops.LeakyRelu.apply(x, negative_slope=negative_slope)
+
+
+def elu(x, alpha=1.0):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise. Gradient at exactly 0: alpha (PyTorch's rule)."""
+    return _ops.Elu.apply(x, alpha=alpha)
+
+
+def maxout(x, pieces):
+    """The Maxout nonlinearity: the max over groups of `pieces` consecutive values of the last axis,
+    (..., F * pieces) -> (..., F). On ties the gradient goes to the first maximal value of the group."""
+    return _ops.MaxPieces.apply(x, pieces=pieces)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """|input - target| reduced by "mean" (over all elements), "sum" or "none", as PyTorch's l1_loss.
+    The gradient at input == target is 0. input and target must have the same shape (no broadcasting)."""
+    return _ops.L1Loss.apply(input, target, reduction=reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """Binary cross-entropy of probabilities, as PyTorch's binary_cross_entropy:
+
+        l = -w (t * max(log p, -100) + (1 - t) * max(log(1 - p), -100))
+
+    input and target must lie in [0, 1] (ValueError otherwise) and have the same shape; weight broadcasts
+    to it. The gradient is PyTorch's w (p - t) / max(p (1 - p), 1e-12). Prefer
+    binary_cross_entropy_with_logits on logits: it is exact where sigmoid saturates.
+
+    Difference from PyTorch: no gradient with respect to the target (a target that requires grad raises)."""
+    weight = _weight_arg(weight, "binary_cross_entropy")
+    return _ops.BCELoss.apply(input, target, reduction=reduction, weight=_const(weight, input, "weight"))
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """Binary cross-entropy on logits, as PyTorch's binary_cross_entropy_with_logits:
+
+        l = -w (pw * t * log sigmoid(x) + (1 - t) * log(1 - sigmoid(x)))
+
+    weight and pos_weight (e.g. one per class, shape (C,)) broadcast to the input's shape. Evaluated as
+    w (pw t softplus(-x) + (1 - t) softplus(x)): finite and accurate for any finite x (x = +-1000 included).
+
+    Difference from PyTorch: no gradient with respect to the target (a target that requires grad raises)."""
+    weight = _weight_arg(weight, "binary_cross_entropy_with_logits")
+    return _ops.BCEWithLogitsLoss.apply(input, target, reduction=reduction, weight=_const(weight, input, "weight"),
+                                        pos_weight=_const(pos_weight, input, "pos_weight"))
+
+
+def nll_loss(input, target, weight=None, reduction="mean"):
+    """Negative log-likelihood of log-probabilities (N, C) against integer labels (N,), as PyTorch's nll_loss:
+    l_n = -w[y_n] input[n, y_n]; "mean" divides the sum by sum_n w[y_n] (N without weights).
+    Difference from PyTorch: 2-D input only, no ignore_index."""
+    weight = _weight_arg(weight, "nll_loss")
+    return _ops.NLLLoss.apply(input, _labels(target), reduction=reduction, weight=_const(weight, input, "weight"))
+
+
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean", normalization="classes"):
+    """Multiclass hinge loss of scores (N, C) against integer labels (N,):
+
+        l_n = w[y_n] * sum_{j != y_n} max(0, margin - x[n, y_n] + x[n, j]) ** p / D,   p in {1, 2}
+
+    normalization="classes" (default) uses D = C, which is PyTorch's multi_margin_loss; "sum" uses D = 1,
+    the multiclass SVM loss as usually written (e.g. cs231n, with reduction="mean" averaging over the batch).
+    "mean" divides by N (not by the weights). The gradient of max(0, z) at z == 0 is 0.
+    As PyTorch's implementation, the class weight multiplies the hinge term (w * max(0, z) ** p)."""
+    return _ops.MultiMarginLoss.apply(input, _labels(target), reduction=reduction, p=p, margin=margin,
+                                      weight=_const(weight, input, "weight"), normalization=normalization)
+
+
+# ----- regularizers: penalties to add to a loss --------------------------------------------------------
+def _param_list(params):
+    if isinstance(params, Tensor):
+        return [params]
+    ps = list(params)
+    for i, p in enumerate(ps):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params must be Tensors (e.g. model.parameters()), item {i} is {type(p).__name__}")
+    return ps
+
+
+def _coeff(value, name):
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def _penalty(params, l1, l2):
+    total = None
+    for p in _param_list(params):
+        term = _ops.NormPenalty.apply(p, l1=l1, l2=l2)
+        total = term if total is None else total + term
+    if total is None:
+        return Tensor(np.zeros((), dtype=get_default_dtype()))
+    return total
+
+
+def l1_penalty(params, coeff):
+    """coeff * sum over params of sum(|p|): a differentiable term to add to a loss (gradient
+    coeff * sign(p), 0 at p == 0). `params` is a Tensor or an iterable of Tensors (model.parameters())."""
+    return _penalty(params, _coeff(coeff, "coeff"), 0.0)
+
+
+def l2_penalty(params, coeff):
+    """coeff * sum over params of sum(p ** 2) (gradient 2 * coeff * p). Note the convention: there is no
+    1/2, so SGD's weight_decay=lambda adds the same gradient as l2_penalty(params, lambda / 2)."""
+    return _penalty(params, 0.0, _coeff(coeff, "coeff"))
+
+
+def elastic_net_penalty(params, coeff, l1_ratio=0.5):
+    """coeff * (l1_ratio * sum|p| + (1 - l1_ratio) * sum p ** 2), summed over params, with l1_ratio in
+    [0, 1]: l1_ratio=1 is l1_penalty, 0 is l2_penalty. (scikit-learn's ElasticNet puts a 1/2 on the
+    squared term; this one does not, to match l2_penalty.)"""
+    coeff = _coeff(coeff, "coeff")
+    r = float(l1_ratio)
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"l1_ratio must be in [0, 1], got {l1_ratio!r}")
+    return _penalty(params, coeff * r, coeff * (1 - r))
