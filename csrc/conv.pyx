@@ -38,12 +38,17 @@ cdef Py_ssize_t _workspace_limit = DEFAULT_WORKSPACE_LIMIT
 # Below this many multiply-adds per sample GEMM the batched layout is used.
 DEFAULT_BATCH_MACS = 1 << 21
 cdef Py_ssize_t _batch_macs = DEFAULT_BATCH_MACS
+# Preferred chunk size in bytes (cache-sized: the columns are still in cache when the GEMM reads them);
+# the workspace limit caps it.
+DEFAULT_CHUNK_BYTES = 1 << 20
+cdef Py_ssize_t _chunk_bytes = DEFAULT_CHUNK_BYTES
 
 
 cdef struct Geom:
     Py_ssize_t N, C, H, W, O, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW
     Py_ssize_t K, P, taps       # K = C kH kW, P = OH OW, taps = kH kW
     bint direct                 # 1x1 kernel, stride 1, no padding: x[n] is its own column matrix
+    bint same                   # stride 1 and OW == W: each column row is one shifted copy of the plane
 
 
 # ----- index helpers --------------------------------------------------------------------------------
@@ -68,58 +73,104 @@ cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size
 
 
 cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
-    """The kH kW column rows of one input plane xc (H, W); row t starts at col + t ld, P entries."""
-    cdef Py_ssize_t kh, kw, oh, ow, ih, iw0, lo, hi, base
+    """The kH kW column rows of one input plane xc (H, W); row t starts at col + t ld, P entries.
+
+    Row (kh, kw) at output pixel (oh, ow) holds xc[oh sH + kh dH - pH, ow sW + kw dW - pW], or 0 where that
+    falls in the padding. Output rows [ohl, ohh) and columns [lo, hi) are the ones that see real pixels.
+    For stride 1 with OW == W ("same" width) the row is one shifted copy of the plane (dst[i] =
+    xc[i + base]) followed by zeroing the edge columns; otherwise it is copied row by row."""
+    cdef Py_ssize_t kh, kw, oh, ow, ih0, iw0, lo, hi, ohl, ohh, base, a, b, r
+    cdef Py_ssize_t OW = g.OW, HW = g.H * g.W
     cdef real* row
     cdef real* dst
     for kh in range(g.kH):
+        ih0 = kh * g.dH - g.pH
+        _valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
         for kw in range(g.kW):
             row = col + (kh * g.kW + kw) * ld
             iw0 = kw * g.dW - g.pW
-            _valid_range(iw0, g.sW, g.W, g.OW, &lo, &hi)
-            for oh in range(g.OH):
-                dst = row + oh * g.OW
-                ih = oh * g.sH - g.pH + kh * g.dH
-                if ih < 0 or ih >= g.H or hi == lo:
-                    memset(dst, 0, g.OW * sizeof(real))
-                    continue
-                base = ih * g.W + iw0
-                for ow in range(lo):
-                    dst[ow] = 0
-                if g.sW == 1:
-                    memcpy(dst + lo, xc + (base + lo), (hi - lo) * sizeof(real))
-                else:
-                    for ow in range(lo, hi):
-                        dst[ow] = xc[base + ow * g.sW]
-                for ow in range(hi, g.OW):
-                    dst[ow] = 0
-
-
-cdef void _col2im_plane(const real* col, Py_ssize_t ld, real* dxc, const Geom* g) noexcept nogil:
-    """dxc (H, W) = sum over the kH kW column rows of one plane, scattered back to the input pixels."""
-    cdef Py_ssize_t kh, kw, oh, ow, ih, iw0, lo, hi, base
-    cdef const real* row
-    cdef const real* src
-    memset(dxc, 0, g.H * g.W * sizeof(real))
-    for kh in range(g.kH):
-        for kw in range(g.kW):
-            row = col + (kh * g.kW + kw) * ld
-            iw0 = kw * g.dW - g.pW
-            _valid_range(iw0, g.sW, g.W, g.OW, &lo, &hi)
-            if hi == lo:
+            _valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
+            if ohh == ohl or hi == lo:
+                memset(row, 0, g.P * sizeof(real))
                 continue
-            for oh in range(g.OH):
-                ih = oh * g.sH - g.pH + kh * g.dH
-                if ih < 0 or ih >= g.H:
-                    continue
-                src = row + oh * g.OW
-                base = ih * g.W + iw0
-                if g.sW == 1:
-                    for ow in range(lo, hi):
-                        dxc[base + ow] += src[ow]
-                else:
-                    for ow in range(lo, hi):
-                        dxc[base + ow * g.sW] += src[ow]
+            memset(row, 0, ohl * OW * sizeof(real))
+            memset(row + ohh * OW, 0, (g.OH - ohh) * OW * sizeof(real))
+            if g.same:
+                base = ih0 * g.W + iw0
+                a = ohl * OW
+                b = ohh * OW
+                if a < -base:
+                    a = -base
+                if b > HW - base:
+                    b = HW - base
+                memcpy(row + a, xc + (a + base), (b - a) * sizeof(real))
+                for oh in range(ohl, ohh):
+                    dst = row + oh * OW
+                    for ow in range(lo):
+                        dst[ow] = 0
+                    for ow in range(hi, OW):
+                        dst[ow] = 0
+            else:
+                for oh in range(ohl, ohh):
+                    dst = row + oh * OW
+                    r = (oh * g.sH + ih0) * g.W + iw0
+                    for ow in range(lo):
+                        dst[ow] = 0
+                    if g.sW == 1:
+                        for ow in range(lo, hi):
+                            dst[ow] = xc[r + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow] = xc[r + ow * g.sW]
+                    for ow in range(hi, OW):
+                        dst[ow] = 0
+
+
+cdef void _col2im_plane(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noexcept nogil:
+    """dxc (H, W) = the kH kW column rows of one plane added back onto the pixels they were read from.
+
+    In the "same"-width case the edge columns of the (scratch) rows are zeroed first, so each row is then
+    added in one shifted pass (dxc[i + base] += row[i]); adding those zeros leaves dxc unchanged."""
+    cdef Py_ssize_t kh, kw, oh, ow, ih0, iw0, lo, hi, ohl, ohh, base, a, b, i, r
+    cdef Py_ssize_t OW = g.OW, HW = g.H * g.W
+    cdef real* row
+    cdef real* src
+    memset(dxc, 0, HW * sizeof(real))
+    for kh in range(g.kH):
+        ih0 = kh * g.dH - g.pH
+        _valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
+        for kw in range(g.kW):
+            row = col + (kh * g.kW + kw) * ld
+            iw0 = kw * g.dW - g.pW
+            _valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
+            if ohh == ohl or hi == lo:
+                continue
+            if g.same:
+                for oh in range(ohl, ohh):
+                    src = row + oh * OW
+                    for ow in range(lo):
+                        src[ow] = 0
+                    for ow in range(hi, OW):
+                        src[ow] = 0
+                base = ih0 * g.W + iw0
+                a = ohl * OW
+                b = ohh * OW
+                if a < -base:
+                    a = -base
+                if b > HW - base:
+                    b = HW - base
+                for i in range(a, b):
+                    dxc[i + base] += row[i]
+            else:
+                for oh in range(ohl, ohh):
+                    src = row + oh * OW
+                    r = (oh * g.sH + ih0) * g.W + iw0
+                    if g.sW == 1:
+                        for ow in range(lo, hi):
+                            dxc[r + ow] += src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dxc[r + ow * g.sW] += src[ow]
 
 
 cdef void _im2col_chunk(const real* x, Py_ssize_t n0, Py_ssize_t nb, real* col, Py_ssize_t ld,
@@ -132,7 +183,7 @@ cdef void _im2col_chunk(const real* x, Py_ssize_t n0, Py_ssize_t nb, real* col, 
         _im2col_plane(x + ((n0 + j) * g.C + c) * HW, col + j * sample_stride + c * g.taps * ld, ld, g)
 
 
-cdef void _col2im_chunk(const real* col, Py_ssize_t ld, Py_ssize_t sample_stride, real* dx,
+cdef void _col2im_chunk(real* col, Py_ssize_t ld, Py_ssize_t sample_stride, real* dx,
                         Py_ssize_t n0, Py_ssize_t nb, const Geom* g) noexcept nogil:
     cdef Py_ssize_t t, j, c, HW = g.H * g.W
     for t in prange(nb * g.C, schedule="static", num_threads=threads_for(nb * g.K * g.P)):
@@ -205,8 +256,10 @@ cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:
         db[o] = <real>s
 
 
-cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dw, real* ws,
+cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* ws,
                          bint ndx, bint ndw, Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
+    """dx (N, C, H, W) and dwt (K, O) = dweight^T. The weight gradient is accumulated transposed,
+    dwt += col[n] @ g[n]^T, because BLAS runs that orientation of the product faster than g[n] @ col[n]^T."""
     cdef Py_ssize_t n0 = 0, nb, j, t, o, ld
     cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
     cdef real beta = 0
@@ -215,7 +268,7 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
     cdef real* dst
     cdef const real* src
     if ndw and g.N == 0:
-        memset(dw, 0, O * K * sizeof(real))
+        memset(dwt, 0, O * K * sizeof(real))
     while n0 < g.N:
         nb = chunk if chunk < g.N - n0 else g.N - n0
         if batched:
@@ -228,8 +281,8 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
                 memcpy(blk + o * ld + j * P, gy + (n0 + j) * ys + o * P, P * sizeof(real))
             if ndw:
                 _im2col_chunk(x, n0, nb, col, ld, P, g)
-                gemm_rm(False, True, <int>O, <int>K, <int>ld, <real>1, blk, <int>ld, col, <int>ld, beta,
-                        dw, <int>K)
+                gemm_rm(False, True, <int>K, <int>O, <int>ld, <real>1, col, <int>ld, blk, <int>ld, beta,
+                        dwt, <int>O)
             if ndx:
                 gemm_rm(True, False, <int>K, <int>ld, <int>O, <real>1, w, <int>K, blk, <int>ld, <real>0,
                         col, <int>ld)
@@ -241,8 +294,8 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
                 src = gy + (n0 + j) * ys
                 col = (<real*>x + (n0 + j) * xs) if g.direct else (ws + j * K * P)
                 if ndw:
-                    gemm_rm(False, True, <int>O, <int>K, <int>P, <real>1, src, <int>P, col, <int>P, beta,
-                            dw, <int>K)
+                    gemm_rm(False, True, <int>K, <int>O, <int>P, <real>1, col, <int>P, src, <int>P, beta,
+                            dwt, <int>O)
                     beta = 1
                 if ndx:
                     dst = (dx + (n0 + j) * xs) if g.direct else col
@@ -298,6 +351,7 @@ cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, 
     g.K = g.C * g.taps
     g.P = g.OH * g.OW
     g.direct = g.taps == 1 and g.sH == 1 and g.sW == 1 and g.pH == 0 and g.pW == 0
+    g.same = g.sH == 1 and g.sW == 1 and g.OW == g.W
     for d, what in ((g.K, "C*kH*kW"), (g.P, "OH*OW"), (g.O, "out_channels"), (g.C * g.H * g.W, "C*H*W")):
         check_blas_size(d, f"conv2d {what}")
     return 0
@@ -316,7 +370,7 @@ cdef int _plan(const Geom* g, Py_ssize_t itemsize, Py_ssize_t* chunk, bint* batc
     if per == 0:
         chunk[0] = g.N if g.N > 0 else 1
     else:
-        chunk[0] = _workspace_limit // per
+        chunk[0] = (_workspace_limit if _workspace_limit < _chunk_bytes else _chunk_bytes) // per
         if chunk[0] < 1:
             chunk[0] = 1
         if chunk[0] > g.N:
@@ -393,14 +447,14 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     _plan(&g, x.dtype.itemsize, &chunk, &batched)
     dt = x.dtype
     dx = np.empty(x.shape, dtype=dt) if ndx else None
-    dw = np.empty(weight.shape, dtype=dt) if ndw else None
+    dwt = np.empty((g.K, g.O), dtype=dt) if ndw else None
     db = np.empty(g.O, dtype=dt) if ndb else None
     ws = _workspace(&g, chunk, batched, dt) if (ndx or ndw) else None
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
     cdef void* pdx = _ptr(dx) if ndx else NULL
-    cdef void* pdw = _ptr(dw) if ndw else NULL
+    cdef void* pdw = _ptr(dwt) if ndw else NULL
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* pws = _ptr(ws) if ws is not None else NULL
     if dt == np.float32:
@@ -417,6 +471,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
             if ndx or ndw:
                 _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx, <double*>pdw,
                                        <double*>pws, ndx, ndw, chunk, batched, &g)
+    dw = np.ascontiguousarray(dwt.T).reshape(weight.shape) if ndw else None
     return dx, dw, db
 
 
@@ -434,17 +489,21 @@ def _get_workspace_limit():
     return _workspace_limit
 
 
-def _set_batch_threshold(macs):
-    """Per-sample GEMM size (multiply-adds) below which the batched layout is used; 0 = never batch."""
-    global _batch_macs
-    n = operator.index(macs)
-    if n < 0:
-        raise ValueError(f"batch threshold must be >= 0, got {n}")
-    _batch_macs = n
-
-
-def _get_batch_threshold():
-    return _batch_macs
+def _tuning(batch_macs=None, chunk_bytes=None):
+    """Performance knobs (results do not depend on them beyond rounding): batch_macs is the per-sample
+    GEMM size (multiply-adds) below which the batched layout is used (0: never); chunk_bytes is the
+    preferred workspace per chunk (the workspace limit still caps it). Returns the previous values."""
+    global _batch_macs, _chunk_bytes
+    previous = {"batch_macs": _batch_macs, "chunk_bytes": _chunk_bytes}
+    if batch_macs is not None:
+        if operator.index(batch_macs) < 0:
+            raise ValueError(f"batch_macs must be >= 0, got {batch_macs}")
+        _batch_macs = operator.index(batch_macs)
+    if chunk_bytes is not None:
+        if operator.index(chunk_bytes) < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        _chunk_bytes = operator.index(chunk_bytes)
+    return previous
 
 
 def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):

@@ -20,6 +20,7 @@ CONV_SHAPES = [
     ("pad3_wider_than_k2", (2, 1, 4, 4), (2, 1, 2, 2), {"padding": 3}),
     ("kernel_fills_padded_input", (1, 2, 3, 4), (2, 2, 5, 4), {"padding": (1, 0)}),
     ("stride3_gt_kernel2", (1, 2, 8, 7), (2, 2, 2, 2), {"stride": 3}),
+    ("dilation2_same_pad2", (2, 2, 7, 6), (2, 2, 3, 3), {"dilation": 2, "padding": 2}),
     ("all_options", (3, 2, 11, 9), (4, 2, 3, 2), {"stride": (2, 1), "padding": (2, 1), "dilation": (1, 2)}),
     ("per_sample_layout", (2, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
 ]
