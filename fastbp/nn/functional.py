@@ -198,3 +198,66 @@ def elastic_net_penalty(params, coeff, l1_ratio=0.5):
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"l1_ratio must be in [0, 1], got {l1_ratio!r}")
     return _penalty(params, coeff * r, coeff * (1 - r))
+
+
+# ----- convolution and pooling (ops in fastbp/ops/conv.py, kernels in csrc/conv.pyx and csrc/pool.pyx) -----
+from ..ops import conv as _conv_ops  # noqa: E402
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
+    """2-D convolution (cross-correlation) of input (N, C, H, W) with weight (O, C, kH, kW), plus bias (O,).
+
+    stride, padding (zeros) and dilation are an int or a (height, width) pair, as torch.nn.functional.conv2d
+    (groups=1). Output (N, O, OH, OW), OH = (H + 2 pH - dH (kH - 1) - 1) // sH + 1. Shape errors (wrong
+    rank, channel mismatch, kernel larger than the padded input) raise ValueError naming the shapes.
+    The compiled kernel works through the batch in chunks whose im2col workspace stays under
+    get_conv_workspace_limit() bytes."""
+    return _conv_ops.Conv2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1):
+    """Max over each window (stride defaults to kernel_size; padding at most half the kernel, -inf padded).
+    The gradient goes to the first maximum in row-major window order (NaN counts as the maximum)."""
+    return _conv_ops.MaxPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
+                                     dilation=dilation)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0):
+    """Mean over each window, zero padding counted (count_include_pad=True, PyTorch's default)."""
+    return _conv_ops.AvgPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def global_avg_pool2d(input):
+    """Mean over each (H, W) plane: (N, C, H, W) -> (N, C, 1, 1), as adaptive_avg_pool2d(input, 1)."""
+    return _conv_ops.GlobalAvgPool2d.apply(input)
+
+
+def _compiled_conv():
+    from .. import _backend
+    return dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+
+
+def set_conv_workspace_limit(nbytes):
+    """Bound, in bytes, on the im2col column workspace of one compiled conv2d call (default 64 MiB).
+
+    The batch is processed in chunks of as many samples as fit; a single sample whose columns alone exceed
+    the bound is processed on its own, so the workspace is max(limit, one sample's columns). Chunks are
+    also kept near 1 MiB when the limit allows, so that the columns are still in cache when BLAS reads them.
+    Smaller limits save memory on large batches. Results are bit-identical for any limit when each sample
+    is its own GEMM (larger convolutions); small convolutions, which run one GEMM per chunk, agree up to
+    float32/float64 rounding. The NumPy reference backend does not chunk (it is written for clarity).
+    Returns the previous limit."""
+    mod = _compiled_conv()
+    if mod is None:
+        raise RuntimeError("set_conv_workspace_limit needs the compiled kernels (fastbp._C.conv)")
+    previous = mod._get_workspace_limit()
+    mod._set_workspace_limit(nbytes)
+    return previous
+
+
+def get_conv_workspace_limit():
+    """The current conv2d workspace bound in bytes (see set_conv_workspace_limit)."""
+    mod = _compiled_conv()
+    if mod is None:
+        raise RuntimeError("get_conv_workspace_limit needs the compiled kernels (fastbp._C.conv)")
+    return mod._get_workspace_limit()

