@@ -526,8 +526,8 @@ cdef tuple _elem_prepare(object pred, object target, int kind, str what, str pna
         for arr, nm in ((xf, pname), (tf, "target")):
             bad = _first_outside_unit[float](arr) if arr.dtype == np.float32 else _first_outside_unit[double](arr)
             if bad >= 0:
-                raise ValueError(f"{what}: all elements of {nm} must lie in [0, 1]; element "
-                                 f"{np.unravel_index(bad, pred.shape)} is {arr[bad]}")
+                idx = tuple(int(k) for k in np.unravel_index(bad, pred.shape))
+                raise ValueError(f"{what}: all elements of {nm} must lie in [0, 1]; element {idx} is {arr[bad]}")
     w = _elementwise_weight(weight, pred, "weight")
     pw = _elementwise_weight(pos_weight, pred, "pos_weight")
     return pred, xf, tf, w, pw

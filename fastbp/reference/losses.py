@@ -211,7 +211,7 @@ def _check_elementwise(pred, target, what, pname):
 def _check_unit(arr, name, what):
     bad = np.flatnonzero(~((arr >= 0) & (arr <= 1)))
     if bad.size:
-        idx = np.unravel_index(bad[0], arr.shape)
+        idx = tuple(int(k) for k in np.unravel_index(bad[0], arr.shape))
         raise ValueError(f"{what}: all elements of {name} must lie in [0, 1]; element {idx} is {arr[idx]}")
 
 
