@@ -211,6 +211,15 @@ def test_show_config_and_cli(capsys):
     assert "compiled kernels loaded: yes" in out.stdout
 
 
+def test_compare_command_reports_every_requested_op():
+    out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "linear"])
+    assert out.returncode == 0, out.stderr
+    lines = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "sgd_step", "linear")]
+    assert len(lines) == 6 and all(l.endswith("yes") for l in lines)
+    assert "3 ops, 0 outside tolerance" in out.stdout
+    assert run_python(["-m", "fastbp", "compare", "no_such_op"]).returncode == 2
+
+
 def test_set_num_threads_controls_openmp():
     before = fastbp.get_num_threads()
     try:
