@@ -56,6 +56,16 @@ cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
     """[lo, hi): the o in [0, count) with 0 <= start + o * step < size (step >= 1)."""
     cdef Py_ssize_t a = 0, b
+    if step == 1:  # no division on the common path (pooling calls this once per output pixel)
+        a = -start if start < 0 else 0
+        b = size - start if size - start < count else count
+        if a > count:
+            a = count
+        if b < a:
+            b = a
+        lo[0] = a
+        hi[0] = b
+        return
     if start < 0:
         a = (-start + step - 1) // step
     if size - 1 - start < 0:

@@ -35,6 +35,16 @@ cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
     """[lo, hi): the k in [0, count) with 0 <= start + k * step < size (step >= 1)."""
     cdef Py_ssize_t a = 0, b
+    if step == 1:  # no division on the common path (pooling calls this once per output pixel)
+        a = -start if start < 0 else 0
+        b = size - start if size - start < count else count
+        if a > count:
+            a = count
+        if b < a:
+            b = a
+        lo[0] = a
+        hi[0] = b
+        return
     if start < 0:
         a = (-start + step - 1) // step
     if size - 1 - start < 0:
@@ -53,30 +63,49 @@ cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size
 
 # ----- max pooling ----------------------------------------------------------------------------------
 cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noexcept nogil:
-    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, r, j, bi
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
+    """Tap-major, one output row at a time. The row's argmax indices start at each window's first real
+    element (clipped to the input), then every tap (kh, kw), in row-major window order, is compared with
+    the current maximum of all the row's outputs that see it: a strictly greater element or the first NaN
+    takes over. The update is arithmetic on the index (no branch: with random data "v > best" is
+    unpredictable) and the outputs of a row are independent, so the loop is not bound by one long
+    dependency chain. y is read back through the indices at the end."""
+    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, lo, hi, r, j, bi
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
     cdef real v, best
+    cdef bint take
     cdef const real* xp
+    cdef real* yr
+    cdef int64_t* ir
     for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
         xp = x + t * HW
         for oh in range(g.OH):
+            yr = y + t * P + oh * OW
+            ir = ind + t * P + oh * OW
             ih0 = oh * g.sH - g.pH
             _valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
-            for ow in range(g.OW):
-                iw0 = ow * g.sW - g.pW
+            for ow in range(OW):
+                iw0 = ow * sW - g.pW
                 _valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
-                best = -INFINITY
-                bi = -1
-                for kh in range(khl, khh):
+                if khl == khh or kwl == kwh:
+                    ir[ow] = -1
+                else:
+                    ir[ow] = (ih0 + khl * g.dH) * g.W + iw0 + kwl * g.dW
+            for kh in range(khl, khh):
+                for kw in range(g.kW):
+                    iw0 = kw * g.dW - g.pW
+                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
                     r = (ih0 + kh * g.dH) * g.W + iw0
-                    for kw in range(kwl, kwh):
-                        j = r + kw * g.dW
+                    for ow in range(lo, hi):
+                        j = r + ow * sW
+                        bi = ir[ow]
                         v = xp[j]
-                        if bi < 0 or v > best or (v != v and best == best):
-                            best = v
-                            bi = j
-                y[t * P + oh * g.OW + ow] = best
-                ind[t * P + oh * g.OW + ow] = bi
+                        best = xp[bi]
+                        # "greater, or NaN over a number" == not (v <= best) and best is not NaN
+                        take = (not (v <= best)) & (best == best)
+                        ir[ow] = bi + take * (j - bi)
+            for ow in range(OW):
+                bi = ir[ow]
+                yr[ow] = xp[bi] if bi >= 0 else -INFINITY
 
 
 cdef Py_ssize_t _max_backward(const real* gy, const int64_t* ind, real* dx, Py_ssize_t planes,
@@ -98,45 +127,53 @@ cdef Py_ssize_t _max_backward(const real* gy, const int64_t* ind, real* dx, Py_s
 
 # ----- average pooling ------------------------------------------------------------------------------
 cdef void _avg_forward(const real* x, real* y, const PGeom* g) noexcept nogil:
-    cdef Py_ssize_t t, oh, ow, ih, iw, ih0, iw0, khl, khh, kwl, kwh
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
-    cdef real s
+    """Tap-major like max pooling: each output row accumulates its window taps (kh, kw) in row-major
+    order over long, simple inner loops, then is divided by kH kW."""
+    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
     cdef real area = <real>(g.kH * g.kW)
     cdef const real* xp
+    cdef real* yr
     for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
         xp = x + t * HW
         for oh in range(g.OH):
+            yr = y + t * P + oh * OW
+            for ow in range(OW):
+                yr[ow] = 0
             ih0 = oh * g.sH - g.pH
             _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
-            for ow in range(g.OW):
-                iw0 = ow * g.sW - g.pW
-                _valid_range(iw0, 1, g.W, g.kW, &kwl, &kwh)
-                s = 0
-                for ih in range(ih0 + khl, ih0 + khh):
-                    for iw in range(iw0 + kwl, iw0 + kwh):
-                        s = s + xp[ih * g.W + iw]
-                y[t * P + oh * g.OW + ow] = s / area
+            for kh in range(khl, khh):
+                for kw in range(g.kW):
+                    iw0 = kw - g.pW
+                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                    r = (ih0 + kh) * g.W + iw0
+                    for ow in range(lo, hi):
+                        yr[ow] += xp[r + ow * sW]
+            for ow in range(OW):
+                yr[ow] = yr[ow] / area
 
 
 cdef void _avg_backward(const real* gy, real* dx, const PGeom* g) noexcept nogil:
-    cdef Py_ssize_t t, oh, ow, ih, iw, ih0, iw0, khl, khh, kwl, kwh
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW
-    cdef real v
+    """Tap-major scatter: every tap (kh, kw) of an output row adds grad / (kH kW) to the pixels it saw."""
+    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
+    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
     cdef real area = <real>(g.kH * g.kW)
     cdef real* dp
+    cdef const real* gr
     for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
         dp = dx + t * HW
         memset(dp, 0, HW * sizeof(real))
         for oh in range(g.OH):
+            gr = gy + t * P + oh * OW
             ih0 = oh * g.sH - g.pH
             _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
-            for ow in range(g.OW):
-                iw0 = ow * g.sW - g.pW
-                _valid_range(iw0, 1, g.W, g.kW, &kwl, &kwh)
-                v = gy[t * P + oh * g.OW + ow] / area
-                for ih in range(ih0 + khl, ih0 + khh):
-                    for iw in range(iw0 + kwl, iw0 + kwh):
-                        dp[ih * g.W + iw] += v
+            for kh in range(khl, khh):
+                for kw in range(g.kW):
+                    iw0 = kw - g.pW
+                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                    r = (ih0 + kh) * g.W + iw0
+                    for ow in range(lo, hi):
+                        dp[r + ow * sW] += gr[ow] / area
 
 
 # ----- global average pooling -----------------------------------------------------------------------
