@@ -18,9 +18,16 @@ OPS = [s for s in REGISTRY if s.kind == "op"]
 STEPS = [s for s in REGISTRY if s.kind == "step"]
 
 
+_CASES = {}
+
+
 def _cases(spec, dtype):
-    rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{np.dtype(dtype).name}".encode()))
-    return spec.samples(rng, np.dtype(dtype))
+    """The spec's samples for dtype, generated once per session (callers deep-copy before use)."""
+    key = (spec.name, np.dtype(dtype).name)
+    if key not in _CASES:
+        rng = np.random.default_rng(zlib.crc32(f"{spec.name}/{np.dtype(dtype).name}".encode()))
+        _CASES[key] = tuple(spec.samples(rng, np.dtype(dtype)))
+    return _CASES[key]
 
 
 def _params(specs):

@@ -22,16 +22,6 @@ def check_reduction(reduction):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def reduce(values, reduction, dtype):
-    """Apply a loss reduction to per-sample (or per-element) values."""
-    if reduction == "none":
-        return values.astype(dtype, copy=False)
-    total = values.sum(dtype=np.float64)
-    if reduction == "mean":
-        total = total / values.size
-    return np.array(total, dtype=dtype)
-
-
 def check_labels(labels, n, c):
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
