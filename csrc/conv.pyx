@@ -28,6 +28,7 @@ from libc.string cimport memset, memcpy
 from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for
 
 import operator
+import threading
 
 import numpy as np
 
@@ -253,16 +254,28 @@ cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, re
 
 # ----- backward -------------------------------------------------------------------------------------
 cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:
-    """db[o] = sum over n, then p, of g[n, o, p], accumulated in double in a fixed order."""
-    cdef Py_ssize_t o, n, p, P = g.P, ys = g.O * g.P
-    cdef double s
+    """db[o] = sum over n, then p, of g[n, o, p], accumulated in double in a fixed order: eight partial
+    sums over p (so the additions are not one serial dependency chain), combined in a fixed tree."""
+    cdef Py_ssize_t o, n, p, P = g.P, ys = g.O * g.P, P8 = (g.P // 8) * 8
+    cdef double s, s0, s1, s2, s3, s4, s5, s6, s7
     cdef const real* r
     for o in prange(g.O, schedule="static", num_threads=threads_for(g.N * g.O * g.P)):
         s = 0
         for n in range(g.N):
             r = gy + n * ys + o * P
-            for p in range(P):
-                s = s + r[p]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0
+            for p in range(0, P8, 8):
+                s0 = s0 + r[p]
+                s1 = s1 + r[p + 1]
+                s2 = s2 + r[p + 2]
+                s3 = s3 + r[p + 3]
+                s4 = s4 + r[p + 4]
+                s5 = s5 + r[p + 5]
+                s6 = s6 + r[p + 6]
+                s7 = s7 + r[p + 7]
+            for p in range(P8, P):
+                s0 = s0 + r[p]
+            s = s + (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)))
         db[o] = <real>s
 
 
@@ -390,12 +403,32 @@ cdef int _plan(const Geom* g, Py_ssize_t itemsize, Py_ssize_t* chunk, bint* batc
     return 0
 
 
-cdef object _workspace(const Geom* g, Py_ssize_t chunk, bint batched, object dtype):
+# The workspace is kept between calls (reallocating it each call costs page faults in the kernel, a
+# visible share of a small network's step). One cached buffer, handed to one call at a time: a call that
+# finds it in use by another thread (the kernels release the GIL) allocates its own. A workspace larger
+# than the limit (one sample whose columns exceed it) is never cached.
+cdef object _ws_cache = None
+_ws_lock = threading.Lock()
+
+
+cdef tuple _acquire_workspace(const Geom* g, Py_ssize_t chunk, bint batched, object dtype):
+    """(array, held): the column workspace for this plan; held means the caller must release _ws_lock."""
+    global _ws_cache
+    cdef Py_ssize_t n
     if batched:
-        return np.empty((g.K + g.O) * chunk * g.P, dtype=dtype)
-    if g.direct:
-        return np.empty(1, dtype=dtype)
-    return np.empty(g.K * chunk * g.P, dtype=dtype)
+        n = (g.K + g.O) * chunk * g.P
+    elif g.direct:
+        n = 1
+    else:
+        n = g.K * chunk * g.P
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes > _workspace_limit or not _ws_lock.acquire(False):
+        return np.empty(n, dtype=dtype), False
+    if _ws_cache is None or _ws_cache.nbytes < nbytes:
+        _ws_cache = None
+        _ws_cache = np.empty(nbytes, dtype=np.uint8)
+    return _ws_cache[:nbytes].view(dtype), True
 
 
 cdef inline void* _ptr(object a):
@@ -422,19 +455,25 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
                              f"bias must have shape ({g.O},)")
     _plan(&g, x.dtype.itemsize, &chunk, &batched)
     y = np.empty((g.N, g.O, g.OH, g.OW), dtype=x.dtype)
-    ws = _workspace(&g, chunk, batched, x.dtype)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
     cdef void* pb = _ptr(bias) if bias is not None else NULL
     cdef void* py = _ptr(y)
-    cdef void* pws = _ptr(ws)
-    if x.dtype == np.float32:
-        with nogil:
-            _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws, chunk, batched, &g)
-    else:
-        with nogil:
-            _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws, chunk,
-                                  batched, &g)
+    cdef void* pws
+    ws, held = _acquire_workspace(&g, chunk, batched, x.dtype)
+    try:
+        pws = _ptr(ws)
+        if x.dtype == np.float32:
+            with nogil:
+                _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws, chunk,
+                                     batched, &g)
+        else:
+            with nogil:
+                _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws, chunk,
+                                      batched, &g)
+    finally:
+        if held:
+            _ws_lock.release()
     return y
 
 
@@ -459,28 +498,35 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     dx = np.empty(x.shape, dtype=dt) if ndx else None
     dwt = np.empty((g.K, g.O), dtype=dt) if ndw else None
     db = np.empty(g.O, dtype=dt) if ndb else None
-    ws = _workspace(&g, chunk, batched, dt) if (ndx or ndw) else None
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
     cdef void* pdx = _ptr(dx) if ndx else NULL
     cdef void* pdw = _ptr(dwt) if ndw else NULL
     cdef void* pdb = _ptr(db) if ndb else NULL
-    cdef void* pws = _ptr(ws) if ws is not None else NULL
-    if dt == np.float32:
-        with nogil:
-            if ndb:
-                _bias_grad[float](<float*>pg, <float*>pdb, &g)
-            if ndx or ndw:
-                _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
-                                      <float*>pws, ndx, ndw, chunk, batched, &g)
-    else:
-        with nogil:
-            if ndb:
-                _bias_grad[double](<double*>pg, <double*>pdb, &g)
-            if ndx or ndw:
-                _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx, <double*>pdw,
-                                       <double*>pws, ndx, ndw, chunk, batched, &g)
+    cdef void* pws = NULL
+    held = False
+    try:
+        if ndx or ndw:
+            ws, held = _acquire_workspace(&g, chunk, batched, dt)
+            pws = _ptr(ws)
+        if dt == np.float32:
+            with nogil:
+                if ndb:
+                    _bias_grad[float](<float*>pg, <float*>pdb, &g)
+                if ndx or ndw:
+                    _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
+                                          <float*>pws, ndx, ndw, chunk, batched, &g)
+        else:
+            with nogil:
+                if ndb:
+                    _bias_grad[double](<double*>pg, <double*>pdb, &g)
+                if ndx or ndw:
+                    _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx, <double*>pdw,
+                                           <double*>pws, ndx, ndw, chunk, batched, &g)
+    finally:
+        if held:
+            _ws_lock.release()
     dw = np.ascontiguousarray(dwt.T).reshape(weight.shape) if ndw else None
     return dx, dw, db
 
@@ -488,15 +534,22 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
 # ----- settings (underscore names: not kernels; fastbp.nn.functional wraps them) ---------------------
 def _set_workspace_limit(nbytes):
     """Bound, in bytes, on the im2col workspace of one conv2d call (at least one sample's columns)."""
-    global _workspace_limit
+    global _workspace_limit, _ws_cache
     n = operator.index(nbytes)
     if n < 1:
         raise ValueError(f"conv workspace limit must be >= 1 byte, got {n}")
-    _workspace_limit = n
+    with _ws_lock:
+        _workspace_limit = n
+        _ws_cache = None
 
 
 def _get_workspace_limit():
     return _workspace_limit
+
+
+def _cached_workspace_bytes():
+    """Bytes held by the workspace kept between calls (0 before the first call or after a limit change)."""
+    return 0 if _ws_cache is None else _ws_cache.nbytes
 
 
 def _tuning(batch_macs=None, chunk_bytes=None):

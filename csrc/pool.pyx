@@ -72,7 +72,7 @@ cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noe
     cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, lo, hi, r, j, bi
     cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
     cdef real v, best
-    cdef bint take
+    cdef bint take, nopad = g.pH == 0 and g.pW == 0
     cdef const real* xp
     cdef real* yr
     cdef int64_t* ir
@@ -82,6 +82,25 @@ cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noe
             yr = y + t * P + oh * OW
             ir = ind + t * P + oh * OW
             ih0 = oh * g.sH - g.pH
+            if nopad:
+                # every window lies inside the input: start at tap (0, 0), compare the others
+                for ow in range(OW):
+                    ir[ow] = ih0 * g.W + ow * sW
+                for kh in range(g.kH):
+                    for kw in range(g.kW):
+                        if kh == 0 and kw == 0:
+                            continue
+                        r = (ih0 + kh * g.dH) * g.W + kw * g.dW
+                        for ow in range(OW):
+                            j = r + ow * sW
+                            bi = ir[ow]
+                            v = xp[j]
+                            best = xp[bi]
+                            take = (not (v <= best)) & (best == best)
+                            ir[ow] = bi + take * (j - bi)
+                for ow in range(OW):
+                    yr[ow] = xp[ir[ow]]
+                continue
             _valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
             for ow in range(OW):
                 iw0 = ow * sW - g.pW
