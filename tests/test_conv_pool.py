@@ -216,10 +216,10 @@ CHUNK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout_macs", [0, 1 << 40], ids=["per_sample", "batched"])
+@pytest.mark.parametrize("layout_pixels", [0, 1 << 40], ids=["per_sample", "batched"])
 @pytest.mark.parametrize("cid,xs,ws,params", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
-def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout_macs, cid, xs, ws, params, rng):
-    conv_settings._tuning(batch_macs=layout_macs, chunk_bytes=1 << 40)
+def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout_pixels, cid, xs, ws, params, rng):
+    conv_settings._tuning(batch_pixels=layout_pixels, chunk_bytes=1 << 40)
     x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
     conv_settings._set_workspace_limit(1 << 40)
     whole = conv_settings._plan_info(xs, ws, **params)
@@ -255,7 +255,7 @@ def test_workspace_limit_setting(conv_settings):
     assert F.get_conv_workspace_limit() == 64 * 1024 * 1024
     prev = F.set_conv_workspace_limit(1 << 20)
     assert prev == 64 * 1024 * 1024 and F.get_conv_workspace_limit() == 1 << 20
-    conv_settings._tuning(batch_macs=0, chunk_bytes=1 << 40)
+    conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40)
     # benchmark shape: 16*3*3 rows x 32*32 pixels x 4 bytes = 576 KiB of columns per sample
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info == {"layout": "per-sample", "chunk": 1, "chunks": 32, "workspace_bytes": 589824}

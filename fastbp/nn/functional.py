@@ -244,9 +244,9 @@ def set_conv_workspace_limit(nbytes):
     the bound is processed on its own, so the workspace is max(limit, one sample's columns). Chunks are
     also kept near 1 MiB when the limit allows, so that the columns are still in cache when BLAS reads them.
     Smaller limits save memory on large batches. Results are bit-identical for any limit when each sample
-    is its own GEMM (larger convolutions); small convolutions, which run one GEMM per chunk, agree up to
-    float32/float64 rounding. The NumPy reference backend does not chunk (it is written for clarity).
-    Returns the previous limit."""
+    is its own GEMM (outputs of 64 pixels or more); smaller outputs, which run one GEMM per chunk, agree up
+    to float32/float64 rounding. The workspace is kept between calls (at most the limit). The NumPy
+    reference backend does not chunk (it is written for clarity). Returns the previous limit."""
     mod = _compiled_conv()
     if mod is None:
         raise RuntimeError("set_conv_workspace_limit needs the compiled kernels (fastbp._C.conv)")

@@ -3,8 +3,9 @@
 Samples cover odd and rectangular inputs and kernels, batch 1, one channel, stride > 1, padding (also
 wider than the kernel), dilation, 1x1 kernels (the path that skips im2col), a kernel exactly as large as
 the padded input, and non-contiguous views. Most are small enough for per-element central differences in
-the float64 gradient check; "per_sample_layout" is large enough for the one-GEMM-per-sample layout (the
-others use the batched layout); tests/test_conv_pool.py runs both layouts and chunked workspaces."""
+the float64 gradient check. Outputs of fewer than 64 pixels use the batched GEMM layout, larger ones
+("all_options", "per_sample_layout", ...) one GEMM per sample; tests/test_conv_pool.py runs every shape
+of its own through both layouts and through chunked workspaces."""
 import numpy as np
 
 from . import Case, OpSpec, noncontig, randn
