@@ -492,8 +492,8 @@ def test_lbfgs_solves_a_quadratic(line_search_fn):
     assert opt.state[id(x)]["func_evals"] > 1
 
 
-    import scipy.optimize as scipy_optimize  # scipy is a runtime dependency
-    scipy_optimize = pytest.importorskip("scipy.optimize")
+def test_lbfgs_logistic_regression_reaches_the_optimum():
+    import scipy.optimize as scipy_optimize  # scipy is a runtime dependency: never skipped
     rng = np.random.default_rng(3)
     X = rng.standard_normal((60, 4))
     y = (X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.5 * rng.standard_normal(60) > 0).astype(float)
