@@ -8,29 +8,52 @@
 #   dweight^T += col[n] @ g[n]^T,  dcol[n] = weight^T @ g[n],  dx[n] = col2im(dcol[n]) (scatter-add),
 #   dbias = sum of g over n, OH, OW.
 #
-# Memory: the column workspace is bounded. The batch is processed in chunks of as many samples as fit in
-# the workspace limit (default 64 MiB, `_set_workspace_limit`; fastbp.nn.functional.set_conv_workspace_limit
-# is the public setter); a single sample whose columns exceed the limit is processed alone. Within the
+# Two paths, chosen per call:
+#   * sample-parallel (default when fastbp._config found the BLAS thread hook, see below): prange over
+#     samples (static schedule); each thread owns a (K, P) slice of the column workspace, runs im2col and a
+#     *single-threaded* GEMM straight into y[n] (bias pre-filled, beta = 1). Backward: per sample, recompute
+#     the columns, part_k += col @ g[n]^T, dcol = weight^T @ g[n] into the same slice, col2im into dx[n]
+#     (each sample owns its dx plane: no races). On 2 cores this ran the benchmark forward ~2x faster than
+#     the chunked path: at these sizes (e.g. 32x144 @ 144x1024) OpenBLAS gets nothing from a second thread,
+#     so 32 sequential threaded GEMMs used one core.
+#   * chunked (no hook: an unknown BLAS; or the batched layout): im2col of a chunk of samples in prange,
+#     then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
+# The project rule "no threaded BLAS inside prange" (oversubscription) holds on both: the BLAS thread hook is
+# the setter/getter of the thread count of scipy's OpenBLAS (resolved once at import by fastbp._config via
+# threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around a parallel region with > 1 OpenMP
+# thread the wrapper saves the BLAS count, sets 1 and restores it afterwards (overlapping calls from several
+# Python threads share one such section). Without the hook the chunked path is used.
+# Determinism: dweight is accumulated per block of bs consecutive samples (at most 16 blocks; blocks depend
+# only on N and the weight size, never on the thread count or the workspace limit) into per-block partials
+# that are summed in block order, on both paths; so results are bit-identical for any thread count and on
+# either path (tests/test_conv_pool.py checks both). dbias: a fixed-order sum per output channel.
+#
+# Memory: the column workspace is bounded. The sample-parallel path holds one sample's columns per thread;
+# the chunked path processes the batch in chunks of as many samples as fit in the workspace limit (default
+# 64 MiB, `_set_workspace_limit`; fastbp.nn.functional.set_conv_workspace_limit is the public setter);
+# either way a single sample whose columns exceed the limit is processed alone (one thread). Within the
 # limit, chunks are kept near 1 MiB (`_tuning`) so the columns are still in cache when BLAS reads them:
 # measured on the benchmark shape, one sample per chunk ran the forward 3x faster than the whole batch.
-# The workspace is kept between calls (see _acquire_workspace).
+# The workspace is kept between calls (see _acquire_workspace). The weight-gradient partials (at most 16
+# copies of dweight, at most 64 MiB) are allocated per call.
 #
 # Two GEMM layouts, chosen per call by the number of output pixels P:
-#   * per-sample (default): workspace (chunk, K, P); one GEMM per sample writes straight into y (bias
-#     pre-filled, beta = 1), no output copy. 1x1 kernels with stride 1 and no padding skip im2col (x[n]
-#     viewed as (C, H W) is already the column matrix) and the workspace.
-#   * batched (P < 64, e.g. 4x4 maps): a per-sample GEMM would be nearly a matrix-vector product, so the
-#     chunk's columns sit side by side, workspace (K, chunk P) plus an (O, chunk P) output block; one GEMM
-#     per chunk, then a parallel copy into y adding the bias (backward gathers g into that block first).
-#     For larger P OpenBLAS ran the per-sample GEMMs faster than the long batched ones (LeNet-5's convs:
-#     2-3x), so P decides, not the amount of work.
-# im2col/col2im run in OpenMP prange over (sample, channel) pairs of the chunk; each pair owns its rows of
-# the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order (deterministic).
-# BLAS (threaded by OpenBLAS) is always called outside prange. Index arithmetic is Py_ssize_t throughout.
+#   * per-sample (default): one GEMM per sample writes straight into y (bias pre-filled, beta = 1), no
+#     output copy. 1x1 kernels with stride 1 and no padding skip im2col (x[n] viewed as (C, H W) is already
+#     the column matrix) and the workspace.
+#   * batched (P < 64, e.g. 4x4 maps; always the chunked path): a per-sample GEMM would be nearly a
+#     matrix-vector product, so the chunk's columns sit side by side, workspace (K, chunk P) plus an
+#     (O, chunk P) output block; one GEMM per chunk, then a parallel copy into y adding the bias (backward
+#     gathers g into that block first). For larger P OpenBLAS ran the per-sample GEMMs faster than the long
+#     batched ones (LeNet-5's convs: 2-3x), so P decides, not the amount of work.
+# On the chunked path im2col/col2im run in prange over (sample, channel) pairs of the chunk; each pair owns
+# its rows of the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order.
+# Index arithmetic is Py_ssize_t throughout.
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for
+from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
+                     omp_get_max_threads)
 
 import operator
 import threading
@@ -208,9 +231,81 @@ cdef void _col2im_chunk(real* col, Py_ssize_t ld, Py_ssize_t sample_stride, real
         _col2im_plane(col + j * sample_stride + c * g.taps * ld, ld, dx + ((n0 + j) * g.C + c) * HW, g)
 
 
+# ----- BLAS thread hook -----------------------------------------------------------------------------
+# Setter/getter of the thread count of the BLAS behind scipy.linalg.cython_blas, resolved once at import
+# by fastbp._config (ctypes + threadpoolctl) and passed in by _set_blas_thread_hooks. NULL: unknown BLAS,
+# so the kernels keep BLAS outside prange. Calls that overlap (the kernels release the GIL) share one
+# "single-threaded" section: the first to enter saves the count and sets 1, the last to leave restores it.
+ctypedef void (*blas_set_fn)(int) noexcept nogil
+ctypedef int (*blas_get_fn)() noexcept nogil
+cdef blas_set_fn _blas_set = NULL
+cdef blas_get_fn _blas_get = NULL
+cdef int _blas_depth = 0
+cdef int _blas_prev = 1
+_blas_lock = threading.Lock()
+
+
+cdef void _blas_single_enter():
+    global _blas_depth, _blas_prev
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_prev = _blas_get()
+            if _blas_prev != 1:
+                _blas_set(1)
+        _blas_depth += 1
+
+
+cdef void _blas_single_exit():
+    global _blas_depth
+    with _blas_lock:
+        _blas_depth -= 1
+        if _blas_depth == 0 and _blas_prev != 1:
+            _blas_set(_blas_prev)
+
+
 # ----- forward --------------------------------------------------------------------------------------
+cdef void _forward_sample(const real* x, const real* w, const real* b, real* y, real* col, Py_ssize_t n,
+                          const Geom* g) noexcept nogil:
+    """y[n] = w @ columns(x[n]) + b: im2col into col (K, P) (none for a direct 1x1 kernel), bias
+    pre-filled, one GEMM with beta = 1 straight into y[n]."""
+    cdef Py_ssize_t c, o, p, K = g.K, P = g.P, O = g.O, HW = g.H * g.W
+    cdef real* yn = y + n * O * P
+    cdef const real* src
+    cdef real beta = 0
+    cdef real bo
+    if b != NULL:
+        for o in range(O):
+            bo = b[o]
+            for p in range(P):
+                yn[o * P + p] = bo
+        beta = 1
+    if g.direct:
+        src = x + n * g.C * HW
+    else:
+        for c in range(g.C):
+            _im2col_plane(x + (n * g.C + c) * HW, col + c * g.taps * P, P, g)
+        src = col
+    gemm_rm(False, False, <int>O, <int>P, <int>K, <real>1, w, <int>K, src, <int>P, beta, yn, <int>P)
+
+
+cdef void _conv_forward_par(const real* x, const real* w, const real* b, real* y, real* ws, int nt,
+                            const Geom* g) noexcept nogil:
+    """Sample-parallel forward: thread t uses columns ws + t K P; BLAS is single-threaded (the caller set
+    it) when nt > 1."""
+    cdef Py_ssize_t n
+    cdef int tid
+    if nt <= 1:
+        for n in range(g.N):
+            _forward_sample(x, w, b, y, ws, n, g)
+        return
+    for n in prange(g.N, schedule="static", num_threads=nt):
+        tid = threadid()
+        _forward_sample(x, w, b, y, ws if g.direct else ws + tid * g.K * g.P, n, g)
+
+
 cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, real* ws,
                         Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
+    """Chunked forward with threaded BLAS outside prange (no BLAS thread hook, or the batched layout)."""
     cdef Py_ssize_t n0 = 0, nb, j, t, o, p, ld
     cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
     cdef real beta = 1 if b != NULL else 0
@@ -284,11 +379,78 @@ cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:
         db[o] = <real>s
 
 
-cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* ws,
-                         bint ndx, bint ndw, Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
-    """dx (N, C, H, W) and dwt (K, O) = dweight^T. The weight gradient is accumulated transposed,
-    dwt += col[n] @ g[n]^T, because BLAS runs that orientation of the product faster than g[n] @ col[n]^T."""
-    cdef Py_ssize_t n0 = 0, nb, j, t, o, ld
+cdef void _backward_sample(const real* gy, const real* x, const real* w, real* dx, real* part, real* col,
+                           bint ndx, bint ndw, bint first, Py_ssize_t n, const Geom* g) noexcept nogil:
+    """One sample's share: part (K, O) (+)= columns(x[n]) @ g[n]^T (= unless `first`), and
+    dx[n] = col2im(w^T @ g[n]). The columns are recomputed into col (K, P), then overwritten by dcol."""
+    cdef Py_ssize_t c, K = g.K, P = g.P, O = g.O, HW = g.H * g.W, xs = g.C * g.H * g.W
+    cdef const real* gn = gy + n * O * P
+    cdef const real* cn
+    if ndw:
+        if g.direct:
+            cn = x + n * xs
+        else:
+            for c in range(g.C):
+                _im2col_plane(x + n * xs + c * HW, col + c * g.taps * P, P, g)
+            cn = col
+        gemm_rm(False, True, <int>K, <int>O, <int>P, <real>1, cn, <int>P, gn, <int>P,
+                <real>0 if first else <real>1, part, <int>O)
+    if ndx:
+        if g.direct:
+            gemm_rm(True, False, <int>K, <int>P, <int>O, <real>1, w, <int>K, gn, <int>P, <real>0,
+                    dx + n * xs, <int>P)
+        else:
+            gemm_rm(True, False, <int>K, <int>P, <int>O, <real>1, w, <int>K, gn, <int>P, <real>0,
+                    col, <int>P)
+            for c in range(g.C):
+                _col2im_plane(col + c * g.taps * P, P, dx + n * xs + c * HW, g)
+
+
+cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_t size) noexcept nogil:
+    """dwt[i] = parts[0][i] + parts[1][i] + ... in block order (each element's order is fixed)."""
+    cdef Py_ssize_t i, k
+    cdef real s
+    for i in prange(size, schedule="static", num_threads=threads_for(nblk * size)):
+        s = parts[i]
+        for k in range(1, nblk):
+            s = s + parts[k * size + i]
+        dwt[i] = s
+
+
+cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
+                             real* ws, bint ndx, bint ndw, Py_ssize_t bs, Py_ssize_t nblk, int nt,
+                             const Geom* g) noexcept nogil:
+    """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
+    parts + k K O, then the partials are summed in block order. The blocks do not depend on the thread
+    count, so neither does the result. Thread t uses columns ws + t K P."""
+    cdef Py_ssize_t k, n, hi, KO = g.K * g.O
+    cdef int tid
+    cdef real* part
+    if ndw and g.N == 0:
+        memset(dwt, 0, KO * sizeof(real))
+        return
+    if nblk == 1:
+        parts = dwt
+    for k in prange(nblk, schedule="static", num_threads=nt):
+        tid = threadid()
+        hi = (k + 1) * bs
+        if hi > g.N:
+            hi = g.N
+        for n in range(k * bs, hi):
+            _backward_sample(gy, x, w, dx, parts + k * KO, ws if g.direct else ws + tid * g.K * g.P,
+                             ndx, ndw, n == k * bs, n, g)
+    if ndw and nblk > 1:
+        _sum_partials(parts, nblk, dwt, KO)
+
+
+cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
+                         real* ws, bint ndx, bint ndw, Py_ssize_t bs, Py_ssize_t nblk, Py_ssize_t chunk,
+                         bint batched, const Geom* g) noexcept nogil:
+    """Chunked backward with threaded BLAS outside prange. dx (N, C, H, W) and dwt (K, O) = dweight^T. The
+    weight gradient is accumulated transposed, dwt += col[n] @ g[n]^T, because BLAS runs that orientation
+    of the product faster than g[n] @ col[n]^T. Per-sample layout: same blocks of bs samples and partials as
+    _conv_backward_par (same result); batched layout: one sum over the batch in chunk order."""
+    cdef Py_ssize_t n0 = 0, nb, j, t, o, ld, n, KO = g.K * g.O
     cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
     cdef real beta = 0
     cdef real* col
@@ -296,7 +458,10 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
     cdef real* dst
     cdef const real* src
     if ndw and g.N == 0:
-        memset(dwt, 0, O * K * sizeof(real))
+        memset(dwt, 0, KO * sizeof(real))
+        return
+    if nblk == 1:
+        parts = dwt
     while n0 < g.N:
         nb = chunk if chunk < g.N - n0 else g.N - n0
         if batched:
@@ -315,24 +480,26 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
                 gemm_rm(True, False, <int>K, <int>ld, <int>O, <real>1, w, <int>K, blk, <int>ld, <real>0,
                         col, <int>ld)
                 _col2im_chunk(col, ld, P, dx, n0, nb, g)
+            beta = 1
         else:
             if ndw and not g.direct:
                 _im2col_chunk(x, n0, nb, ws, P, K * P, g)
             for j in range(nb):
-                src = gy + (n0 + j) * ys
-                col = (<real*>x + (n0 + j) * xs) if g.direct else (ws + j * K * P)
+                n = n0 + j
+                src = gy + n * ys
+                col = (<real*>x + n * xs) if g.direct else (ws + j * K * P)
                 if ndw:
-                    gemm_rm(False, True, <int>K, <int>O, <int>P, <real>1, col, <int>P, src, <int>P, beta,
-                            dwt, <int>O)
-                    beta = 1
+                    gemm_rm(False, True, <int>K, <int>O, <int>P, <real>1, col, <int>P, src, <int>P,
+                            <real>0 if n % bs == 0 else <real>1, parts + (n // bs) * KO, <int>O)
                 if ndx:
-                    dst = (dx + (n0 + j) * xs) if g.direct else col
+                    dst = (dx + n * xs) if g.direct else col
                     gemm_rm(True, False, <int>K, <int>P, <int>O, <real>1, w, <int>K, src, <int>P, <real>0,
                             dst, <int>P)
             if ndx and not g.direct:
                 _col2im_chunk(ws, P, K * P, dx, n0, nb, g)
-        beta = 1
         n0 += nb
+    if ndw and not batched and nblk > 1:
+        _sum_partials(parts, nblk, dwt, KO)
 
 
 # ----- validation and planning (Python level, before any nogil code) --------------------------------
@@ -385,26 +552,64 @@ cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, 
     return 0
 
 
-cdef int _plan(const Geom* g, Py_ssize_t itemsize, Py_ssize_t* chunk, bint* batched) except -1:
-    """Samples per chunk and the GEMM layout for this geometry under the current workspace limit."""
-    cdef Py_ssize_t per
-    batched[0] = g.P < _batch_pixels
-    if batched[0]:
+# Most blocks the weight gradient is split into (each block of samples has its own partial sum).
+DEFAULT_MAX_BLOCKS = 16
+cdef enum:
+    PARTIALS_BYTES = 64 * 1024 * 1024
+cdef Py_ssize_t _max_blocks = DEFAULT_MAX_BLOCKS
+
+
+cdef struct Plan:
+    bint batched        # batched GEMM layout (small outputs); always the chunked path
+    bint par            # sample-parallel path: prange over samples, single-threaded BLAS inside
+    Py_ssize_t chunk    # samples whose columns the workspace holds at once (par: one per thread)
+    int nt              # OpenMP threads of the sample-parallel loop
+    Py_ssize_t bs       # samples per weight-gradient block (independent of the thread count)
+    Py_ssize_t nblk     # number of blocks
+
+
+cdef int _plan(const Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
+    """Layout, path, samples per chunk, threads and weight-gradient blocks for this geometry under the
+    current workspace limit and BLAS thread hook."""
+    cdef Py_ssize_t per, cap, n = g.N if g.N > 0 else 1
+    pl.batched = g.P < _batch_pixels
+    pl.par = _blas_get != NULL and _blas_set != NULL and not pl.batched
+    if pl.batched:
         per = (g.K + g.O) * g.P * itemsize
     elif g.direct:
         per = 0
     else:
         per = g.K * g.P * itemsize
-    if per == 0:
-        chunk[0] = g.N if g.N > 0 else 1
+    # blocks: a function of N and the weight size only (never of the thread count or the workspace limit,
+    # so results do not change with either); the partials take at most PARTIALS_BYTES
+    cap = PARTIALS_BYTES // (g.K * g.O * itemsize)
+    pl.nblk = n if n < _max_blocks else _max_blocks
+    if pl.nblk > cap:
+        pl.nblk = cap if cap > 1 else 1
+    pl.bs = (n + pl.nblk - 1) // pl.nblk
+    pl.nblk = (n + pl.bs - 1) // pl.bs
+    pl.nt = 1
+    if pl.par:
+        if threads_for(n * g.K * g.P) > 1:
+            pl.nt = omp_get_max_threads()
+        cap = n if per == 0 else _workspace_limit // per
+        if pl.nt > cap:
+            pl.nt = cap if cap > 1 else 1
+        if pl.nt > n:
+            pl.nt = n
+        if backward and pl.nt > pl.nblk:
+            pl.nt = pl.nblk
+        pl.chunk = pl.nt
+    elif per == 0:
+        pl.chunk = n
     else:
-        chunk[0] = (_workspace_limit if _workspace_limit < _chunk_bytes else _chunk_bytes) // per
-        if chunk[0] < 1:
-            chunk[0] = 1
-        if chunk[0] > g.N:
-            chunk[0] = g.N if g.N > 0 else 1
-    if batched[0]:
-        check_blas_size(chunk[0] * g.P, "conv2d chunk*OH*OW")
+        pl.chunk = (_workspace_limit if _workspace_limit < _chunk_bytes else _chunk_bytes) // per
+        if pl.chunk < 1:
+            pl.chunk = 1
+        if pl.chunk > n:
+            pl.chunk = n
+    if pl.batched:
+        check_blas_size(pl.chunk * g.P, "conv2d chunk*OH*OW")
     return 0
 
 
@@ -446,8 +651,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
 
     stride, padding (zeros) and dilation are an int or a (height, width) pair. Returns y (N, O, OH, OW)."""
     cdef Geom g
-    cdef Py_ssize_t chunk
-    cdef bint batched
+    cdef Plan pl
     x = as_float_array(x, "x")
     weight = as_float_array(weight, "weight")
     check_same_dtype(x, "x", weight, "weight")
@@ -458,24 +662,39 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
         if bias.shape != (g.O,):
             raise ValueError(f"conv2d: bias has shape {bias.shape} but weight has shape {weight.shape}; "
                              f"bias must have shape ({g.O},)")
-    _plan(&g, x.dtype.itemsize, &chunk, &batched)
+    _plan(&g, x.dtype.itemsize, &pl, False)
     y = np.empty((g.N, g.O, g.OH, g.OW), dtype=x.dtype)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
     cdef void* pb = _ptr(bias) if bias is not None else NULL
     cdef void* py = _ptr(y)
     cdef void* pws
-    ws, held = _acquire_workspace(&g, chunk, batched, x.dtype)
+    cdef bint single = pl.par and pl.nt > 1
+    ws, held = _acquire_workspace(&g, pl.chunk, pl.batched, x.dtype)
     try:
         pws = _ptr(ws)
-        if x.dtype == np.float32:
-            with nogil:
-                _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws, chunk,
-                                     batched, &g)
-        else:
-            with nogil:
-                _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws, chunk,
-                                      batched, &g)
+        if single:
+            _blas_single_enter()
+        try:
+            if x.dtype == np.float32:
+                with nogil:
+                    if pl.par:
+                        _conv_forward_par[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws,
+                                                 pl.nt, &g)
+                    else:
+                        _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws,
+                                             pl.chunk, pl.batched, &g)
+            else:
+                with nogil:
+                    if pl.par:
+                        _conv_forward_par[double](<double*>px, <double*>pw, <double*>pb, <double*>py,
+                                                  <double*>pws, pl.nt, &g)
+                    else:
+                        _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws,
+                                              pl.chunk, pl.batched, &g)
+        finally:
+            if single:
+                _blas_single_exit()
     finally:
         if held:
             _ws_lock.release()
@@ -486,8 +705,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     need_weight_grad=True, need_bias_grad=True):
     """Gradients of conv2d_forward: returns (dx, dweight, dbias), None where not needed."""
     cdef Geom g
-    cdef Py_ssize_t chunk
-    cdef bint batched
+    cdef Plan pl
     cdef bint ndx = bool(need_input_grad), ndw = bool(need_weight_grad), ndb = bool(need_bias_grad)
     x = as_float_array(x, "x")
     weight = as_float_array(weight, "weight")
@@ -498,37 +716,55 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     if grad_out.shape != (g.N, g.O, g.OH, g.OW):
         raise ValueError(f"conv2d_backward: grad_out has shape {grad_out.shape}, expected "
                          f"{(g.N, g.O, g.OH, g.OW)} for x {x.shape} and weight {weight.shape}")
-    _plan(&g, x.dtype.itemsize, &chunk, &batched)
+    _plan(&g, x.dtype.itemsize, &pl, True)
     dt = x.dtype
     dx = np.empty(x.shape, dtype=dt) if ndx else None
     dwt = np.empty((g.K, g.O), dtype=dt) if ndw else None
     db = np.empty(g.O, dtype=dt) if ndb else None
+    parts = np.empty((pl.nblk, g.K, g.O), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
     cdef void* pdx = _ptr(dx) if ndx else NULL
     cdef void* pdw = _ptr(dwt) if ndw else NULL
     cdef void* pdb = _ptr(db) if ndb else NULL
+    cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
+    cdef bint single = pl.par and pl.nt > 1 and (ndx or ndw)
     held = False
     try:
         if ndx or ndw:
-            ws, held = _acquire_workspace(&g, chunk, batched, dt)
+            ws, held = _acquire_workspace(&g, pl.chunk, pl.batched, dt)
             pws = _ptr(ws)
-        if dt == np.float32:
-            with nogil:
-                if ndb:
-                    _bias_grad[float](<float*>pg, <float*>pdb, &g)
-                if ndx or ndw:
-                    _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
-                                          <float*>pws, ndx, ndw, chunk, batched, &g)
-        else:
-            with nogil:
-                if ndb:
-                    _bias_grad[double](<double*>pg, <double*>pdb, &g)
-                if ndx or ndw:
-                    _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx, <double*>pdw,
-                                           <double*>pws, ndx, ndw, chunk, batched, &g)
+        if single:
+            _blas_single_enter()
+        try:
+            if dt == np.float32:
+                with nogil:
+                    if ndb:
+                        _bias_grad[float](<float*>pg, <float*>pdb, &g)
+                    if (ndx or ndw) and pl.par:
+                        _conv_backward_par[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
+                                                  <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g)
+                    elif ndx or ndw:
+                        _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
+                                              <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.chunk,
+                                              pl.batched, &g)
+            else:
+                with nogil:
+                    if ndb:
+                        _bias_grad[double](<double*>pg, <double*>pdb, &g)
+                    if (ndx or ndw) and pl.par:
+                        _conv_backward_par[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
+                                                   <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
+                                                   pl.nblk, pl.nt, &g)
+                    elif ndx or ndw:
+                        _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
+                                               <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
+                                               pl.nblk, pl.chunk, pl.batched, &g)
+        finally:
+            if single:
+                _blas_single_exit()
     finally:
         if held:
             _ws_lock.release()
@@ -557,12 +793,13 @@ def _cached_workspace_bytes():
     return 0 if _ws_cache is None else _ws_cache.nbytes
 
 
-def _tuning(batch_pixels=None, chunk_bytes=None):
+def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None):
     """Performance knobs (results do not depend on them beyond rounding): batch_pixels is the number of
     output pixels per sample below which the batched layout is used (0: never); chunk_bytes is the
-    preferred workspace per chunk (the workspace limit still caps it). Returns the previous values."""
-    global _batch_pixels, _chunk_bytes
-    previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes}
+    preferred workspace per chunk of the chunked path (the workspace limit still caps it); max_blocks is the
+    most blocks of samples the weight gradient is summed in. Returns the previous values."""
+    global _batch_pixels, _chunk_bytes, _max_blocks
+    previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes, "max_blocks": _max_blocks}
     if batch_pixels is not None:
         if operator.index(batch_pixels) < 0:
             raise ValueError(f"batch_pixels must be >= 0, got {batch_pixels}")
@@ -571,21 +808,49 @@ def _tuning(batch_pixels=None, chunk_bytes=None):
         if operator.index(chunk_bytes) < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
         _chunk_bytes = operator.index(chunk_bytes)
+    if max_blocks is not None:
+        if operator.index(max_blocks) < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        _max_blocks = operator.index(max_blocks)
     return previous
 
 
 def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):
-    """How a call with these shapes would run: {"layout", "chunk", "chunks", "workspace_bytes"}."""
+    """How a forward call with these shapes would run: {"layout", "parallel", "threads", "chunk", "chunks",
+    "workspace_bytes", "grad_blocks"}. parallel: the sample-parallel path (BLAS thread hook found); chunk:
+    samples whose columns the workspace holds at once (on the parallel path, one per thread)."""
     cdef Geom g
-    cdef Py_ssize_t chunk
-    cdef bint batched
+    cdef Plan pl
     _geometry(&g, tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
-    _plan(&g, itemsize, &chunk, &batched)
-    if batched:
-        nbytes = (g.K + g.O) * chunk * g.P * itemsize
+    _plan(&g, itemsize, &pl, False)
+    if pl.batched:
+        nbytes = (g.K + g.O) * pl.chunk * g.P * itemsize
     elif g.direct:
         nbytes = 0
     else:
-        nbytes = g.K * chunk * g.P * itemsize
-    return {"layout": "batched" if batched else ("direct" if g.direct else "per-sample"),
-            "chunk": chunk, "chunks": -(-g.N // chunk) if g.N else 0, "workspace_bytes": nbytes}
+        nbytes = g.K * pl.chunk * g.P * itemsize
+    return {"layout": "batched" if pl.batched else ("direct" if g.direct else "per-sample"),
+            "parallel": bool(pl.par), "threads": pl.nt, "chunk": pl.chunk,
+            "chunks": -(-g.N // pl.chunk) if g.N else 0, "workspace_bytes": nbytes, "grad_blocks": pl.nblk}
+
+
+def _set_blas_thread_hooks(set_ptr, get_ptr):
+    """Addresses (ints) of the BLAS's void set_num_threads(int) and int get_num_threads(void), or 0/None to
+    clear them (then BLAS always runs outside prange). Returns the previous pair (0, 0 when unset)."""
+    global _blas_set, _blas_get
+    cdef size_t s = 0 if set_ptr is None else operator.index(set_ptr)
+    cdef size_t q = 0 if get_ptr is None else operator.index(get_ptr)
+    if (s == 0) != (q == 0):
+        raise ValueError("set_ptr and get_ptr must both be given or both be 0")
+    with _blas_lock:
+        if _blas_depth:
+            raise RuntimeError("cannot change the BLAS thread hooks while a conv2d call is running")
+        previous = (<size_t>_blas_set, <size_t>_blas_get)
+        _blas_set = <blas_set_fn>s
+        _blas_get = <blas_get_fn>q
+    return previous
+
+
+def _blas_thread_hooks_set():
+    """True when the BLAS thread hooks are set (conv2d then runs sample-parallel)."""
+    return _blas_set != NULL and _blas_get != NULL

@@ -1,4 +1,6 @@
 """Build and runtime configuration: threads, BLAS, OpenMP, and `fastbp info`."""
+import ctypes
+import itertools
 import os
 
 import numpy as np
@@ -20,6 +22,47 @@ def _scipy_blas_pools():
     pools = threadpoolctl.threadpool_info()
     ours = [p for p in pools if p.get("user_api") == "blas" and "scipy.libs" in p.get("filepath", "")]
     return ours or [p for p in pools if p.get("user_api") == "blas"]
+
+
+def _scipy_openblas_thread_functions():
+    """(set_num_threads, get_num_threads) ctypes functions of the OpenBLAS behind scipy's cython_blas, or None.
+
+    Only for OpenBLAS with its own (pthreads) thread pool: there the count is process-wide, so the conv
+    kernels can make BLAS single-threaded around their parallel region. The symbol names carry a
+    build-dependent prefix/suffix (scipy_openblas_set_num_threads, openblas_set_num_threads64_, ...)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
+    for lc in threadpoolctl.ThreadpoolController().lib_controllers:
+        if getattr(lc, "internal_api", None) != "openblas" or "scipy.libs" not in (lc.filepath or ""):
+            continue
+        if getattr(lc, "threading_layer", None) == "openmp":
+            return None
+        for pre, suf in itertools.product(("scipy_", ""), ("", "64_", "_64")):
+            try:
+                fset = getattr(lc.dynlib, f"{pre}openblas_set_num_threads{suf}")
+                fget = getattr(lc.dynlib, f"{pre}openblas_get_num_threads{suf}")
+            except AttributeError:
+                continue
+            return fset, fget
+    return None
+
+
+def _install_blas_thread_hooks():
+    """Hand the BLAS thread setter/getter to the compiled conv kernels (see csrc/conv.pyx, Design); returns
+    whether they were found. Without them conv2d keeps BLAS calls outside its OpenMP loops."""
+    conv = dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+    if conv is None:
+        return False
+    fns = _scipy_openblas_thread_functions()
+    if fns is None:
+        conv._set_blas_thread_hooks(0, 0)
+        return False
+    conv._set_blas_thread_hooks(*(ctypes.cast(f, ctypes.c_void_p).value for f in fns))
+    return True
+
+
+def _conv_blas_thread_hook():
+    conv = dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+    return conv is not None and conv._blas_thread_hooks_set()
 
 
 def get_num_threads():
@@ -56,6 +99,7 @@ def config():
             {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads"),
              "path": p.get("filepath")} for p in blas
         ],
+        "conv_blas_thread_hook": _conv_blas_thread_hook(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
@@ -73,4 +117,9 @@ def show_config():
         print(f"  GEMM BLAS:               {b['library']} {b['version']} ({b['threads']} threads) {b['path']}")
     if not c["gemm_blas"]:
         print("  GEMM BLAS:               scipy.linalg.cython_blas (library not identified)")
+    if c["compiled_kernels_loaded"]:
+        print(f"  conv BLAS thread hook:   {'found (conv2d runs samples in parallel, BLAS single-threaded inside)' if c['conv_blas_thread_hook'] else 'not found (conv2d calls threaded BLAS outside its parallel loops)'}")
     print(f"  numpy {c['numpy']}, scipy {c['scipy']}")
+
+
+_install_blas_thread_hooks()

@@ -25,6 +25,21 @@ def conv_settings():
     conv_kernels._tuning(**tuning)
 
 
+@pytest.fixture(params=["parallel", "fallback"])
+def blas_path(request):
+    """Run a test on both conv paths: "parallel" (the BLAS thread hook fastbp found at import: samples in
+    prange, single-threaded BLAS inside) and "fallback" (hook cleared, as for an unknown BLAS: threaded BLAS
+    outside prange). Restores the hook afterwards."""
+    hooks = conv_kernels._set_blas_thread_hooks(0, 0)
+    if request.param == "parallel":
+        if hooks == (0, 0):
+            pytest.skip("no BLAS thread hook on this BLAS: only the fallback path exists")
+        conv_kernels._set_blas_thread_hooks(*hooks)
+    yield request.param
+    conv_kernels._set_blas_thread_hooks(0, 0)
+    conv_kernels._set_blas_thread_hooks(*hooks)
+
+
 def _rand(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
 
@@ -218,7 +233,8 @@ CHUNK_CASES = [
 
 @pytest.mark.parametrize("layout_pixels", [0, 1 << 40], ids=["per_sample", "batched"])
 @pytest.mark.parametrize("cid,xs,ws,params", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
-def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout_pixels, cid, xs, ws, params, rng):
+def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_path, layout_pixels, cid, xs, ws,
+                                                            params, rng):
     conv_settings._tuning(batch_pixels=layout_pixels, chunk_bytes=1 << 40)
     x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
     conv_settings._set_workspace_limit(1 << 40)
@@ -230,10 +246,18 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout
     chunked = conv_settings._plan_info(xs, ws, **params)
     y1 = C.conv2d_forward(x, w, b, **params)
     d1 = C.conv2d_backward(g, x, w, **params)
-    assert whole["chunks"] == 1
-    if chunked["layout"] != "direct":
-        assert chunked["chunk"] == 1 and chunked["chunks"] == xs[0]
-        assert chunked["workspace_bytes"] < whole["workspace_bytes"]
+    k_p_bytes = ws[1] * ws[2] * ws[3] * y0.shape[2] * y0.shape[3] * 4
+    assert whole["parallel"] == (blas_path == "parallel" and whole["layout"] != "batched")
+    if whole["parallel"]:
+        # one column slice per thread, whatever the limit allows beyond that
+        assert whole["chunk"] == whole["threads"] >= 1
+        if chunked["layout"] != "direct":
+            assert chunked["chunk"] == chunked["threads"] == 1 and chunked["workspace_bytes"] == k_p_bytes
+    else:
+        assert whole["chunks"] == 1 and whole["threads"] == 1
+        if chunked["layout"] != "direct":
+            assert chunked["chunk"] == 1 and chunked["chunks"] == xs[0]
+            assert chunked["workspace_bytes"] < whole["workspace_bytes"]
     np.testing.assert_array_equal(d0[2], d1[2])
     if chunked["layout"] == "batched":
         # one GEMM per chunk, so BLAS sees other matrix sizes (other blocking) and the weight-gradient sum
@@ -241,7 +265,7 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, layout
         for a, e in ((y1, y0), (d1[0], d0[0]), (d1[1], d0[1])):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * np.abs(e).max())
     else:
-        # one GEMM per sample whatever the chunk: bit-identical
+        # one GEMM per sample and weight-gradient blocks that do not depend on the limit: bit-identical
         for a, e in ((y1, y0), (d1[0], d0[0]), (d1[1], d0[1])):
             np.testing.assert_array_equal(a, e)
     x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
@@ -258,9 +282,12 @@ def test_workspace_limit_setting(conv_settings):
     conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40)
     # benchmark shape: 16*3*3 rows x 32*32 pixels x 4 bytes = 576 KiB of columns per sample
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
-    assert info == {"layout": "per-sample", "chunk": 1, "chunks": 32, "workspace_bytes": 589824}
+    assert info["layout"] == "per-sample" and info["workspace_bytes"] == 589824
+    assert info["chunk"] == 1 and info["chunks"] == 32 and info["threads"] == 1
     F.set_conv_workspace_limit(4 * 589824)
-    assert conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)["chunk"] == 4
+    info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
+    # chunked path: 4 samples per chunk; sample-parallel path: one slice per thread (at most 4)
+    assert info["chunk"] == (min(4, fastbp.get_num_threads()) if info["parallel"] else 4)
     with pytest.raises(ValueError, match=">= 1 byte"):
         F.set_conv_workspace_limit(0)
 
@@ -369,3 +396,82 @@ def test_lenet_learns_on_a_small_mnist_slice():
         acc = float((model(fastbp.tensor(Xte)).data.argmax(axis=1) == yte).mean())
     assert losses[-1] < 0.5 * losses[0]
     assert acc > 0.85, f"held-out accuracy {acc} after 3 epochs on 2000 images (losses {losses})"
+
+
+# ----- sample-parallel path: thread-count independence, fallback equality, BLAS thread count -------------
+PATH_CASES = [
+    ("bench_3x3", (8, 16, 32, 32), (32, 16, 3, 3), {"padding": 1}),
+    ("lenet_conv1", (20, 1, 28, 28), (6, 1, 5, 5), {"padding": 2}),
+    ("lenet_conv2", (20, 6, 14, 14), (16, 6, 5, 5), {}),
+    ("strided_rect", (5, 3, 29, 23), (4, 3, 3, 2), {"stride": (2, 3), "padding": (1, 0)}),  # 15x8 outputs
+    ("direct_1x1", (9, 8, 12, 10), (5, 8, 1, 1), {}),
+]
+
+
+def _conv_all(x, w, b, g, params):
+    y = C.conv2d_forward(x, w, b, **params)
+    return (y,) + tuple(C.conv2d_backward(g, x, w, **params))
+
+
+@pytest.fixture
+def restore_threads():
+    n = fastbp.get_num_threads()
+    yield
+    fastbp.set_num_threads(n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cid,xs,ws,params", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_conv_results_do_not_depend_on_thread_count(blas_path, restore_threads, cid, xs, ws, params, dtype, rng):
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, ws, dtype), _rand(rng, ws[0], dtype)
+    g = _rand(rng, C.conv2d_forward(x, w, b, **params).shape, dtype)
+    fastbp.set_num_threads(1)
+    one = _conv_all(x, w, b, g, params)
+    fastbp.set_num_threads(2)
+    two = _conv_all(x, w, b, g, params)
+    for a, e in zip(two, one):  # y, dx, dweight, dbias
+        np.testing.assert_array_equal(a, e)
+    expected = (R.conv2d_forward(x, w, b, **params),) + tuple(R.conv2d_backward(g, x, w, **params))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, e in zip(two, expected):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())
+
+
+@pytest.mark.parametrize("cid,xs,ws,params", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_conv_fallback_path_equals_parallel_path(cid, xs, ws, params, rng):
+    hooks = conv_kernels._set_blas_thread_hooks(0, 0)  # clear: the path used with an unknown BLAS
+    try:
+        if hooks == (0, 0):
+            pytest.skip("no BLAS thread hook on this BLAS: only the fallback path exists")
+        x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
+        assert not conv_kernels._plan_info(xs, ws, **params)["parallel"]
+        g = _rand(rng, C.conv2d_forward(x, w, b, **params).shape, np.float32)
+        fallback = _conv_all(x, w, b, g, params)
+    finally:
+        conv_kernels._set_blas_thread_hooks(*hooks)
+    assert conv_kernels._plan_info(xs, ws, **params)["parallel"]
+    parallel = _conv_all(x, w, b, g, params)
+    # same per-sample GEMMs and the same weight-gradient blocks, summed in the same order
+    for a, e in zip(parallel, fallback):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastbp import _config
+
+    def blas_count():
+        return [p["num_threads"] for p in _config._scipy_blas_pools()]
+
+    x, w, b = _rand(rng, (8, 16, 32, 32), np.float32), _rand(rng, (32, 16, 3, 3), np.float32), None
+    fastbp.set_num_threads(2)  # two OpenMP threads: the parallel path sets BLAS to 1 inside
+    assert conv_kernels._plan_info(x.shape, w.shape, padding=1)["threads"] == 2 or \
+        not conv_kernels._blas_thread_hooks_set()
+    with threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
+        before = blas_count()
+        assert before and all(n == blas_threads for n in before)
+        y = C.conv2d_forward(x, w, b, padding=1)
+        assert blas_count() == before
+        C.conv2d_backward(np.ones_like(y), x, w, padding=1)
+        assert blas_count() == before
