@@ -8,9 +8,22 @@
 # decayed AdaGrad rate) are computed once in double in the wrapper and rounded to that dtype. Every
 # element is independent, so results do not depend on the thread count. Loops run serially below
 # PARALLEL_MIN elements and with OpenMP prange (static schedule) above it.
+#
+# Denormal state is stored as zero. A state element whose gradient stays 0 (a weight fed by an MNIST
+# border pixel at batch 1, a dead unit) decays geometrically and passes through the subnormal range,
+# where each multiply takes a microcode assist: measured on a 784-256-128-10 MLP trained on MNIST at batch
+# 1 with SGD momentum, half of the first layer's buffer was subnormal after 4,000 steps and a step took
+# 3.8 ms instead of 0.47 ms (PyTorch's CPU build slows the same way). We may not change the process's
+# floating-point mode (no FTZ/DAZ), so momentum buffers, Adam's exp_avg/exp_avg_sq and RMSprop's averages
+# are stored as 0 when |value| < the dtype's smallest normal number (FLT_MIN / DBL_MIN); NaN and inf
+# are kept. The parameter update uses the stored value, and the NumPy reference does the same. The
+# parameters differ from PyTorch's only by less than lr * FLT_MIN per step. Cost on dense data: none
+# measurable for SGD, about 20% on a 1e6-element Adam step on one thread (0.74-0.87 ms -> 0.87-1.08 ms).
+# The test is fabs(x) < FLT_MIN with a select: two other branch-free forms made the loops 10x slower.
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
+from libc.float cimport FLT_MIN, DBL_MIN
+from libc.math cimport fabs, fabsf, sqrt, sqrtf
 from _common cimport real, as_float_array, check_same_dtype, threads_for
 
 import math
@@ -18,6 +31,14 @@ import math
 import numpy as np
 
 cnp.import_array()
+
+
+cdef inline real _flush(real x) noexcept nogil:
+    """x, or 0 when x is subnormal (see the Design note); NaN and inf pass through."""
+    if real is float:
+        return 0 if fabsf(x) < FLT_MIN else x
+    else:
+        return 0 if fabs(x) < DBL_MIN else x
 
 
 cdef inline real _sqrt(real x) noexcept nogil:
@@ -28,19 +49,25 @@ cdef inline real _sqrt(real x) noexcept nogil:
 
 
 cdef object _check_state(object arr, str name, object param):
+    # NumPy C-API checks: this runs for every parameter at every step, so it avoids building dtype,
+    # shape and flags objects on the happy path
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
-    if arr.dtype != param.dtype:
+    cdef cnp.ndarray a = <cnp.ndarray>arr, p = <cnp.ndarray>param
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p):
         raise TypeError(f"{name} has dtype {arr.dtype} but param has dtype {param.dtype}")
-    if arr.shape != param.shape:
+    if not cnp.PyArray_SAMESHAPE(a, p):
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
-    if not arr.flags.c_contiguous or not arr.flags.writeable:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
     return arr.reshape(-1)
 
 
 cdef object _check_param(object param):
-    if not isinstance(param, np.ndarray) or param.dtype.kind != "f" or param.dtype.itemsize not in (4, 8):
+    cdef int tn = -1
+    if isinstance(param, np.ndarray):
+        tn = cnp.PyArray_TYPE(<cnp.ndarray>param)
+    if tn != cnp.NPY_FLOAT and tn != cnp.NPY_DOUBLE:
         raise TypeError(f"param must be a float32 or float64 numpy.ndarray, got "
                         f"{getattr(param, 'dtype', type(param).__name__)}")
     return _check_state(param, "param", param)
@@ -94,7 +121,7 @@ cdef void _sgd(real[::1] p, const real[::1] g, real[::1] buf, double lr, double 
             if first:
                 b = d
             else:
-                b = rmom * buf[i] + rdamp * d
+                b = _flush(rmom * buf[i] + rdamp * d)
             buf[i] = b
             if nesterov:
                 d = d + rmom * b
@@ -176,13 +203,13 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
     if centered:
         for i in prange(n, schedule="static", num_threads=threads_for(n)):
             d = g[i] + rwd * p[i] if use_wd else g[i]
-            s = ralpha * sq[i] + rcalpha * (d * d)
+            s = _flush(ralpha * sq[i] + rcalpha * (d * d))
             sq[i] = s
-            a = ralpha * gavg[i] + rcalpha * d
+            a = _flush(ralpha * gavg[i] + rcalpha * d)
             gavg[i] = a
             avg = _sqrt(s - a * a) + reps
             if use_mom:
-                b = rmom * buf[i] + d / avg
+                b = _flush(rmom * buf[i] + d / avg)
                 buf[i] = b
                 p[i] = p[i] - rlr * b
             else:
@@ -190,11 +217,11 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
     else:
         for i in prange(n, schedule="static", num_threads=threads_for(n)):
             d = g[i] + rwd * p[i] if use_wd else g[i]
-            s = ralpha * sq[i] + rcalpha * (d * d)
+            s = _flush(ralpha * sq[i] + rcalpha * (d * d))
             sq[i] = s
             avg = _sqrt(s) + reps
             if use_mom:
-                b = rmom * buf[i] + d / avg
+                b = _flush(rmom * buf[i] + d / avg)
                 buf[i] = b
                 p[i] = p[i] - rlr * b
             else:
@@ -247,8 +274,8 @@ cdef void _adam(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real[:
             x = x * rdecay
         elif coupled:
             d = d + rwd * x
-        mi = rb1 * m[i] + rcb1 * d
-        vi = rb2 * v[i] + rcb2 * (d * d)
+        mi = _flush(rb1 * m[i] + rcb1 * d)
+        vi = _flush(rb2 * v[i] + rcb2 * (d * d))
         m[i] = mi
         v[i] = vi
         if amsgrad:

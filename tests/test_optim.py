@@ -905,3 +905,54 @@ def test_gains_match_torch():
     t = torch.empty(16, 8, 3, 3)
     assert init._calculate_fan_in_and_fan_out(np.empty((16, 8, 3, 3))) == \
         torch.nn.init._calculate_fan_in_and_fan_out(t)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decaying_state_is_stored_as_zero_not_subnormal(backend, dtype):
+    """One real gradient, then zeros: the state decays through the subnormal range. It must be stored
+    as 0 there (subnormal arithmetic is several times slower), and the parameters must still match the
+    unflushed rule (they differ by less than lr * smallest-normal per step)."""
+    tiny = np.finfo(dtype).tiny
+    steps = 800 if dtype == np.float32 else 7000  # enough for 0.9**k to cross the normal range
+    makers = {
+        "sgd": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+        "adam": lambda ps: optim.Adam(ps, lr=0.01),
+        "rmsprop": lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.9, centered=True),
+    }
+    with fastbp.backend(backend):
+        for name, make in makers.items():
+            p = nn.Parameter(np.full(4, 0.5, dtype=dtype))
+            opt = make([p])
+            p.grad = np.array([1e-3, -2e-3, 0.0, 5e-4], dtype=dtype)
+            opt.step()
+            for _ in range(steps):
+                p.grad = np.zeros(4, dtype=dtype)
+                opt.step()
+            state = opt.state[id(p)]
+            for key, value in state.items():
+                if isinstance(value, np.ndarray):
+                    sub = (np.abs(value) < tiny) & (value != 0)
+                    assert not sub.any(), f"{name} {key} holds subnormal values {value[sub]}"
+                    assert np.all(np.isfinite(value))
+            assert np.all(np.isfinite(p.data)) and not np.array_equal(p.data, np.full(4, 0.5, dtype=dtype))
+            if name == "sgd":
+                # PyTorch's rule without any flushing, in the same dtype: the parameters are identical
+                g0 = np.array([1e-3, -2e-3, 0.0, 5e-4], dtype=dtype)
+                q, buf, lr, mu = np.full(4, 0.5, dtype=dtype), g0.copy(), dtype(0.1), dtype(0.9)
+                q = q - lr * buf
+                went_subnormal = False
+                for _ in range(steps):
+                    buf = mu * buf + dtype(1) * np.zeros(4, dtype=dtype)
+                    went_subnormal |= bool(((np.abs(buf) < tiny) & (buf != 0)).any())
+                    q = q - lr * buf
+                assert went_subnormal, "the unflushed rule never reached the subnormal range: test too short"
+                np.testing.assert_array_equal(p.data, q)
+
+
+def test_subnormal_flush_keeps_nan_and_inf():
+    for B in (fastbp._backend.compiled, fastbp._backend.reference):
+        p = np.zeros(3, dtype=np.float32)
+        buf = np.array([np.nan, np.inf, 1e-39], dtype=np.float32)  # 1e-39 is subnormal in float32
+        B.sgd_step(p, np.zeros(3, dtype=np.float32), buf, 0.1, 0.5)
+        assert np.isnan(buf[0]) and buf[1] == np.inf and buf[2] == 0.0
