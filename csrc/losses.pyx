@@ -162,16 +162,18 @@ cdef object _grad_scale(object grad_out, int red, object reduction, tuple shape,
         return np.ascontiguousarray(g).reshape(-1)
     if g.size != 1:
         raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
+    cdef double gv
     if red == RED_MEAN:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (g.reshape(1).astype(np.float64) / denom).astype(dtype)
+        # C division (cdivision is on for every kernel): a zero denominator gives inf/NaN as PyTorch,
+        # without NumPy's warning machinery on this per-step path
+        gv = g.reshape(-1)[0]
+        return np.array([gv / denom], dtype=dtype)
     return g.reshape(1).copy()
 
 
 cdef object _reduced(double total, int red, double denom, object dtype):
     if red == RED_MEAN:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            total = np.float64(total) / np.float64(denom)
+        total = total / denom  # C division: 0/0 is NaN (all-zero class weights), as PyTorch
     return np.array(total, dtype=dtype)
 
 

@@ -8,6 +8,7 @@ without recursion, runs them in reverse creation order (deterministic), adds gra
 fans out, and frees each node's saved arrays once it has run.
 """
 import itertools
+import operator
 
 import numpy as np
 
@@ -105,33 +106,39 @@ def _check_grad_shape(grad, data):
         raise ValueError(f"gradient has shape {grad.shape} but the tensor has shape {data.shape}")
 
 
+_by_seq = operator.attrgetter("seq")
+_FREED = ("Trying to backward through the graph a second time (or after its saved arrays were freed); "
+          "call backward(retain_graph=True) the first time")
+
+
 def _run_backward(root, grad, retain_graph):
     node = root._node
     if node is None:
         # a leaf: the gradient goes straight to .grad
         root.grad = grad if root.grad is None else root.grad + grad
         return
-    # collect every node reachable from the root (iterative, no recursion limit)
+    # collect every node reachable from the root (iterative, no recursion limit); nodes hash by identity
     nodes = []
-    seen = set()
+    seen = {node}
     stack = [node]
     while stack:
         n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if not hasattr(n, "inputs"):
-            raise RuntimeError("Trying to backward through the graph a second time (or after its saved "
-                               "arrays were freed); call backward(retain_graph=True) the first time")
+        try:
+            inputs = n.inputs
+        except AttributeError:
+            raise RuntimeError(_FREED) from None
         nodes.append(n)
-        for inp in n.inputs:
-            if isinstance(inp, Tensor) and inp._node is not None:
-                stack.append(inp._node)
-    nodes.sort(key=lambda n: n.seq, reverse=True)
-    grads = {id(node): grad}
+        for inp in inputs:
+            if isinstance(inp, Tensor):
+                p = inp._node
+                if p is not None and p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+    nodes.sort(key=_by_seq, reverse=True)  # reverse creation order: every consumer before its producer
+    grads = {node: grad}
     owned = set()  # ids of arrays already stored in a leaf's .grad during this pass
     for n in nodes:
-        g = grads.pop(id(n), None)
+        g = grads.pop(n, None)
         if g is None:
             continue
         in_grads = n.backward(n, g)
@@ -140,10 +147,10 @@ def _run_backward(root, grad, retain_graph):
         for inp, gi in zip(n.inputs, in_grads):
             if gi is None or not isinstance(inp, Tensor) or not inp.requires_grad:
                 continue
-            if inp._node is not None:
-                key = id(inp._node)
-                prev = grads.get(key)
-                grads[key] = gi if prev is None else prev + gi
+            p = inp._node
+            if p is not None:
+                prev = grads.get(p)
+                grads[p] = gi if prev is None else prev + gi
             else:
                 if gi.shape != inp.data.shape:
                     raise RuntimeError(f"{type(n).__name__}.backward returned a gradient of shape {gi.shape} "
