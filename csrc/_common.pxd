@@ -5,6 +5,7 @@
 #   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop.
 # Everything here is `inline` so cimporting this file adds no runtime module import.
 cimport numpy as cnp
+from cpython.number cimport PyNumber_Index
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
@@ -66,3 +67,51 @@ cdef inline void check_same_dtype(object a, str aname, object b, str bname) exce
 cdef inline void check_blas_size(Py_ssize_t n, str what) except *:
     if n > 2147483647:
         raise ValueError(f"{what} = {n} exceeds the 32-bit BLAS index limit (2**31 - 1)")
+
+
+cdef inline tuple int_pair(str op, object v, str name, Py_ssize_t minimum):
+    """An int or a pair of ints (stride, padding, kernel size, ...) as a pair, each >= minimum."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        a, b = PyNumber_Index(a), PyNumber_Index(b)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
+    return a, b
+
+
+cdef inline void valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size, Py_ssize_t count,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the k in [0, count) with 0 <= start + k * step < size (step >= 1); im2col, col2im and
+    pooling use it to clip windows to the input."""
+    cdef Py_ssize_t a = 0, b
+    if step == 1:  # no division on the common path (pooling calls this once per output pixel)
+        a = -start if start < 0 else 0
+        b = size - start if size - start < count else count
+        if a > count:
+            a = count
+        if b < a:
+            b = a
+        lo[0] = a
+        hi[0] = b
+        return
+    if start < 0:
+        a = (-start + step - 1) // step
+    if size - 1 - start < 0:
+        b = 0
+    else:
+        b = (size - 1 - start) // step + 1
+    if a > count:
+        a = count
+    if b > count:
+        b = count
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b

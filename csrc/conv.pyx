@@ -53,7 +53,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
 from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
-                     omp_get_max_threads)
+                     omp_get_max_threads, int_pair, valid_range)
 
 import operator
 import threading
@@ -81,34 +81,6 @@ cdef struct Geom:
 
 
 # ----- index helpers --------------------------------------------------------------------------------
-cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size, Py_ssize_t count,
-                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """[lo, hi): the o in [0, count) with 0 <= start + o * step < size (step >= 1)."""
-    cdef Py_ssize_t a = 0, b
-    if step == 1:  # no division on the common path (pooling calls this once per output pixel)
-        a = -start if start < 0 else 0
-        b = size - start if size - start < count else count
-        if a > count:
-            a = count
-        if b < a:
-            b = a
-        lo[0] = a
-        hi[0] = b
-        return
-    if start < 0:
-        a = (-start + step - 1) // step
-    if size - 1 - start < 0:
-        b = 0
-    else:
-        b = (size - 1 - start) // step + 1
-    if a > count:
-        a = count
-    if b > count:
-        b = count
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
 
 
 cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
@@ -124,11 +96,11 @@ cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g)
     cdef real* dst
     for kh in range(g.kH):
         ih0 = kh * g.dH - g.pH
-        _valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
+        valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
         for kw in range(g.kW):
             row = col + (kh * g.kW + kw) * ld
             iw0 = kw * g.dW - g.pW
-            _valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
+            valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
             if ohh == ohl or hi == lo:
                 memset(row, 0, g.P * sizeof(real))
                 continue
@@ -177,11 +149,11 @@ cdef void _col2im_plane(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noex
     memset(dxc, 0, HW * sizeof(real))
     for kh in range(g.kH):
         ih0 = kh * g.dH - g.pH
-        _valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
+        valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
         for kw in range(g.kW):
             row = col + (kh * g.kW + kw) * ld
             iw0 = kw * g.dW - g.pW
-            _valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
+            valid_range(iw0, g.sW, g.W, OW, &lo, &hi)
             if ohh == ohl or hi == lo:
                 continue
             if g.same:
@@ -503,20 +475,6 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
 
 
 # ----- validation and planning (Python level, before any nogil code) --------------------------------
-cdef tuple _pair(object v, str name, Py_ssize_t minimum):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    try:
-        a, b = operator.index(a), operator.index(b)
-    except TypeError:
-        raise TypeError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"conv2d: {name} must be >= {minimum}, got {v!r}")
-    return a, b
 
 
 cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, object dilation) except -1:
@@ -524,9 +482,9 @@ cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, 
         raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {xs}")
     if len(wsh) != 4:
         raise ValueError(f"conv2d: weight must be 4-D (out_channels, in_channels, kH, kW), got shape {wsh}")
-    g.sH, g.sW = _pair(stride, "stride", 1)
-    g.pH, g.pW = _pair(padding, "padding", 0)
-    g.dH, g.dW = _pair(dilation, "dilation", 1)
+    g.sH, g.sW = int_pair("conv2d", stride, "stride", 1)
+    g.pH, g.pW = int_pair("conv2d", padding, "padding", 0)
+    g.dH, g.dW = int_pair("conv2d", dilation, "dilation", 1)
     g.N, g.C, g.H, g.W = xs
     g.O, cw, g.kH, g.kW = wsh
     if g.C != cw:

@@ -18,7 +18,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from _common cimport real, as_float_array, check_same_dtype, threads_for
+from _common cimport real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
 
 import operator
 
@@ -31,34 +31,6 @@ cdef struct PGeom:
     Py_ssize_t N, C, H, W, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW
 
 
-cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size, Py_ssize_t count,
-                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """[lo, hi): the k in [0, count) with 0 <= start + k * step < size (step >= 1)."""
-    cdef Py_ssize_t a = 0, b
-    if step == 1:  # no division on the common path (pooling calls this once per output pixel)
-        a = -start if start < 0 else 0
-        b = size - start if size - start < count else count
-        if a > count:
-            a = count
-        if b < a:
-            b = a
-        lo[0] = a
-        hi[0] = b
-        return
-    if start < 0:
-        a = (-start + step - 1) // step
-    if size - 1 - start < 0:
-        b = 0
-    else:
-        b = (size - 1 - start) // step + 1
-    if a > count:
-        a = count
-    if b > count:
-        b = count
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
 
 
 # ----- max pooling ----------------------------------------------------------------------------------
@@ -101,10 +73,10 @@ cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noe
                 for ow in range(OW):
                     yr[ow] = xp[ir[ow]]
                 continue
-            _valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
+            valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
             for ow in range(OW):
                 iw0 = ow * sW - g.pW
-                _valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
+                valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
                 if khl == khh or kwl == kwh:
                     ir[ow] = -1
                 else:
@@ -112,7 +84,7 @@ cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noe
             for kh in range(khl, khh):
                 for kw in range(g.kW):
                     iw0 = kw * g.dW - g.pW
-                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
                     r = (ih0 + kh * g.dH) * g.W + iw0
                     for ow in range(lo, hi):
                         j = r + ow * sW
@@ -160,11 +132,11 @@ cdef void _avg_forward(const real* x, real* y, const PGeom* g) noexcept nogil:
             for ow in range(OW):
                 yr[ow] = 0
             ih0 = oh * g.sH - g.pH
-            _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+            valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
             for kh in range(khl, khh):
                 for kw in range(g.kW):
                     iw0 = kw - g.pW
-                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
                     r = (ih0 + kh) * g.W + iw0
                     for ow in range(lo, hi):
                         yr[ow] += xp[r + ow * sW]
@@ -185,11 +157,11 @@ cdef void _avg_backward(const real* gy, real* dx, const PGeom* g) noexcept nogil
         for oh in range(g.OH):
             gr = gy + t * P + oh * OW
             ih0 = oh * g.sH - g.pH
-            _valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+            valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
             for kh in range(khl, khh):
                 for kw in range(g.kW):
                     iw0 = kw - g.pW
-                    _valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
                     r = (ih0 + kh) * g.W + iw0
                     for ow in range(lo, hi):
                         dp[r + ow * sW] += gr[ow] / area
@@ -220,20 +192,6 @@ cdef void _gap_backward(const real* gy, real* dx, Py_ssize_t planes, Py_ssize_t 
 
 
 # ----- validation (Python level, before any nogil code) ---------------------------------------------
-cdef tuple _pair(str op, object v, str name, Py_ssize_t minimum):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    try:
-        a, b = operator.index(a), operator.index(b)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
-    return a, b
 
 
 cdef int _geometry(PGeom* g, str op, tuple xs, object kernel_size, object stride, object padding,
@@ -241,10 +199,10 @@ cdef int _geometry(PGeom* g, str op, tuple xs, object kernel_size, object stride
     if len(xs) != 4:
         raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {xs}")
     g.N, g.C, g.H, g.W = xs
-    g.kH, g.kW = _pair(op, kernel_size, "kernel_size", 1)
-    g.sH, g.sW = _pair(op, kernel_size if stride is None else stride, "stride", 1)
-    g.pH, g.pW = _pair(op, padding, "padding", 0)
-    g.dH, g.dW = _pair(op, dilation, "dilation", 1)
+    g.kH, g.kW = int_pair(op, kernel_size, "kernel_size", 1)
+    g.sH, g.sW = int_pair(op, kernel_size if stride is None else stride, "stride", 1)
+    g.pH, g.pW = int_pair(op, padding, "padding", 0)
+    g.dH, g.dW = int_pair(op, dilation, "dilation", 1)
     if 2 * g.pH > g.kH or 2 * g.pW > g.kW:
         raise ValueError(f"{op}: padding {(g.pH, g.pW)} must be at most half the kernel size "
                          f"{(g.kH, g.kW)}")

@@ -1,4 +1,6 @@
 """Input checks shared by the NumPy references; they raise the same errors as the compiled wrappers."""
+import operator
+
 import numpy as np
 
 
@@ -32,3 +34,20 @@ def check_labels(labels, n, c):
     if bad.size:
         raise ValueError(f"label {labels[bad[0]]} at position {bad[0]} is out of range for {c} classes")
     return labels.astype(np.intp)
+
+
+def int_pair(op, v, name, minimum):
+    """An int or a pair of ints (stride, padding, kernel size, ...) as a pair, each >= minimum."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        a, b = operator.index(a), operator.index(b)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
+    return a, b

@@ -4,28 +4,10 @@
 
 where xpad is x with pH (pW) zeros above and below (left and right). The windows xpad[..., i*sH + a*dH,
 j*sW + b*dW] are read with `as_strided` (no copy) and contracted with the weight by `tensordot`."""
-import operator
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._util import as_float_array, check_same_dtype
-
-
-def _pair(v, name, minimum):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    try:
-        a, b = operator.index(a), operator.index(b)
-    except TypeError:
-        raise TypeError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"conv2d: {name} must be >= {minimum}, got {v!r}")
-    return a, b
+from ._util import as_float_array, check_same_dtype, int_pair
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -34,7 +16,9 @@ def _geometry(x, weight, stride, padding, dilation):
         raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {x.shape}")
     if weight.ndim != 4:
         raise ValueError(f"conv2d: weight must be 4-D (out_channels, in_channels, kH, kW), got shape {weight.shape}")
-    s, p, d = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    s = int_pair("conv2d", stride, "stride", 1)
+    p = int_pair("conv2d", padding, "padding", 0)
+    d = int_pair("conv2d", dilation, "dilation", 1)
     _, C, H, W = x.shape
     O, Cw, kH, kW = weight.shape
     if C != Cw:

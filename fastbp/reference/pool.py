@@ -13,33 +13,17 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._util import as_float_array
-
-
-def _pair(op, v, name, minimum):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    try:
-        a, b = operator.index(a), operator.index(b)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
-    return a, b
+from ._util import as_float_array, int_pair
 
 
 def _geometry(op, shape, kernel_size, stride, padding, dilation):
     """(kernel, stride, padding, dilation, (OH, OW)) after the checks the compiled kernels make."""
     if len(shape) != 4:
         raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(shape)}")
-    k = _pair(op, kernel_size, "kernel_size", 1)
-    s = _pair(op, kernel_size if stride is None else stride, "stride", 1)
-    p = _pair(op, padding, "padding", 0)
-    d = _pair(op, dilation, "dilation", 1)
+    k = int_pair(op, kernel_size, "kernel_size", 1)
+    s = int_pair(op, kernel_size if stride is None else stride, "stride", 1)
+    p = int_pair(op, padding, "padding", 0)
+    d = int_pair(op, dilation, "dilation", 1)
     if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
         raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k}")
     ekh, ekw = (k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1

@@ -1,5 +1,4 @@
 """Registry entries for csrc/gemm.pyx."""
-import numpy as np
 
 from . import Case, OpSpec, noncontig, randn, transposed
 
