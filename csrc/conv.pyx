@@ -121,6 +121,10 @@ cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g)
                         dst[ow] = 0
                     for ow in range(hi, OW):
                         dst[ow] = 0
+            elif g.sW == 1 and lo == 0 and hi == OW:
+                # the whole output row sees real pixels (no padding on this side): one copy per row
+                for oh in range(ohl, ohh):
+                    memcpy(row + oh * OW, xc + (oh * g.sH + ih0) * g.W + iw0, OW * sizeof(real))
             else:
                 for oh in range(ohl, ohh):
                     dst = row + oh * OW
