@@ -7,12 +7,65 @@
 cimport numpy as cnp
 from cpython.number cimport PyNumber_Index
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from libc.math cimport (exp, expf, expm1, expm1f, log, logf, log1p, log1pf, fabs, fabsf, sqrt, sqrtf,
+                        tanh, tanhf)
 
 import numpy as np
 
 ctypedef fused real:
     float
     double
+
+# libm in the kernel's own precision: the float function for float (no silent promotion to double),
+# the double one for double.
+cdef inline real r_exp(real v) noexcept nogil:
+    if real is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline real r_expm1(real v) noexcept nogil:
+    if real is float:
+        return expm1f(v)
+    else:
+        return expm1(v)
+
+
+cdef inline real r_log(real v) noexcept nogil:
+    if real is float:
+        return logf(v)
+    else:
+        return log(v)
+
+
+cdef inline real r_log1p(real v) noexcept nogil:
+    if real is float:
+        return log1pf(v)
+    else:
+        return log1p(v)
+
+
+cdef inline real r_abs(real v) noexcept nogil:
+    if real is float:
+        return fabsf(v)
+    else:
+        return fabs(v)
+
+
+cdef inline real r_sqrt(real v) noexcept nogil:
+    if real is float:
+        return sqrtf(v)
+    else:
+        return sqrt(v)
+
+
+cdef inline real r_tanh(real v) noexcept nogil:
+    if real is float:
+        return tanhf(v)
+    else:
+        return tanh(v)
+
 
 cdef extern from "fastbp_omp.h":
     int omp_get_max_threads() noexcept nogil

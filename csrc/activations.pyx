@@ -20,8 +20,8 @@
 #     first NaN), as numpy.argmax.
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, expm1, expm1f, tanh, tanhf, log, fabs, fabsf
-from _common cimport real, as_float_array, check_same_dtype, threads_for
+from libc.math cimport log
+from _common cimport real, as_float_array, check_same_dtype, threads_for, r_exp, r_expm1, r_abs, r_tanh
 
 import numpy as np
 
@@ -39,10 +39,7 @@ cdef inline real _sigmoid(real x) noexcept nogil:
     # 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, e = exp(-|x|): never overflows, and selecting the
     # numerator (rather than branching around two formulas) keeps random signs from stalling the pipeline
     cdef real e
-    if real is float:
-        e = expf(-fabsf(x))
-    else:
-        e = exp(-fabs(x))
+    e = r_exp(-r_abs(x))
     return (1 if x >= 0 else e) / (1 + e)
 
 
@@ -55,16 +52,10 @@ cdef inline real _fwd(real x, int op, real a) noexcept nogil:
     if op == ELU:
         if x > 0:
             return x
-        if real is float:
-            return a * expm1f(x)
-        else:
-            return a * expm1(x)
+        return a * r_expm1(x)
     if op == SIGMOID:
         return _sigmoid(x)
-    if real is float:
-        return tanhf(x)
-    else:
-        return tanh(x)
+    return r_tanh(x)
 
 
 cdef inline real _bwd(real g, real s, int op, real a) noexcept nogil:
@@ -76,10 +67,7 @@ cdef inline real _bwd(real g, real s, int op, real a) noexcept nogil:
     if op == ELU:
         if s > 0:
             return g
-        if real is float:
-            return g * a * expf(s)
-        else:
-            return g * a * exp(s)
+        return g * a * r_exp(s)
     if op == SIGMOID:
         return g * s * (1 - s)
     return g * (1 - s * s)
@@ -198,10 +186,7 @@ cdef inline void _softmax_line(const real* x, real* y, Py_ssize_t c, Py_ssize_t 
         if x[j * stride] > m:
             m = x[j * stride]
     for j in range(c):
-        if real is float:
-            e = expf(x[j * stride] - m)
-        else:
-            e = exp(x[j * stride] - m)
+        e = r_exp(<real>(x[j * stride] - m))
         s += e
         if not log_out:
             y[j * stride] = e
@@ -224,10 +209,7 @@ cdef inline void _softmax_line_backward(const real* g, const real* y, real* out,
         for j in range(c):
             s += g[j * stride]
         for j in range(c):
-            if real is float:
-                out[j * stride] = <real>(g[j * stride] - expf(y[j * stride]) * s)
-            else:
-                out[j * stride] = g[j * stride] - exp(y[j * stride]) * s
+            out[j * stride] = <real>(g[j * stride] - r_exp(y[j * stride]) * s)
     else:
         for j in range(c):
             s += g[j * stride] * y[j * stride]

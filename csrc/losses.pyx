@@ -17,8 +17,8 @@
 # gradient is (x - y) / max(x (1 - x), 1e-12) (PyTorch's, so finite at x = 0 or 1).
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, log1p, log1pf, fabs, fabsf
-from _common cimport real, as_float_array, check_same_dtype, threads_for
+from libc.math cimport log, fabs
+from _common cimport real, as_float_array, check_same_dtype, threads_for, r_exp, r_log, r_log1p, r_abs
 
 import math
 import numpy as np
@@ -43,41 +43,13 @@ cdef double BCE_LOG_MIN = -100.0   # PyTorch clamps log(p) and log(1 - p) at -10
 cdef double BCE_GRAD_EPS = 1e-12   # and divides the gradient by max(p (1 - p), 1e-12)
 
 
-cdef inline real _exp(real v) noexcept nogil:
-    if real is float:
-        return expf(v)
-    else:
-        return exp(v)
-
-
-cdef inline real _log(real v) noexcept nogil:
-    if real is float:
-        return logf(v)
-    else:
-        return log(v)
-
-
-cdef inline real _log1p(real v) noexcept nogil:
-    if real is float:
-        return log1pf(v)
-    else:
-        return log1p(v)
-
-
-cdef inline real _abs(real v) noexcept nogil:
-    if real is float:
-        return fabsf(v)
-    else:
-        return fabs(v)
-
-
 cdef inline real _log1p_small(real e) noexcept nogil:
     """log1p(e) for e in [0, 1] as log(u) * e / (u - 1), u = 1 + e (Goldberg's trick): as accurate as log1p
     to a few ulps, and a plain log is about three times cheaper than glibc's log1p."""
     cdef real u = 1 + e
     if u == 1:
         return e
-    return _log(u) * (e / (u - 1))
+    return r_log(u) * (e / (u - 1))
 
 
 cdef int _reduction_code(object reduction) except -1:
@@ -215,7 +187,7 @@ cdef void _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[
                 m = x[i, j]
         s = 0
         for j in range(c):
-            s = s + _exp(x[i, j] - m)
+            s = s + r_exp(x[i, j] - m)
         ls = log(s)
         lse[i] = <real>(m + ls)
         wy = w[y[i]] if has_w else 1.0
@@ -245,7 +217,7 @@ cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, 
         wy = w[y[i]] if has_w else 1.0
         a = (1 - eps) * wy + eps / c * wsum
         for j in range(c):
-            p = _exp(x[i, j] - lse[i])
+            p = r_exp(x[i, j] - lse[i])
             dx[i, j] = <real>(s * (p * a - eps / c * (w[j] if has_w else 1.0)))
         dx[i, y[i]] = <real>(dx[i, y[i]] - s * (1 - eps) * wy)
 
@@ -458,10 +430,10 @@ cdef inline real _elem_value(real x, real t, real pw, int kind) noexcept nogil:
         d = x - t
         return d * d
     if kind == ABSOLUTE:
-        return _abs(x - t)  # fabs, not a branch: the sign of random data defeats branch prediction
+        return r_abs(x - t)  # fabs, not a branch: the sign of random data defeats branch prediction
     if kind == BCE:
-        lx = _log(x)
-        l1x = _log1p(-x)
+        lx = r_log(x)
+        l1x = r_log1p(-x)
         if lx < BCE_LOG_MIN:
             lx = BCE_LOG_MIN
         if l1x < BCE_LOG_MIN:
@@ -469,8 +441,8 @@ cdef inline real _elem_value(real x, real t, real pw, int kind) noexcept nogil:
         return -(t * lx + (1 - t) * l1x)
     # BCE_LOGITS: pw t softplus(-x) + (1 - t) softplus(x), both terms >= 0 for t in [0, 1], and
     # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows; max(+-x, 0) = (|x| +- x) / 2 exactly
-    d = _abs(x)
-    l = _log1p_small(_exp(-d))
+    d = r_abs(x)
+    l = _log1p_small(r_exp(-d))
     return pw * t * ((d - x) * <real>0.5 + l) + (1 - t) * ((d + x) * <real>0.5 + l)
 
 
@@ -491,7 +463,7 @@ cdef inline real _elem_grad(real x, real t, real pw, int kind) noexcept nogil:
             den = BCE_GRAD_EPS
         return (x - t) / den
     # BCE_LOGITS: sigmoid(x) (1 - t + pw t) - pw t, sigmoid from exp(-|x|) so it never overflows
-    e = _exp(-_abs(x))
+    e = r_exp(-r_abs(x))
     sig = (1 if x >= 0 else e) / (1 + e)
     return sig * (1 - t + pw * t) - pw * t
 

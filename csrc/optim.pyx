@@ -23,8 +23,8 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport FLT_MIN, DBL_MIN
-from libc.math cimport fabs, fabsf, sqrt, sqrtf
-from _common cimport real, as_float_array, check_same_dtype, threads_for
+from libc.math cimport fabs, fabsf
+from _common cimport real, as_float_array, check_same_dtype, threads_for, r_sqrt
 
 import math
 
@@ -39,13 +39,6 @@ cdef inline real _flush(real x) noexcept nogil:
         return 0 if fabsf(x) < FLT_MIN else x
     else:
         return 0 if fabs(x) < DBL_MIN else x
-
-
-cdef inline real _sqrt(real x) noexcept nogil:
-    if real is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef object _check_state(object arr, str name, object param):
@@ -163,7 +156,7 @@ cdef void _adagrad(real[::1] p, const real[::1] g, real[::1] ssum, double clr, d
             d = d + rwd * p[i]
         s = ssum[i] + d * d
         ssum[i] = s
-        p[i] = p[i] - rclr * (d / (_sqrt(s) + reps))
+        p[i] = p[i] - rclr * (d / (r_sqrt(s) + reps))
 
 
 def adagrad_step(param, grad, state_sum, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
@@ -207,7 +200,7 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
             sq[i] = s
             a = _flush(ralpha * gavg[i] + rcalpha * d)
             gavg[i] = a
-            avg = _sqrt(s - a * a) + reps
+            avg = r_sqrt(s - a * a) + reps
             if use_mom:
                 b = _flush(rmom * buf[i] + d / avg)
                 buf[i] = b
@@ -219,7 +212,7 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
             d = g[i] + rwd * p[i] if use_wd else g[i]
             s = _flush(ralpha * sq[i] + rcalpha * (d * d))
             sq[i] = s
-            avg = _sqrt(s) + reps
+            avg = r_sqrt(s) + reps
             if use_mom:
                 b = _flush(rmom * buf[i] + d / avg)
                 buf[i] = b
@@ -282,7 +275,7 @@ cdef void _adam(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real[:
             if vmax[i] > vi:
                 vi = vmax[i]
             vmax[i] = vi
-        p[i] = x - rstep * (mi / (_sqrt(vi) / rbc2 + reps))
+        p[i] = x - rstep * (mi / (r_sqrt(vi) / rbc2 + reps))
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
