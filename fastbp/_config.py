@@ -46,10 +46,15 @@ def _scipy_openblas_thread_functions():
     return None
 
 
+def _conv_module():
+    """The compiled conv kernels, or None on the reference-only backend."""
+    return dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+
+
 def _install_blas_thread_hooks():
     """Hand the BLAS thread setter/getter to the compiled conv kernels (see csrc/conv.pyx, Design); returns
     whether they were found. Without them conv2d keeps BLAS calls outside its OpenMP loops."""
-    conv = dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+    conv = _conv_module()
     if conv is None:
         return False
     fns = _scipy_openblas_thread_functions()
@@ -61,7 +66,7 @@ def _install_blas_thread_hooks():
 
 
 def _conv_blas_thread_hook():
-    conv = dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+    conv = _conv_module()
     return conv is not None and conv._blas_thread_hooks_set()
 
 

@@ -12,6 +12,8 @@ import operator
 
 import numpy as np
 
+from ._dtype import get_default_dtype
+
 _counter = itertools.count()
 
 
@@ -93,10 +95,10 @@ def _as_array(value, dtype=None):
     if dtype is not None:
         return np.asarray(value, dtype=dtype)
     arr = np.asarray(value)
-    if arr.dtype.kind == "f" or arr.dtype.kind in "iub":
-        if not isinstance(value, np.ndarray) and arr.dtype.kind == "f":
-            from . import _dtype
-            arr = arr.astype(_dtype.get_default_dtype())
+    kind = arr.dtype.kind
+    if kind in "fiub":
+        if kind == "f" and not isinstance(value, np.ndarray):
+            arr = arr.astype(get_default_dtype())  # Python floats become the default dtype
         return arr
     raise TypeError(f"cannot make a tensor from dtype {arr.dtype}")
 
