@@ -7,7 +7,7 @@
 cimport numpy as cnp
 from cpython.number cimport PyNumber_Index
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-from libc.math cimport (exp, expf, expm1, expm1f, log, logf, log1p, log1pf, fabs, fabsf, sqrt, sqrtf,
+from libc.math cimport (isfinite, exp, expf, expm1, expm1f, log, logf, log1p, log1pf, fabs, fabsf, sqrt, sqrtf,
                         tanh, tanhf)
 
 import numpy as np
@@ -168,3 +168,16 @@ cdef inline void valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size,
         b = a
     lo[0] = a
     hi[0] = b
+
+
+cdef inline double finite_scalar(object value, str name) except? -1:
+    """A hyperparameter (slope, alpha, margin, smoothing, penalty weight) as a finite double, or a clear
+    TypeError/ValueError naming it."""
+    cdef double v
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v

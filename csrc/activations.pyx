@@ -21,7 +21,8 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
-from _common cimport real, as_float_array, check_same_dtype, threads_for, r_exp, r_expm1, r_abs, r_tanh
+from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+                     r_exp, r_expm1, r_abs, r_tanh)
 
 import numpy as np
 
@@ -85,17 +86,6 @@ cdef void _unary_backward(const real[::1] g, const real[::1] s, real[::1] out, i
         out[i] = _bwd(g[i], s[i], op, a)
 
 
-cdef double _param(object value, str name) except? -1:
-    cdef double v
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
 cdef object _forward(object x, int op, double a=0):
     x = as_float_array(x, "x")
     y = np.empty_like(x)
@@ -137,22 +127,22 @@ def relu_backward(grad_out, x):
 
 def leaky_relu_forward(x, negative_slope=0.01):
     """x for x > 0, negative_slope * x otherwise."""
-    return _forward(x, LEAKY_RELU, _param(negative_slope, "negative_slope"))
+    return _forward(x, LEAKY_RELU, finite_scalar(negative_slope, "negative_slope"))
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01):
     """grad_out where x > 0, negative_slope * grad_out where x <= 0 (at exactly 0: negative_slope)."""
-    return _backward(grad_out, x, "x", LEAKY_RELU, _param(negative_slope, "negative_slope"))
+    return _backward(grad_out, x, "x", LEAKY_RELU, finite_scalar(negative_slope, "negative_slope"))
 
 
 def elu_forward(x, alpha=1.0):
     """x for x > 0, alpha * (exp(x) - 1) otherwise (computed with expm1)."""
-    return _forward(x, ELU, _param(alpha, "alpha"))
+    return _forward(x, ELU, finite_scalar(alpha, "alpha"))
 
 
 def elu_backward(grad_out, x, alpha=1.0):
     """grad_out where x > 0, grad_out * alpha * exp(x) where x <= 0 (at exactly 0: alpha)."""
-    return _backward(grad_out, x, "x", ELU, _param(alpha, "alpha"))
+    return _backward(grad_out, x, "x", ELU, finite_scalar(alpha, "alpha"))
 
 
 def sigmoid_forward(x):

@@ -18,9 +18,9 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
-from _common cimport real, as_float_array, check_same_dtype, threads_for, r_exp, r_log, r_log1p, r_abs
+from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+                     r_exp, r_log, r_log1p, r_abs)
 
-import math
 import numpy as np
 
 cnp.import_array()
@@ -111,17 +111,6 @@ cdef object _class_weight(object weight, object x, str what):
 
 cdef object _dummy(object dtype):
     return np.zeros(1, dtype=dtype)
-
-
-cdef double _finite(object value, str name) except? -1:
-    cdef double v
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
 
 
 cdef object _grad_scale(object grad_out, int red, object reduction, tuple shape, double denom, object dtype):
@@ -225,7 +214,7 @@ cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, 
 cdef tuple _ce_prepare(object logits, object labels, object weight, object label_smoothing):
     logits, labels = _check_rows(logits, labels, "cross_entropy", "logits")
     weight = _class_weight(weight, logits, "logits")
-    cdef double eps = _finite(label_smoothing, "label_smoothing")
+    cdef double eps = finite_scalar(label_smoothing, "label_smoothing")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     return logits, labels, weight, eps
@@ -370,7 +359,7 @@ cdef tuple _mm_prepare(object scores, object labels, object p, object margin, ob
     scores, labels = _check_rows(scores, labels, "multi_margin", "scores")
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p!r}")
-    cdef double mg = _finite(margin, "margin")
+    cdef double mg = finite_scalar(margin, "margin")
     weight = _class_weight(weight, scores, "scores")
     if normalization == "classes":
         norm = float(scores.shape[1])
@@ -654,7 +643,7 @@ cdef void _penalty_backward(real g, const real[::1] p, double l1, double l2, rea
 
 
 cdef tuple _penalty_coeffs(object l1, object l2):
-    cdef double a = _finite(l1, "l1"), b = _finite(l2, "l2")
+    cdef double a = finite_scalar(l1, "l1"), b = finite_scalar(l2, "l2")
     if a < 0 or b < 0:
         raise ValueError(f"penalty coefficients must be >= 0, got l1={a}, l2={b}")
     return a, b

@@ -1,4 +1,5 @@
 """Input checks shared by the NumPy references; they raise the same errors as the compiled wrappers."""
+import math
 import operator
 
 import numpy as np
@@ -51,3 +52,14 @@ def int_pair(op, v, name, minimum):
     if a < minimum or b < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
     return a, b
+
+
+def finite_scalar(value, name):
+    """A hyperparameter as a finite float, or a clear TypeError/ValueError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ._util import as_float_array, check_same_dtype
+from ._util import as_float_array, check_same_dtype, finite_scalar
 
 
 def _check_pair(grad_out, saved, name):
@@ -15,16 +15,6 @@ def _check_pair(grad_out, saved, name):
     check_same_dtype(grad_out, "grad_out", saved, name)
     if grad_out.shape != saved.shape:
         raise ValueError(f"grad_out has shape {grad_out.shape} but {name} has shape {saved.shape}")
-
-
-def _param(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
 
 
 def relu_forward(x):
@@ -42,28 +32,28 @@ def relu_backward(grad_out, x):
 def leaky_relu_forward(x, negative_slope=0.01):
     """leaky_relu(x) = x for x > 0, negative_slope * x for x <= 0."""
     as_float_array(x, "x")
-    a = x.dtype.type(_param(negative_slope, "negative_slope"))
+    a = x.dtype.type(finite_scalar(negative_slope, "negative_slope"))
     return np.where(x > 0, x, x * a).astype(x.dtype)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01):
     """leaky_relu'(x) = 1 for x > 0, negative_slope for x <= 0 (negative_slope at exactly 0, as PyTorch)."""
     _check_pair(grad_out, x, "x")
-    a = x.dtype.type(_param(negative_slope, "negative_slope"))
+    a = x.dtype.type(finite_scalar(negative_slope, "negative_slope"))
     return np.where(x > 0, grad_out, grad_out * a).astype(x.dtype)
 
 
 def elu_forward(x, alpha=1.0):
     """elu(x) = x for x > 0, alpha (exp(x) - 1) for x <= 0."""
     as_float_array(x, "x")
-    a = x.dtype.type(_param(alpha, "alpha"))
+    a = x.dtype.type(finite_scalar(alpha, "alpha"))
     return np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))).astype(x.dtype)
 
 
 def elu_backward(grad_out, x, alpha=1.0):
     """elu'(x) = 1 for x > 0, alpha exp(x) for x <= 0 (alpha at exactly 0, as PyTorch)."""
     _check_pair(grad_out, x, "x")
-    a = x.dtype.type(_param(alpha, "alpha"))
+    a = x.dtype.type(finite_scalar(alpha, "alpha"))
     return np.where(x > 0, grad_out, grad_out * a * np.exp(np.minimum(x, 0))).astype(x.dtype)
 
 

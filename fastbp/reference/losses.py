@@ -1,24 +1,13 @@
 """NumPy references for csrc/losses.pyx: each loss written as PyTorch defines it, in float64, then cast.
 
 Kink rules: sign(0) = 0 for |d| and the L1 penalty; the hinge max(0, z) has gradient 0 at z = 0."""
-import math
 
 import numpy as np
 
-from ._util import as_float_array, check_labels, check_reduction, check_same_dtype
+from ._util import as_float_array, check_labels, check_reduction, check_same_dtype, finite_scalar
 
 BCE_LOG_MIN = -100.0   # PyTorch clamps log(p) and log(1 - p) at -100
 BCE_GRAD_EPS = 1e-12   # and divides the BCE gradient by max(p (1 - p), 1e-12)
-
-
-def _finite(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
 
 
 def _reduction(reduction):
@@ -77,7 +66,7 @@ def _class_weight(weight, x, what):
 def _ce_prepare(logits, labels, weight, label_smoothing):
     labels = _check_rows(logits, labels, "cross_entropy", "logits")
     w = _class_weight(weight, logits, "logits")
-    eps = _finite(label_smoothing, "label_smoothing")
+    eps = finite_scalar(label_smoothing, "label_smoothing")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     return labels, w, eps
@@ -149,7 +138,7 @@ def _mm_prepare(scores, labels, p, margin, weight, normalization):
     labels = _check_rows(scores, labels, "multi_margin", "scores")
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p!r}")
-    margin = _finite(margin, "margin")
+    margin = finite_scalar(margin, "margin")
     w = _class_weight(weight, scores, "scores")
     if normalization == "classes":
         norm = float(scores.shape[1])
@@ -317,7 +306,7 @@ def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=
 
 # ----- L1 / L2 penalties --------------------------------------------------------------------------------
 def _penalty_coeffs(l1, l2):
-    a, b = _finite(l1, "l1"), _finite(l2, "l2")
+    a, b = finite_scalar(l1, "l1"), finite_scalar(l2, "l2")
     if a < 0 or b < 0:
         raise ValueError(f"penalty coefficients must be >= 0, got l1={a}, l2={b}")
     return a, b
