@@ -251,8 +251,13 @@ class Tensor:
                                    f"has shape {self.shape}: pass backward(grad) with that shape")
             grad = np.ones_like(self.data)
         else:
-            grad = np.array(_as_array(grad), dtype=self.data.dtype, copy=True)
+            # no copy of the caller's array (for a big output that copy was a visible share of the step):
+            # the engine never writes into incoming gradients, and copies before storing the caller's
+            # array, or a view of it, in a .grad
+            grad = np.asarray(_as_array(grad), dtype=self.data.dtype)
             _check_grad_shape(grad, self.data)
+            if self._node is None:
+                grad = grad.copy()
         _run_backward(self, grad, retain_graph)
 
     # ----- arithmetic (gradients handle broadcasting) ----------------------------------------------

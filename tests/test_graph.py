@@ -94,6 +94,28 @@ def test_leaf_grads_are_not_aliased():
     assert b.grad[0] == 1.0
 
 
+@pytest.mark.parametrize("make", [lambda g: g, lambda g: g[:, ::2], lambda g: g.reshape(2, 4, 3)[1]],
+                         ids=["whole", "strided_view", "reshaped_view"])
+def test_backward_with_a_given_gradient_never_aliases_or_changes_it(make):
+    # backward(grad) does not copy the caller's array; the engine must then neither write into it nor
+    # store it (or a view of it) in a leaf's .grad
+    base = np.arange(24.0).reshape(4, 6)
+    g = make(base)
+    before = base.copy()
+    x = tensor(np.ones(g.shape), requires_grad=True)
+    w = tensor(np.ones(g.shape), requires_grad=True)
+    (x + w).backward(g)  # Add hands the incoming gradient to both inputs unchanged
+    assert not np.shares_memory(x.grad, base) and not np.shares_memory(w.grad, base)
+    x.grad += 1
+    w.grad *= 3
+    np.testing.assert_array_equal(base, before)
+    np.testing.assert_array_equal(x.grad, g + 1)
+    leaf = tensor(np.ones(g.shape), requires_grad=True)
+    leaf.backward(g)  # a leaf as the root
+    assert not np.shares_memory(leaf.grad, base)
+    np.testing.assert_array_equal(leaf.grad, g)
+
+
 def test_backward_requires_grad_for_non_scalar():
     x = tensor(np.ones((2, 3)), requires_grad=True)
     y = x * 2
