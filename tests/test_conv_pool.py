@@ -231,11 +231,16 @@ CHUNK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout_pixels", [0, 1 << 40], ids=["per_sample", "batched"])
+LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=1 << 40),
+           "rows": dict(batch_pixels=0, row_min_channels=0),
+           "batched": dict(batch_pixels=1 << 40)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("cid,xs,ws,params", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
-def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_path, layout_pixels, cid, xs, ws,
+def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_path, layout, cid, xs, ws,
                                                             params, rng):
-    conv_settings._tuning(batch_pixels=layout_pixels, chunk_bytes=1 << 40)
+    conv_settings._tuning(chunk_bytes=1 << 40, **LAYOUTS[layout])
     x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
     conv_settings._set_workspace_limit(1 << 40)
     whole = conv_settings._plan_info(xs, ws, **params)
@@ -247,12 +252,24 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_p
     y1 = C.conv2d_forward(x, w, b, **params)
     d1 = C.conv2d_backward(g, x, w, **params)
     k_p_bytes = ws[1] * ws[2] * ws[3] * y0.shape[2] * y0.shape[3] * 4
+    if whole["layout"] == "rows":
+        # channels-last padded copy of the sample, its rows (P, K) and the GEMM output (P, O)
+        pad = params.get("padding", 0)
+        ph, pw = (pad, pad) if isinstance(pad, int) else pad
+        hp, wp = xs[2] + 2 * ph, xs[3] + 2 * pw
+        k_p_bytes = (hp * wp * xs[1] + y0.shape[2] * y0.shape[3] * (ws[1] * ws[2] * ws[3] + ws[0])) * 4
+    assert whole["layout"] == {"per_sample": "direct" if cid == "direct_1x1" else "per-sample",
+                               "rows": "direct" if cid == "direct_1x1" else "rows", "batched": "batched"}[layout]
     assert whole["parallel"] == (blas_path == "parallel" and whole["layout"] != "batched")
     if whole["parallel"]:
         # one column slice per thread, whatever the limit allows beyond that
         assert whole["chunk"] == whole["threads"] >= 1
         if chunked["layout"] != "direct":
             assert chunked["chunk"] == chunked["threads"] == 1 and chunked["workspace_bytes"] == k_p_bytes
+    elif whole["layout"] == "rows":
+        # without the thread hook the row layout runs one sample at a time
+        assert whole["chunk"] == chunked["chunk"] == 1 and whole["chunks"] == xs[0]
+        assert whole["workspace_bytes"] == chunked["workspace_bytes"] == k_p_bytes
     else:
         assert whole["chunks"] == 1 and whole["threads"] == 1
         if chunked["layout"] != "direct":
@@ -279,7 +296,7 @@ def test_workspace_limit_setting(conv_settings):
     assert F.get_conv_workspace_limit() == 64 * 1024 * 1024
     prev = F.set_conv_workspace_limit(1 << 20)
     assert prev == 64 * 1024 * 1024 and F.get_conv_workspace_limit() == 1 << 20
-    conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40)
+    conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40, row_min_channels=1 << 40)
     # benchmark shape: 16*3*3 rows x 32*32 pixels x 4 bytes = 576 KiB of columns per sample
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info["layout"] == "per-sample" and info["workspace_bytes"] == 589824
@@ -288,6 +305,14 @@ def test_workspace_limit_setting(conv_settings):
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     # chunked path: 4 samples per chunk; sample-parallel path: one slice per thread (at most 4)
     assert info["chunk"] == (min(4, fastbp.get_num_threads()) if info["parallel"] else 4)
+    # the default row layout (>= 16 channels in and out): padded channels-last copy 34*34*16, rows 1024*144
+    # and the GEMM output 1024*32, 4 bytes each, per thread
+    conv_settings._tuning(row_min_channels=16)
+    F.set_conv_workspace_limit(1 << 30)
+    info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
+    assert info["layout"] == "rows" and info["workspace_bytes"] == (34 * 34 * 16 + 1024 * (144 + 32)) * 4 * info["chunk"]
+    assert conv_settings._plan_info((32, 15, 32, 32), (32, 15, 3, 3), padding=1)["layout"] == "per-sample"
+    assert conv_settings._plan_info((32, 16, 32, 32), (15, 16, 3, 3), padding=1)["layout"] == "per-sample"
     with pytest.raises(ValueError, match=">= 1 byte"):
         F.set_conv_workspace_limit(0)
 

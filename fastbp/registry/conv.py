@@ -4,8 +4,9 @@ Samples cover odd and rectangular inputs and kernels, batch 1, one channel, stri
 wider than the kernel), dilation, 1x1 kernels (the path that skips im2col), a kernel exactly as large as
 the padded input, and non-contiguous views. Most are small enough for per-element central differences in
 the float64 gradient check. Outputs of fewer than 64 pixels use the batched GEMM layout, larger ones
-("all_options", "per_sample_layout", ...) one GEMM per sample; tests/test_conv_pool.py runs every shape
-of its own through both layouts and through chunked workspaces."""
+("all_options", "per_sample_layout", ...) one GEMM per sample; with at least 16 input and output channels
+("per_sample_layout", "row_layout_all_options") the forward uses the row layout. tests/test_conv_pool.py
+runs every shape of its own through all three layouts and through chunked workspaces."""
 import numpy as np
 
 from . import Case, OpSpec, noncontig, randn
@@ -24,6 +25,8 @@ CONV_SHAPES = [
     ("dilation2_same_pad2", (2, 2, 7, 6), (2, 2, 3, 3), {"dilation": 2, "padding": 2}),
     ("all_options", (3, 2, 11, 9), (4, 2, 3, 2), {"stride": (2, 1), "padding": (2, 1), "dilation": (1, 2)}),
     ("per_sample_layout", (2, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
+    ("row_layout_all_options", (2, 16, 13, 11), (16, 16, 3, 2), {"stride": (2, 1), "padding": (1, 2),
+                                                                 "dilation": (1, 2)}),
 ]
 
 
