@@ -52,7 +52,7 @@
 # contiguous values, one memcpy), the GEMM computes yt (P, O) = rows @ w'^T with the weight permuted to
 # (O, kH, kW, C), and yt is transposed into y[n] adding the bias. OpenBLAS runs that product ~30% faster
 # than w @ col at the benchmark shape; with few channels the copies are too short and it loses (LeNet-5's
-# convs: 1-4x slower), so they keep the column layout. Measured, one thread, CPU time, forward of the
+# convs: 1-4x slower), so they keep the column layout. Measured, one thread, wall time, forward of the
 # whole batch, rows / columns: (32,16,32,32)x(32,16,3,3) 0.93-0.95, (32,32,16,16)x(64,32,3,3) 0.93-0.98,
 # (32,64,8,8)x(64,64,3,3) 0.85, (64,6,14,14)x(16,6,5,5) ~1.0, (16,3,64,64)x(32,3,3,3) 1.4,
 # (64,1,28,28)x(6,1,5,5) 3.8. The backward keeps the column layout.
@@ -408,29 +408,52 @@ cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, re
 
 
 # ----- backward -------------------------------------------------------------------------------------
+cdef inline double _plane_sum(const real* r, Py_ssize_t P) noexcept nogil:
+    """Sum of r[0 .. P) in double: eight partial sums over p (so the additions are not one serial
+    dependency chain), combined in a fixed tree."""
+    cdef Py_ssize_t p, P8 = (P // 8) * 8
+    cdef double s0, s1, s2, s3, s4, s5, s6, s7
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0
+    for p in range(0, P8, 8):
+        s0 = s0 + r[p]
+        s1 = s1 + r[p + 1]
+        s2 = s2 + r[p + 2]
+        s3 = s3 + r[p + 3]
+        s4 = s4 + r[p + 4]
+        s5 = s5 + r[p + 5]
+        s6 = s6 + r[p + 6]
+        s7 = s7 + r[p + 7]
+    for p in range(P8, P):
+        s0 = s0 + r[p]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:
-    """db[o] = sum over n, then p, of g[n, o, p], accumulated in double in a fixed order: eight partial
-    sums over p (so the additions are not one serial dependency chain), combined in a fixed tree."""
-    cdef Py_ssize_t o, n, p, P = g.P, ys = g.O * g.P, P8 = (g.P // 8) * 8
-    cdef double s, s0, s1, s2, s3, s4, s5, s6, s7
-    cdef const real* r
+    """db[o] = sum over n (in order) of _plane_sum(g[n, o]), in double. The sample-parallel backward
+    computes the same per-sample sums inside its loop (_bias_sample_sums, while g[n] is in cache) and
+    combines them with _bias_combine in the same order, so both give the same bits."""
+    cdef Py_ssize_t o, n, P = g.P, ys = g.O * g.P
+    cdef double s
     for o in prange(g.O, schedule="static", num_threads=threads_for(g.N * g.O * g.P)):
         s = 0
         for n in range(g.N):
-            r = gy + n * ys + o * P
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0
-            for p in range(0, P8, 8):
-                s0 = s0 + r[p]
-                s1 = s1 + r[p + 1]
-                s2 = s2 + r[p + 2]
-                s3 = s3 + r[p + 3]
-                s4 = s4 + r[p + 4]
-                s5 = s5 + r[p + 5]
-                s6 = s6 + r[p + 6]
-                s7 = s7 + r[p + 7]
-            for p in range(P8, P):
-                s0 = s0 + r[p]
-            s = s + (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)))
+            s = s + _plane_sum(gy + n * ys + o * P, P)
+        db[o] = <real>s
+
+
+cdef inline void _bias_sample_sums(const real* gy, double* sums, Py_ssize_t n, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t o
+    for o in range(g.O):
+        sums[n * g.O + o] = _plane_sum(gy + (n * g.O + o) * g.P, g.P)
+
+
+cdef void _bias_combine(const double* sums, real* db, const Geom* g) noexcept nogil:
+    cdef Py_ssize_t o, n
+    cdef double s
+    for o in range(g.O):
+        s = 0
+        for n in range(g.N):
+            s = s + sums[n * g.O + o]
         db[o] = <real>s
 
 
@@ -473,11 +496,12 @@ cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_
 
 
 cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
-                             real* ws, bint ndx, bint ndw, Py_ssize_t bs, Py_ssize_t nblk, int nt,
-                             const Geom* g) noexcept nogil:
+                             real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
+                             Py_ssize_t nblk, int nt, const Geom* g) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
     parts + k K O, then the partials are summed in block order. The blocks do not depend on the thread
-    count, so neither does the result. Thread t uses columns ws + t K P."""
+    count, so neither does the result. Thread t uses columns ws + t K P. With bsums (N, O) given, the
+    bias gradient's per-sample sums are taken while g[n] is in cache and combined into db at the end."""
     cdef Py_ssize_t k, n, hi, KO = g.K * g.O
     cdef int tid
     cdef real* part
@@ -494,8 +518,12 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
         for n in range(k * bs, hi):
             _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
                              ndx, ndw, n == k * bs, n, g)
+            if bsums != NULL:
+                _bias_sample_sums(gy, bsums, n, g)
     if ndw and nblk > 1:
         _sum_partials(parts, nblk, dwt, KO)
+    if bsums != NULL:
+        _bias_combine(bsums, db, g)
 
 
 cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
@@ -776,6 +804,10 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
     cdef bint single = pl.par and pl.nt > 1 and (ndx or ndw)
+    # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
+    cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
+    bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
+    cdef double* pbs = <double*>_ptr(bsums) if fused else NULL
     held = False
     try:
         if ndx or ndw:
@@ -786,23 +818,24 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
         try:
             if dt == np.float32:
                 with nogil:
-                    if ndb:
+                    if ndb and not fused:
                         _bias_grad[float](<float*>pg, <float*>pdb, &g)
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
-                                                  <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g)
+                                                  <float*>ppa, <float*>pws, pbs, <float*>pdb, ndx, ndw, pl.bs,
+                                                  pl.nblk, pl.nt, &g)
                     elif ndx or ndw:
                         _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                               <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.chunk,
                                               pl.batched, &g)
             else:
                 with nogil:
-                    if ndb:
+                    if ndb and not fused:
                         _bias_grad[double](<double*>pg, <double*>pdb, &g)
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
-                                                   <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
-                                                   pl.nblk, pl.nt, &g)
+                                                   <double*>pdw, <double*>ppa, <double*>pws, pbs,
+                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g)
                     elif ndx or ndw:
                         _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
