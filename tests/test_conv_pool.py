@@ -228,12 +228,27 @@ CHUNK_CASES = [
     ("dilated_same", (4, 2, 9, 9), (3, 2, 3, 3), {"dilation": 2, "padding": 2}),
     ("direct_1x1", (6, 8, 7, 5), (5, 8, 1, 1), {}),
     ("large_per_sample", (3, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
+    ("valid_5x5", (5, 6, 14, 13), (4, 6, 5, 5), {}),
+    ("valid_dilated_rect", (3, 2, 12, 11), (3, 2, 3, 2), {"dilation": (2, 3)}),
+    ("valid_16_channels", (2, 16, 12, 12), (16, 16, 3, 3), {}),
 ]
 
 
-LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=1 << 40),
-           "rows": dict(batch_pixels=0, row_min_channels=0),
+LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=1 << 40, wide=False),
+           "rows": dict(batch_pixels=0, row_min_channels=0, wide=False),
+           "wide": dict(batch_pixels=0, row_min_channels=1 << 40, wide=True),
            "batched": dict(batch_pixels=1 << 40)}
+
+
+def _expected_layout(layout, xs, ws, params):
+    if layout == "batched":
+        return "batched"
+    if ws[2] == ws[3] == 1 and not params:
+        return "direct"
+    valid_stride1 = not params.get("padding") and params.get("stride", 1) == 1
+    if layout == "wide" and valid_stride1:
+        return "wide"
+    return "rows" if layout == "rows" else "per-sample"
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -258,16 +273,19 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_p
         ph, pw = (pad, pad) if isinstance(pad, int) else pad
         hp, wp = xs[2] + 2 * ph, xs[3] + 2 * pw
         k_p_bytes = (hp * wp * xs[1] + y0.shape[2] * y0.shape[3] * (ws[1] * ws[2] * ws[3] + ws[0])) * 4
-    assert whole["layout"] == {"per_sample": "direct" if cid == "direct_1x1" else "per-sample",
-                               "rows": "direct" if cid == "direct_1x1" else "rows", "batched": "batched"}[layout]
+    assert whole["layout"] == _expected_layout(layout, xs, ws, params)
+    if whole["layout"] == "wide":
+        # columns and GEMM output keep the input's row length: (OH - 1) W + OW of them
+        pw = (y0.shape[2] - 1) * xs[3] + y0.shape[3]
+        k_p_bytes = pw * (ws[1] * ws[2] * ws[3] + ws[0]) * 4
     assert whole["parallel"] == (blas_path == "parallel" and whole["layout"] != "batched")
     if whole["parallel"]:
         # one column slice per thread, whatever the limit allows beyond that
         assert whole["chunk"] == whole["threads"] >= 1
         if chunked["layout"] != "direct":
             assert chunked["chunk"] == chunked["threads"] == 1 and chunked["workspace_bytes"] == k_p_bytes
-    elif whole["layout"] == "rows":
-        # without the thread hook the row layout runs one sample at a time
+    elif whole["layout"] in ("rows", "wide"):
+        # without the thread hook the row and wide layouts run one sample at a time
         assert whole["chunk"] == chunked["chunk"] == 1 and whole["chunks"] == xs[0]
         assert whole["workspace_bytes"] == chunked["workspace_bytes"] == k_p_bytes
     else:
