@@ -11,6 +11,10 @@ import time
 
 THREADS = int(os.environ.get("FASTBP_BENCH_THREADS", "2"))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+# Before NumPy loads its own OpenBLAS: the reference backend's matrix products would otherwise leave NumPy's
+# BLAS workers spinning for a while after each round, slowing whichever framework runs next (fastbp sets
+# this for scipy's OpenBLAS itself, but NumPy is already loaded when fastbp is imported).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 

@@ -89,6 +89,17 @@ def set_num_threads(n):
     threadpoolctl.threadpool_limits(limits=n, user_api="blas")
 
 
+def _openblas_timeout():
+    """How long idle OpenBLAS workers spin (OPENBLAS_THREAD_TIMEOUT, read by OpenBLAS when it loads)."""
+    value = next((f"{v}={os.environ[v]}" for v in _backend.OPENBLAS_TIMEOUT_VARS if v in os.environ), None)
+    if _backend.openblas_loaded_before:
+        return (f"{value or 'OpenBLAS default'}, but scipy.linalg was imported before fastbp: OpenBLAS "
+                f"kept the value it found then (set OPENBLAS_THREAD_TIMEOUT=4 before starting Python)")
+    if _backend.openblas_timeout_by_fastbp:
+        return f"{value} (set by fastbp: idle BLAS workers sleep)"
+    return f"{value} (set by the user)"
+
+
 def config():
     """The facts `show_config()` prints, as a dict."""
     compiled = _backend.compiled is not None
@@ -100,6 +111,7 @@ def config():
         "openmp": bool(compiled and _runtime().openmp_enabled()),
         "num_threads": get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "openblas_thread_timeout": _openblas_timeout(),
         "gemm_blas": [
             {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads"),
              "path": p.get("filepath")} for p in blas
@@ -118,6 +130,7 @@ def show_config():
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
     print(f"  OpenMP:                  {'on' if c['openmp'] else 'off'}")
     print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
+    print(f"  OpenBLAS thread timeout: {c['openblas_thread_timeout']}")
     for b in c["gemm_blas"]:
         print(f"  GEMM BLAS:               {b['library']} {b['version']} ({b['threads']} threads) {b['path']}")
     if not c["gemm_blas"]:

@@ -211,6 +211,24 @@ def test_show_config_and_cli(capsys):
     assert "compiled kernels loaded: yes" in out.stdout
 
 
+def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_chose():
+    code = ("import os, fastbp; c = fastbp._config.config(); "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT')); print(c['openblas_thread_timeout'])")
+    drop = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+    out = run_python(["-c", code], drop=drop)
+    assert out.returncode == 0, out.stderr
+    value, report = out.stdout.splitlines()
+    assert value == "4" and "set by fastbp" in report
+    out = run_python(["-c", code], {"OPENBLAS_THREAD_TIMEOUT": "12"}, drop=drop)
+    value, report = out.stdout.splitlines()
+    assert value == "12" and "set by the user" in report
+    # too late once scipy.linalg (and with it OpenBLAS) is loaded: said, not hidden
+    out = run_python(["-c", "import scipy.linalg; " + code], drop=drop)
+    value, report = out.stdout.splitlines()
+    assert "imported before fastbp" in report
+    assert "OpenBLAS thread timeout" in run_python(["-m", "fastbp", "info"], drop=drop).stdout
+
+
 def test_compare_command_reports_every_requested_op():
     out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "linear"])
     assert out.returncode == 0, out.stderr
