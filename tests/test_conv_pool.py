@@ -234,9 +234,11 @@ CHUNK_CASES = [
 ]
 
 
-LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=1 << 40, wide=False),
-           "rows": dict(batch_pixels=0, row_min_channels=0, wide=False),
-           "wide": dict(batch_pixels=0, row_min_channels=1 << 40, wide=True),
+OFF = 1 << 40
+LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=OFF),
+           "rows": dict(batch_pixels=0, row_min_channels=0, wide=False, winograd_min_channels=OFF),
+           "wide": dict(batch_pixels=0, row_min_channels=OFF, wide=True, winograd_min_channels=OFF),
+           "winograd": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=0),
            "batched": dict(batch_pixels=1 << 40)}
 
 
@@ -248,7 +250,16 @@ def _expected_layout(layout, xs, ws, params):
     valid_stride1 = not params.get("padding") and params.get("stride", 1) == 1
     if layout == "wide" and valid_stride1:
         return "wide"
+    if layout == "winograd":
+        s1d1 = params.get("stride", 1) == 1 and params.get("dilation", 1) == 1
+        return "winograd" if ws[2:] == (3, 3) and s1d1 else "per-sample"
     return "rows" if layout == "rows" else "per-sample"
+
+
+def _winograd_slot_bytes(xs, ws, y_shape):
+    th, tw = (y_shape[2] + 1) // 2, (y_shape[3] + 1) // 2
+    # transformed inputs and products (16 planes each, padded), the zero-padded input plane, scratch rows
+    return (16 * ((ws[1] + ws[0]) * th * tw + 32) + (2 * th + 2) * (2 * tw + 2) + 4 * (2 * tw + 2) + 8 * tw) * 4
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -274,6 +285,8 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_p
         hp, wp = xs[2] + 2 * ph, xs[3] + 2 * pw
         k_p_bytes = (hp * wp * xs[1] + y0.shape[2] * y0.shape[3] * (ws[1] * ws[2] * ws[3] + ws[0])) * 4
     assert whole["layout"] == _expected_layout(layout, xs, ws, params)
+    if whole["layout"] == "winograd":
+        k_p_bytes = _winograd_slot_bytes(xs, ws, y0.shape)
     if whole["layout"] == "wide":
         # columns and GEMM output keep the input's row length: (OH - 1) W + OW of them
         pw = (y0.shape[2] - 1) * xs[3] + y0.shape[3]
@@ -284,8 +297,8 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_p
         assert whole["chunk"] == whole["threads"] >= 1
         if chunked["layout"] != "direct":
             assert chunked["chunk"] == chunked["threads"] == 1 and chunked["workspace_bytes"] == k_p_bytes
-    elif whole["layout"] in ("rows", "wide"):
-        # without the thread hook the row and wide layouts run one sample at a time
+    elif whole["layout"] in ("rows", "wide", "winograd"):
+        # without the thread hook the row, wide and Winograd layouts run one sample at a time
         assert whole["chunk"] == chunked["chunk"] == 1 and whole["chunks"] == xs[0]
         assert whole["workspace_bytes"] == chunked["workspace_bytes"] == k_p_bytes
     else:
@@ -314,7 +327,8 @@ def test_workspace_limit_setting(conv_settings):
     assert F.get_conv_workspace_limit() == 64 * 1024 * 1024
     prev = F.set_conv_workspace_limit(1 << 20)
     assert prev == 64 * 1024 * 1024 and F.get_conv_workspace_limit() == 1 << 20
-    conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40, row_min_channels=1 << 40)
+    conv_settings._tuning(batch_pixels=0, chunk_bytes=1 << 40, row_min_channels=1 << 40,
+                          winograd_min_channels=1 << 40)
     # benchmark shape: 16*3*3 rows x 32*32 pixels x 4 bytes = 576 KiB of columns per sample
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info["layout"] == "per-sample" and info["workspace_bytes"] == 589824
@@ -323,12 +337,15 @@ def test_workspace_limit_setting(conv_settings):
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     # chunked path: 4 samples per chunk; sample-parallel path: one slice per thread (at most 4)
     assert info["chunk"] == (min(4, fastbp.get_num_threads()) if info["parallel"] else 4)
-    # the default row layout (>= 16 channels in and out): padded channels-last copy 34*34*16, rows 1024*144
-    # and the GEMM output 1024*32, 4 bytes each, per thread
-    conv_settings._tuning(row_min_channels=16)
+    # the default layouts (>= 16 channels in and out): Winograd for 3x3 with stride 1 and dilation 1, else
+    # rows (padded channels-last copy 34*34*16, rows 1024*144 and the GEMM output 1024*32, per thread)
+    conv_settings._tuning(row_min_channels=16, winograd_min_channels=16)
     F.set_conv_workspace_limit(1 << 30)
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
-    assert info["layout"] == "rows" and info["workspace_bytes"] == (34 * 34 * 16 + 1024 * (144 + 32)) * 4 * info["chunk"]
+    assert info["layout"] == "winograd"
+    assert info["workspace_bytes"] == _winograd_slot_bytes((32, 16, 32, 32), (32, 16, 3, 3), (32, 32, 32, 32)) * info["chunk"]
+    info = conv_settings._plan_info((32, 16, 33, 33), (32, 16, 3, 3), padding=1, dilation=(1, 2))
+    assert info["layout"] == "rows" and info["workspace_bytes"] == (35 * 35 * 16 + 33 * 31 * (144 + 32)) * 4 * info["chunk"]
     assert conv_settings._plan_info((32, 15, 32, 32), (32, 15, 3, 3), padding=1)["layout"] == "per-sample"
     assert conv_settings._plan_info((32, 16, 32, 32), (15, 16, 3, 3), padding=1)["layout"] == "per-sample"
     with pytest.raises(ValueError, match=">= 1 byte"):
