@@ -9,6 +9,24 @@ import statistics
 import sys
 import time
 
+# Allocator: every workload allocates its outputs and temporaries (MBs each) anew per call. With glibc's
+# defaults, whether such a block comes back from the heap or is mapped afresh (a page fault per 4 KiB) depends
+# on what ran before: PyTorch's conv forward at the benchmark shape took 2528 page faults per call in one
+# process and none in another, 1.3 vs 3.5 ms. So the harness runs with glibc's thresholds fixed (read at
+# process start: the script re-executes itself with them set): blocks up to 1 GiB come from the heap and
+# freed memory is kept, the steady state of a training loop (a LeNet-5 loop measured 0 page faults per step
+# with the defaults too). It applies to every framework in the process. FASTBP_BENCH_SYSTEM_MALLOC=1 keeps
+# glibc's defaults.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
+                 "MALLOC_TOP_PAD_": str(64 << 20)}
+if (sys.platform.startswith("linux") and os.environ.get("FASTBP_BENCH_SYSTEM_MALLOC") != "1"
+        and any(os.environ.get(k) != v for k, v in STEADY_MALLOC.items())):
+    os.environ.update(STEADY_MALLOC)
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+ALLOCATOR = ("glibc, blocks <= 1 GiB from the heap, freed memory kept (" +
+             ", ".join(f"{k}={os.environ[k]}" for k in STEADY_MALLOC) + ")"
+             if all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items()) else "system default")
+
 THREADS = int(os.environ.get("FASTBP_BENCH_THREADS", "2"))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 # Before NumPy loads its own OpenBLAS: the reference backend's matrix products would otherwise leave NumPy's
@@ -56,7 +74,7 @@ def time_fn(fn, repeat=30, warmup=5, min_time=0.2):
 
 def machine_info():
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "threads": THREADS,
-            "numpy": np.__version__, "fastbp": fastbp.__version__}
+            "numpy": np.__version__, "fastbp": fastbp.__version__, "allocator": ALLOCATOR}
     torch = import_torch()
     if torch is not None:
         info["torch"] = torch.__version__
@@ -79,7 +97,7 @@ def report(name, rows, columns, targets=None):
     path = os.path.join(RESULTS_DIR, f"{name}.json")
     with open(path, "w") as f:
         json.dump({"benchmark": name, "machine": machine_info(), "rows": rows, "targets": targets}, f, indent=2)
-    print(f"\nwrote {path}")
+    print(f"\nallocator: {ALLOCATOR}\nwrote {path}")
     return path
 
 

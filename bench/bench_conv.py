@@ -213,8 +213,8 @@ def main(argv=None):
     kept = conv_kernels._cached_workspace_bytes()
     mib = 1 / 2 ** 20
     print(f"\npeak memory of one conv training step (x {x.shape}, float32, input {x.nbytes * mib:.2f} MiB): "
-          f"{peak * mib:.2f} MiB of new NumPy arrays (tracemalloc: y, the copy of the incoming gradient that "
-          f"Tensor.backward makes, dx, dweight, dbias) + {kept * mib:.2f} MiB im2col workspace kept between "
+          f"{peak * mib:.2f} MiB of new NumPy arrays (tracemalloc: y, dx, dweight, dbias and the backward's "
+          f"temporaries) + {kept * mib:.2f} MiB conv workspace kept between "
           f"calls = {(peak + kept) * mib:.2f} MiB, {(peak + kept) / x.nbytes:.2f} x the input")
     print(f"  workspace plan: {plan['layout']} layout, chunks of {plan['chunk']} sample(s), "
           f"{plan['workspace_bytes'] * mib:.2f} MiB (limit {conv_kernels._get_workspace_limit() * mib:.0f} MiB); "
