@@ -55,16 +55,19 @@
 # convs: 1-4x slower), so they keep the column layout. Measured, one thread, wall time, forward of the
 # whole batch, rows / columns: (32,16,32,32)x(32,16,3,3) 0.93-0.95, (32,32,16,16)x(64,32,3,3) 0.93-0.98,
 # (32,64,8,8)x(64,64,3,3) 0.85, (64,6,14,14)x(16,6,5,5) ~1.0, (16,3,64,64)x(32,3,3,3) 1.4,
-# (64,1,28,28)x(6,1,5,5) 3.8. 3x3 kernels with stride 1 and dilation 1 and >= 16 channels in and out
-# take Winograd F(2x2, 3x3) instead (_forward_wino; 2.25x fewer multiply-adds, transforms by additions):
-# forward, one thread, Winograd / rows: 0.95 at the benchmark shape (16 -> 32 channels: the output
-# transform and the traffic through the 16 product planes eat most of the gain), 0.77 at 32 -> 32 and
-# 0.74 at 16 -> 16 on 32x32 maps. Its rounding differs from the direct sum by a few ulps (float32
-# relative error ~3e-7 measured against a float64 reference). Computing the input gradient the same way
-# (a Winograd forward of g with the flipped, transposed weight) was tried and was 5-15% slower than the
-# column layout's GEMM + col2im. A third forward layout, the wide columns (_forward_wide), serves stride 1
+# (64,1,28,28)x(6,1,5,5) 3.8. 3x3 kernels with stride 1 and dilation 1, >= 16 channels in and out and
+# >= 1024 output pixels per sample take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
+# (_backward_wino, its adjoint on the same tiles): 2.25x fewer multiply-adds, transforms by additions, but
+# each transformed tensor is 4x its source, and with few channels that traffic eats most of the gain.
+# Winograd / other layout, one thread (forward, backward): benchmark shape 16 -> 32 on 32x32 0.95, 0.90;
+# 32 -> 32 on 32x32 0.77, 0.80; 16 -> 16 on 64x64 0.58, 0.76; but 64 -> 64 on 8x8 1.15, 1.36 and
+# 32 -> 16 on 15x15 1.30, 1.12 (hence the pixel threshold). Its rounding differs from the direct sum by a
+# few ulps (float32 relative error ~3e-7 against a float64 reference). A third forward layout, the wide columns (_forward_wide), serves stride 1
 # without padding (LeNet-5's second conv: forward 18% faster, one thread). The backward keeps the column
 # layout: the wide one would multiply the dropped columns' inputs by zero, and 0 * inf is NaN.
+# Winograd has the same caveat in a milder form: an inf input can meet a zero transformed weight
+# (0 * inf) or another inf of opposite sign inside a transform, so an output the direct sum makes +-inf
+# can come out NaN; finite inputs give finite results as before.
 # On the chunked path im2col/col2im run in prange over (sample, channel) pairs of the chunk; each pair owns
 # its rows of the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order.
 # Index arithmetic is Py_ssize_t throughout.
@@ -101,6 +104,10 @@ cdef bint _wide = True
 # Winograd F(2x2, 3x3) (see _forward_wino) in the forward.
 DEFAULT_WINOGRAD_MIN_CHANNELS = 16
 cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
+# ... and at least this many output pixels per sample: on smaller maps the 16 small GEMMs per sample cost
+# more than they save (8x8 maps, 64 -> 64 channels: forward 1.15x, backward 1.36x the column layout).
+DEFAULT_WINOGRAD_MIN_PIXELS = 1024
+cdef Py_ssize_t _wino_min_pixels = DEFAULT_WINOGRAD_MIN_PIXELS
 
 
 cdef struct Geom:
@@ -112,6 +119,7 @@ cdef struct Geom:
     bint wide                   # forward in the wide column layout (set by _plan)
     bint wino                   # forward by Winograd F(2x2, 3x3) (set by _plan)
     Py_ssize_t TH, TW           # Winograd: 2x2 output tiles down and across
+    Py_ssize_t part             # elements of one weight-gradient partial: K O, or 16 O C with Winograd
     Py_ssize_t slot             # workspace elements per sample slot (set by _plan)
 
 
@@ -359,6 +367,56 @@ cdef void _forward_wide(const real* x, const real* w, const real* b, real* y, re
                 dst[ow] = src[ow] + bo
 
 
+cdef void _wino_input(const real* xn, real* V, Py_ssize_t CT, real* xp, real* e, const Geom* g) noexcept nogil:
+    """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for every channel c of the sample xn (C, H, W) and tile
+    t; planes CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. The plane is
+    copied into the zero-padded xp, whose rows r0..r3 under a row of tiles give e = B^T (r0..r3)
+    elementwise, then v[i, :] = e_i B per tile: loops over whole rows, which the compiler vectorizes."""
+    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
+    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
+    cdef Py_ssize_t c, th, tw, i, h, q, h0, h1, w0, w1
+    cdef const real* xc
+    cdef const real* mp
+    cdef real* vp
+    cdef real* e0
+    cdef real* e1
+    cdef real* e2
+    cdef real* e3
+    # rows / columns of xp that hold input pixels: xp[h, q] = x[h - pH, q - pW]
+    h0 = g.pH
+    h1 = g.pH + H if g.pH + H < Hq else Hq
+    w0 = g.pW
+    w1 = g.pW + W if g.pW + W < Wq else Wq
+    memset(xp, 0, Hq * Wq * sizeof(real))
+    for c in range(C):
+        xc = xn + c * H * W
+        for h in range(h0, h1):
+            memcpy(xp + h * Wq + w0, xc + (h - g.pH) * W, (w1 - w0) * sizeof(real))
+        for th in range(TH):
+            e0 = e
+            e1 = e + Wq
+            e2 = e + 2 * Wq
+            e3 = e + 3 * Wq
+            mp = xp + 2 * th * Wq  # rows 2 th .. 2 th + 3 of xp
+            for q in range(Wq):
+                e0[q] = mp[q] - mp[2 * Wq + q]
+                e1[q] = mp[Wq + q] + mp[2 * Wq + q]
+                e2[q] = mp[2 * Wq + q] - mp[Wq + q]
+                e3[q] = mp[Wq + q] - mp[3 * Wq + q]
+            for i in range(4):
+                mp = e + i * Wq
+                vp = V + 4 * i * CT + c * T + th * TW
+                for tw in range(TW):
+                    vp[tw] = mp[2 * tw] - mp[2 * tw + 2]
+                for tw in range(TW):
+                    vp[CT + tw] = mp[2 * tw + 1] + mp[2 * tw + 2]
+                for tw in range(TW):
+                    vp[2 * CT + tw] = mp[2 * tw + 2] - mp[2 * tw + 1]
+                for tw in range(TW):
+                    vp[3 * CT + tw] = mp[2 * tw + 1] - mp[2 * tw + 3]
+        # rows of xp above h1 keep this channel's pixels; the next channel overwrites the same rows
+
+
 cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, real* slot, Py_ssize_t n,
                         const Geom* g) noexcept nogil:
     """y[n] by Winograd F(2x2, 3x3) (Lavin and Gray), for 3x3 kernels with stride 1 and dilation 1.
@@ -404,34 +462,7 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     h1 = g.pH + H if g.pH + H < Hq else Hq
     w0 = g.pW
     w1 = g.pW + W if g.pW + W < Wq else Wq
-    memset(xp, 0, Hq * Wq * sizeof(real))
-    for c in range(C):
-        xc = x + (n * C + c) * H * W
-        for h in range(h0, h1):
-            memcpy(xp + h * Wq + w0, xc + (h - g.pH) * W, (w1 - w0) * sizeof(real))
-        for th in range(TH):
-            e0 = e
-            e1 = e + Wq
-            e2 = e + 2 * Wq
-            e3 = e + 3 * Wq
-            mp = xp + 2 * th * Wq  # rows 2 th .. 2 th + 3 of xp
-            for q in range(Wq):
-                e0[q] = mp[q] - mp[2 * Wq + q]
-                e1[q] = mp[Wq + q] + mp[2 * Wq + q]
-                e2[q] = mp[2 * Wq + q] - mp[Wq + q]
-                e3[q] = mp[Wq + q] - mp[3 * Wq + q]
-            for i in range(4):
-                mp = e + i * Wq
-                vp = V + 4 * i * CT + c * T + th * TW
-                for tw in range(TW):
-                    vp[tw] = mp[2 * tw] - mp[2 * tw + 2]
-                for tw in range(TW):
-                    vp[CT + tw] = mp[2 * tw + 1] + mp[2 * tw + 2]
-                for tw in range(TW):
-                    vp[2 * CT + tw] = mp[2 * tw + 2] - mp[2 * tw + 1]
-                for tw in range(TW):
-                    vp[3 * CT + tw] = mp[2 * tw + 1] - mp[2 * tw + 3]
-        # rows of xp above h1 keep this channel's pixels; the next channel overwrites the same rows
+    _wino_input(x + n * C * H * W, V, CT, xp, e, g)
     for xi in range(16):
         gemm_rm(False, False, <int>O, <int>T, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT, <int>T,
                 <real>0, M + xi * OT, <int>T)
@@ -616,10 +647,137 @@ cdef void _bias_combine(const double* sums, real* db, const Geom* g) noexcept no
         db[o] = <real>s
 
 
+cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx, real* part, real* slot,
+                         bint ndx, bint ndw, bint first, Py_ssize_t n, const Geom* g) noexcept nogil:
+    """One sample's backward through the Winograd F(2x2, 3x3) forward (the adjoint of _forward_wino).
+
+    Each 2x2 tile of g[n] (zeros past the output's edge) is transformed, gt = A g A^T (A = (A^T)^T), into
+    16 planes Gt[xi] (O, T). Then part[xi] (O, C) (+)= Gt[xi] @ V[xi]^T with V the transformed input as in
+    the forward (the wrapper turns the summed part into dweight = G^T part G), and dV[xi] (C, T) =
+    U[xi]^T @ Gt[xi], whose tiles go back through B dV B^T, overlapping 4x4 patches added into a
+    zero-padded plane that is then cropped into dx[n]. Uses the forward's slot layout (dV reuses V)."""
+    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
+    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
+    cdef Py_ssize_t CT = C * T + 16, OT = O * T + 16
+    cdef Py_ssize_t c, o, th, tw, i, k, h, q, xi, oh, hq
+    cdef real* V = slot
+    cdef real* Gt = V + 16 * CT
+    cdef real* xp = Gt + 16 * OT
+    cdef real* e = xp + Hq * Wq
+    cdef real* r = e + 4 * Wq
+    cdef const real* go
+    cdef real* gp
+    cdef real* a0
+    cdef real* a1
+    cdef real* b0
+    cdef real* b1
+    cdef real* p0
+    cdef real* p1
+    cdef real* p2
+    cdef real* p3
+    cdef real* row
+    cdef real* dxc
+    # g tiles: a0/a1 = row 2 th (even / odd columns), b0/b1 = row 2 th + 1, zero past the edges
+    a0 = r
+    a1 = r + TW
+    b0 = r + 2 * TW
+    b1 = r + 3 * TW
+    for o in range(O):
+        go = gy + (n * O + o) * P
+        for th in range(TH):
+            oh = 2 * th
+            for tw in range(OW // 2):
+                a0[tw] = go[oh * OW + 2 * tw]
+                a1[tw] = go[oh * OW + 2 * tw + 1]
+            if OW % 2:
+                a0[TW - 1] = go[oh * OW + OW - 1]
+                a1[TW - 1] = 0
+            if oh + 1 < OH:
+                for tw in range(OW // 2):
+                    b0[tw] = go[(oh + 1) * OW + 2 * tw]
+                    b1[tw] = go[(oh + 1) * OW + 2 * tw + 1]
+                if OW % 2:
+                    b0[TW - 1] = go[(oh + 1) * OW + OW - 1]
+                    b1[TW - 1] = 0
+            else:
+                for tw in range(TW):
+                    b0[tw] = 0
+                    b1[tw] = 0
+            # rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each (p, q) -> (p, p + q, p - q, -q)
+            gp = Gt + o * T + th * TW
+            for tw in range(TW):
+                gp[tw] = a0[tw]
+                gp[OT + tw] = a0[tw] + a1[tw]
+                gp[2 * OT + tw] = a0[tw] - a1[tw]
+                gp[3 * OT + tw] = -a1[tw]
+            for tw in range(TW):
+                gp[4 * OT + tw] = a0[tw] + b0[tw]
+                gp[5 * OT + tw] = (a0[tw] + b0[tw]) + (a1[tw] + b1[tw])
+                gp[6 * OT + tw] = (a0[tw] + b0[tw]) - (a1[tw] + b1[tw])
+                gp[7 * OT + tw] = -(a1[tw] + b1[tw])
+            for tw in range(TW):
+                gp[8 * OT + tw] = a0[tw] - b0[tw]
+                gp[9 * OT + tw] = (a0[tw] - b0[tw]) + (a1[tw] - b1[tw])
+                gp[10 * OT + tw] = (a0[tw] - b0[tw]) - (a1[tw] - b1[tw])
+                gp[11 * OT + tw] = -(a1[tw] - b1[tw])
+            for tw in range(TW):
+                gp[12 * OT + tw] = -b0[tw]
+                gp[13 * OT + tw] = -b0[tw] - b1[tw]
+                gp[14 * OT + tw] = -b0[tw] + b1[tw]
+                gp[15 * OT + tw] = b1[tw]
+    if ndw:
+        _wino_input(x + n * C * H * W, V, CT, xp, e, g)
+        for xi in range(16):
+            gemm_rm(False, True, <int>O, <int>C, <int>T, <real>1, Gt + xi * OT, <int>T, V + xi * CT, <int>T,
+                    <real>0 if first else <real>1, part + xi * O * C, <int>C)
+    if not ndx:
+        return
+    for xi in range(16):
+        gemm_rm(True, False, <int>C, <int>T, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT, <int>T,
+                <real>0, V + xi * CT, <int>T)
+    for c in range(C):
+        memset(xp, 0, Hq * Wq * sizeof(real))
+        for th in range(TH):
+            for i in range(4):
+                # columns of patch row i: (t0, t1, t2, t3) = B^T-adjoint of (v0, v1, v2, v3):
+                # t0 = v0, t1 = v1 - v2 + v3, t2 = -v0 + v1 + v2, t3 = -v3; tiles overlap by two columns
+                p0 = V + 4 * i * CT + c * T + th * TW
+                p1 = p0 + CT
+                p2 = p0 + 2 * CT
+                p3 = p0 + 3 * CT
+                row = e + i * Wq
+                row[0] = p0[0]
+                row[1] = p1[0] - p2[0] + p3[0]
+                for tw in range(1, TW):
+                    row[2 * tw] = p0[tw] + (-p0[tw - 1] + p1[tw - 1] + p2[tw - 1])
+                    row[2 * tw + 1] = (p1[tw] - p2[tw] + p3[tw]) - p3[tw - 1]
+                row[2 * TW] = -p0[TW - 1] + p1[TW - 1] + p2[TW - 1]
+                row[2 * TW + 1] = -p3[TW - 1]
+            # rows, the same combination, added into xp rows 2 th .. 2 th + 3 (overlapping the next tile row)
+            row = xp + 2 * th * Wq
+            for q in range(Wq):
+                row[q] += e[q]
+                row[Wq + q] += e[Wq + q] - e[2 * Wq + q] + e[3 * Wq + q]
+                row[2 * Wq + q] += -e[q] + e[Wq + q] + e[2 * Wq + q]
+                row[3 * Wq + q] += -e[3 * Wq + q]
+        dxc = dx + (n * C + c) * H * W
+        for h in range(H):
+            hq = h + g.pH
+            for q in range(W):
+                if hq < Hq and q + g.pW < Wq:
+                    dxc[h * W + q] = xp[hq * Wq + q + g.pW]
+                else:
+                    dxc[h * W + q] = 0
+
+
 cdef void _backward_sample(const real* gy, const real* x, const real* w, real* dx, real* part, real* col,
                            bint ndx, bint ndw, bint first, Py_ssize_t n, const Geom* g) noexcept nogil:
     """One sample's share: part (K, O) (+)= columns(x[n]) @ g[n]^T (= unless `first`), and
-    dx[n] = col2im(w^T @ g[n]). The columns are recomputed into col (K, P), then overwritten by dcol."""
+    dx[n] = col2im(w^T @ g[n]). The columns are recomputed into col (K, P), then overwritten by dcol.
+    With g.wino, _backward_wino instead (w is then U, col its slot, part 16 O C)."""
+    if g.wino:
+        _backward_wino(gy, x, w, dx, part, col, ndx, ndw, first, n, g)
+        return
     cdef Py_ssize_t c, K = g.K, P = g.P, O = g.O, HW = g.H * g.W, xs = g.C * g.H * g.W
     cdef const real* gn = gy + n * O * P
     cdef const real* cn
@@ -661,7 +819,7 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
     parts + k K O, then the partials are summed in block order. The blocks do not depend on the thread
     count, so neither does the result. Thread t uses columns ws + t K P. With bsums (N, O) given, the
     bias gradient's per-sample sums are taken while g[n] is in cache and combined into db at the end."""
-    cdef Py_ssize_t k, n, hi, KO = g.K * g.O
+    cdef Py_ssize_t k, n, hi, KO = g.part
     cdef int tid
     cdef real* part
     if ndw and g.N == 0:
@@ -692,7 +850,7 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
     weight gradient is accumulated transposed, dwt += col[n] @ g[n]^T, because BLAS runs that orientation
     of the product faster than g[n] @ col[n]^T. Per-sample layout: same blocks of bs samples and partials as
     _conv_backward_par (same result); batched layout: one sum over the batch in chunk order."""
-    cdef Py_ssize_t n0 = 0, nb, j, t, o, ld, n, KO = g.K * g.O
+    cdef Py_ssize_t n0 = 0, nb, j, t, o, ld, n, KO = g.part
     cdef Py_ssize_t K = g.K, P = g.P, O = g.O, xs = g.C * g.H * g.W, ys = g.O * g.P
     cdef real beta = 0
     cdef real* col
@@ -704,6 +862,13 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
         return
     if nblk == 1:
         parts = dwt
+    if g.wino:
+        # Winograd without the thread hook: samples one after another (same blocks), threaded BLAS
+        for n in range(g.N):
+            _backward_sample(gy, x, w, dx, parts + (n // bs) * KO, ws, ndx, ndw, n % bs == 0, n, g)
+        if ndw and nblk > 1:
+            _sum_partials(parts, nblk, dwt, KO)
+        return
     while n0 < g.N:
         nb = chunk if chunk < g.N - n0 else g.N - n0
         if batched:
@@ -799,7 +964,7 @@ cdef struct Plan:
 cdef bint _wino_fits(const Geom* g):
     """Winograd F(2x2, 3x3) applies: a 3x3 kernel, stride 1, dilation 1, enough channels in and out."""
     return (g.kH == 3 and g.kW == 3 and g.sH == 1 and g.sW == 1 and g.dH == 1 and g.dW == 1
-            and g.C >= _wino_min_channels and g.O >= _wino_min_channels)
+            and g.C >= _wino_min_channels and g.O >= _wino_min_channels and g.P >= _wino_min_pixels)
 
 
 cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
@@ -808,7 +973,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     cdef Py_ssize_t per, cap, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
     pl.par = _blas_get != NULL and _blas_set != NULL and not pl.batched
-    g.wino = not backward and not pl.batched and _wino_fits(g)
+    g.wino = not pl.batched and _wino_fits(g)
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
     g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.O >= _row_min_channels
@@ -832,7 +997,8 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     per = g.slot * itemsize
     # blocks: a function of N and the weight size only (never of the thread count or the workspace limit,
     # so results do not change with either); the partials take at most PARTIALS_BYTES
-    cap = PARTIALS_BYTES // (g.K * g.O * itemsize)
+    g.part = 16 * g.O * g.C if g.wino else g.K * g.O
+    cap = PARTIALS_BYTES // (g.part * itemsize)
     pl.nblk = n if n < _max_blocks else _max_blocks
     if pl.nblk > cap:
         pl.nblk = cap if cap > 1 else 1
@@ -979,9 +1145,11 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     _plan(&g, x.dtype.itemsize, &pl, True)
     dt = x.dtype
     dx = np.empty(x.shape, dtype=dt) if ndx else None
-    dwt = np.empty((g.K, g.O), dtype=dt) if ndw else None
+    dwt = np.empty(g.part, dtype=dt) if ndw else None
+    if g.wino and ndx:  # Winograd multiplies by the transformed weight U (16, O, C)
+        weight = _winograd_weight(weight)
     db = np.empty(g.O, dtype=dt) if ndb else None
-    parts = np.empty((pl.nblk, g.K, g.O), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
+    parts = np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
@@ -1033,7 +1201,13 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     finally:
         if held:
             _ws_lock.release()
-    dw = np.ascontiguousarray(dwt.T).reshape(weight.shape) if ndw else None
+    if not ndw:
+        dw = None
+    elif g.wino:  # dweight = G^T dU G from the summed transformed-domain gradient dU (16, O, C)
+        du = dwt.reshape(4, 4, g.O, g.C).astype(np.float64)
+        dw = np.ascontiguousarray(np.einsum("ia,ijoc,jb->ocab", _WINO_G, du, _WINO_G), dtype=dt)
+    else:
+        dw = np.ascontiguousarray(dwt.reshape(g.K, g.O).T).reshape(g.O, g.C, g.kH, g.kW)
     return dx, dw, db
 
 
@@ -1059,19 +1233,24 @@ def _cached_workspace_bytes():
 
 
 def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channels=None, wide=None,
-            winograd_min_channels=None):
+            winograd_min_channels=None, winograd_min_pixels=None):
     """Performance knobs (results do not depend on them beyond rounding): batch_pixels is the number of
     output pixels per sample below which the batched layout is used (0: never); chunk_bytes is the
     preferred workspace per chunk of the chunked path (the workspace limit still caps it); max_blocks is the
     most blocks of samples the weight gradient is summed in; row_min_channels is the number of input
     and output channels from which the forward uses the row layout (0: always, where the per-sample layout
     applies); wide switches the forward's wide column layout on or off; winograd_min_channels is the
-    number of input and output channels from which 3x3 stride-1 convs use Winograd. Returns the previous
-    values."""
+    number of input and output channels and winograd_min_pixels the number of output pixels per sample
+    from which 3x3 stride-1 convs use Winograd. Returns the previous values."""
     global _batch_pixels, _chunk_bytes, _max_blocks, _row_min_channels, _wide, _wino_min_channels
+    global _wino_min_pixels
     previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes, "max_blocks": _max_blocks,
                 "row_min_channels": _row_min_channels, "wide": bool(_wide),
-                "winograd_min_channels": _wino_min_channels}
+                "winograd_min_channels": _wino_min_channels, "winograd_min_pixels": _wino_min_pixels}
+    if winograd_min_pixels is not None:
+        if operator.index(winograd_min_pixels) < 0:
+            raise ValueError(f"winograd_min_pixels must be >= 0, got {winograd_min_pixels}")
+        _wino_min_pixels = operator.index(winograd_min_pixels)
     if winograd_min_channels is not None:
         if operator.index(winograd_min_channels) < 0:
             raise ValueError(f"winograd_min_channels must be >= 0, got {winograd_min_channels}")

@@ -238,7 +238,8 @@ OFF = 1 << 40
 LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=OFF),
            "rows": dict(batch_pixels=0, row_min_channels=0, wide=False, winograd_min_channels=OFF),
            "wide": dict(batch_pixels=0, row_min_channels=OFF, wide=True, winograd_min_channels=OFF),
-           "winograd": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=0),
+           "winograd": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=0,
+                            winograd_min_pixels=0),
            "batched": dict(batch_pixels=1 << 40)}
 
 
@@ -465,6 +466,7 @@ PATH_CASES = [
     ("lenet_conv2", (20, 6, 14, 14), (16, 6, 5, 5), {}),
     ("strided_rect", (5, 3, 29, 23), (4, 3, 3, 2), {"stride": (2, 3), "padding": (1, 0)}),  # 15x8 outputs
     ("direct_1x1", (9, 8, 12, 10), (5, 8, 1, 1), {}),
+    ("rows_dilated", (6, 16, 20, 18), (16, 16, 3, 3), {"padding": 1, "dilation": 2}),
 ]
 
 

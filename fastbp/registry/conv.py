@@ -5,8 +5,9 @@ wider than the kernel), dilation, 1x1 kernels (the path that skips im2col), a ke
 the padded input, and non-contiguous views. Most are small enough for per-element central differences in
 the float64 gradient check. Outputs of fewer than 64 pixels use the batched GEMM layout, larger ones
 ("all_options", "per_sample_layout", ...) one GEMM per sample; with at least 16 input and output channels
-the forward of a 3x3 kernel with stride 1 and dilation 1 uses Winograd ("per_sample_layout",
-"winograd_odd_pad0x2"), other kernels the row layout ("row_layout_all_options"); with stride 1 and no
+a 3x3 kernel with stride 1 and dilation 1 on at least 1024 output pixels uses Winograd, forward and
+backward ("winograd_odd_pad1x0": 34x31 outputs, an odd width), others the row layout in the forward
+("per_sample_layout", "row_layout_all_options"); with stride 1 and no
 padding ("wide_layout_...") the wide column layout. tests/test_conv_pool.py runs every shape of its own
 through all the layouts and through chunked workspaces."""
 import numpy as np
@@ -29,7 +30,7 @@ CONV_SHAPES = [
     ("per_sample_layout", (2, 16, 22, 22), (32, 16, 3, 3), {"padding": 1}),
     ("wide_layout_k5", (2, 3, 14, 13), (4, 3, 5, 5), {}),
     ("wide_layout_dilation2x3", (1, 2, 13, 12), (3, 2, 3, 2), {"dilation": (2, 3)}),
-    ("winograd_odd_pad0x2", (2, 16, 11, 7), (16, 16, 3, 3), {"padding": (0, 2)}),
+    ("winograd_odd_pad1x0", (1, 16, 34, 33), (16, 16, 3, 3), {"padding": (1, 0)}),
     ("row_layout_all_options", (2, 16, 13, 11), (16, 16, 3, 2), {"stride": (2, 1), "padding": (1, 2),
                                                                  "dilation": (1, 2)}),
 ]
