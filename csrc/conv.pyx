@@ -1232,6 +1232,13 @@ def _cached_workspace_bytes():
     return 0 if _ws_cache is None else _ws_cache.nbytes
 
 
+def _knob(name, value, lowest):
+    n = operator.index(value)
+    if n < lowest:
+        raise ValueError(f"{name} must be >= {lowest}, got {value}")
+    return n
+
+
 def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channels=None, wide=None,
             winograd_min_channels=None, winograd_min_pixels=None):
     """Performance knobs (results do not depend on them beyond rounding): batch_pixels is the number of
@@ -1248,31 +1255,19 @@ def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channe
                 "row_min_channels": _row_min_channels, "wide": bool(_wide),
                 "winograd_min_channels": _wino_min_channels, "winograd_min_pixels": _wino_min_pixels}
     if winograd_min_pixels is not None:
-        if operator.index(winograd_min_pixels) < 0:
-            raise ValueError(f"winograd_min_pixels must be >= 0, got {winograd_min_pixels}")
-        _wino_min_pixels = operator.index(winograd_min_pixels)
+        _wino_min_pixels = _knob("winograd_min_pixels", winograd_min_pixels, 0)
     if winograd_min_channels is not None:
-        if operator.index(winograd_min_channels) < 0:
-            raise ValueError(f"winograd_min_channels must be >= 0, got {winograd_min_channels}")
-        _wino_min_channels = operator.index(winograd_min_channels)
+        _wino_min_channels = _knob("winograd_min_channels", winograd_min_channels, 0)
     if wide is not None:
         _wide = bool(wide)
     if row_min_channels is not None:
-        if operator.index(row_min_channels) < 0:
-            raise ValueError(f"row_min_channels must be >= 0, got {row_min_channels}")
-        _row_min_channels = operator.index(row_min_channels)
+        _row_min_channels = _knob("row_min_channels", row_min_channels, 0)
     if batch_pixels is not None:
-        if operator.index(batch_pixels) < 0:
-            raise ValueError(f"batch_pixels must be >= 0, got {batch_pixels}")
-        _batch_pixels = operator.index(batch_pixels)
+        _batch_pixels = _knob("batch_pixels", batch_pixels, 0)
     if chunk_bytes is not None:
-        if operator.index(chunk_bytes) < 1:
-            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
-        _chunk_bytes = operator.index(chunk_bytes)
+        _chunk_bytes = _knob("chunk_bytes", chunk_bytes, 1)
     if max_blocks is not None:
-        if operator.index(max_blocks) < 1:
-            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
-        _max_blocks = operator.index(max_blocks)
+        _max_blocks = _knob("max_blocks", max_blocks, 1)
     return previous
 
 

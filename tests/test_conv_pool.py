@@ -537,3 +537,17 @@ def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
         assert blas_count() == before
         C.conv2d_backward(np.ones_like(y), x, w, padding=1)
         assert blas_count() == before
+
+
+def test_tuning_knobs_validate_and_return_previous_values(conv_settings):
+    before = conv_settings._tuning()
+    assert set(before) == {"batch_pixels", "chunk_bytes", "max_blocks", "row_min_channels", "wide",
+                           "winograd_min_channels", "winograd_min_pixels"}
+    assert conv_settings._tuning(winograd_min_pixels=5)["winograd_min_pixels"] == before["winograd_min_pixels"]
+    assert conv_settings._tuning()["winograd_min_pixels"] == 5
+    for name, bad in (("winograd_min_pixels", -1), ("winograd_min_channels", -1), ("row_min_channels", -2),
+                      ("batch_pixels", -1), ("chunk_bytes", 0), ("max_blocks", 0)):
+        with pytest.raises(ValueError, match=name):
+            conv_settings._tuning(**{name: bad})
+    with pytest.raises(TypeError):
+        conv_settings._tuning(max_blocks=2.5)
