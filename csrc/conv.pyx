@@ -371,7 +371,8 @@ cdef void _wino_input(const real* xn, real* V, Py_ssize_t CT, real* xp, real* e,
     """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for every channel c of the sample xn (C, H, W) and tile
     t; planes CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. The plane is
     copied into the zero-padded xp, whose rows r0..r3 under a row of tiles give e = B^T (r0..r3)
-    elementwise, then v[i, :] = e_i B per tile: loops over whole rows, which the compiler vectorizes."""
+    elementwise, then v[i, :] = e_i B per tile: loops over whole rows, which the compiler vectorizes.
+      B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]"""
     cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
     cdef Py_ssize_t c, th, tw, i, h, q, h0, h1, w0, w1
@@ -414,7 +415,7 @@ cdef void _wino_input(const real* xn, real* V, Py_ssize_t CT, real* xp, real* e,
                     vp[2 * CT + tw] = mp[2 * tw + 2] - mp[2 * tw + 1]
                 for tw in range(TW):
                     vp[3 * CT + tw] = mp[2 * tw + 1] - mp[2 * tw + 3]
-        # rows of xp above h1 keep this channel's pixels; the next channel overwrites the same rows
+        # xp rows h0 .. h1 are overwritten by the next channel; its zero border stays
 
 
 cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, real* slot, Py_ssize_t n,
@@ -422,31 +423,24 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     """y[n] by Winograd F(2x2, 3x3) (Lavin and Gray), for 3x3 kernels with stride 1 and dilation 1.
 
     The output is cut into T = TH TW tiles of 2x2; tile (th, tw) reads the 4x4 input patch d at
-    (2 th - pH, 2 tw - pW) (zeros outside the input). Each patch is transformed, v = B^T d B, and its 16
-    values go to V[xi, c, tile] (xi = 4 i + j); U[xi] (O, C) holds the transformed weights G w G^T (the
-    wrapper computes them). Then 16 GEMMs M[xi] (O, T) = U[xi] @ V[xi] (C, T), and each output tile is
-    A^T m A of its 16 values m, plus the bias (the parts of edge tiles outside y are dropped): 16 O C T
-    multiply-adds where im2col + GEMM does 36 O C T. The transforms are additions, written as loops over
-    whole rows of tiles so the compiler vectorizes them: the input plane is first copied into a zero-padded
-    plane xp (2 TH + 2 rows of 2 TW + 2), whose rows r0..r3 under a row of tiles give e = B^T (r0..r3)
-    elementwise, and then v[i, :] = e_i B per tile.
-      B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],  A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
+    (2 th - pH, 2 tw - pW) (zeros outside the input). Each patch is transformed (_wino_input), v = B^T d B,
+    into V[xi, c, tile] (xi = 4 i + j); U[xi] (O, C) holds the transformed weights G w G^T (the wrapper
+    computes them). Then 16 GEMMs M[xi] (O, T) = U[xi] @ V[xi] (C, T), and each output tile is A^T m A of
+    its 16 values m, plus the bias (the parts of edge tiles outside y are dropped): 16 O C T multiply-adds
+    where im2col + GEMM does 36 O C T. The output transform runs over whole rows of tiles (vectorized):
+    r = A^T m for a row of tiles, then the two output rows.
+      A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW, CT, OT
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
-    cdef Py_ssize_t c, o, th, tw, i, h, q, xi, h0, h1, w0, w1, OW = g.OW
+    cdef Py_ssize_t o, th, tw, i, xi, OW = g.OW
     cdef real* V
     cdef real* M
     cdef real* xp
     cdef real* e
     cdef real* r
-    cdef real* vp
     cdef real* yr
-    cdef const real* xc
     cdef const real* mp
     cdef real* e0
-    cdef real* e1
-    cdef real* e2
-    cdef real* e3
     cdef real bo, a0, a1, a2, a3
     # plane strides padded off powers of two: the 16 values of a tile go to / come from 16 planes, and at
     # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
@@ -457,11 +451,6 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     xp = M + 16 * OT
     e = xp + Hq * Wq
     r = e + 4 * Wq
-    # rows / columns of xp that hold input pixels: xp[h, q] = x[h - pH, q - pW]
-    h0 = g.pH
-    h1 = g.pH + H if g.pH + H < Hq else Hq
-    w0 = g.pW
-    w1 = g.pW + W if g.pW + W < Wq else Wq
     _wino_input(x + n * C * H * W, V, CT, xp, e, g)
     for xi in range(16):
         gemm_rm(False, False, <int>O, <int>T, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT, <int>T,
@@ -659,7 +648,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
     cdef Py_ssize_t CT = C * T + 16, OT = O * T + 16
-    cdef Py_ssize_t c, o, th, tw, i, k, h, q, xi, oh, hq
+    cdef Py_ssize_t c, o, th, tw, i, h, q, xi, oh, hq
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
@@ -816,12 +805,11 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
                              real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
                              Py_ssize_t nblk, int nt, const Geom* g) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
-    parts + k K O, then the partials are summed in block order. The blocks do not depend on the thread
-    count, so neither does the result. Thread t uses columns ws + t K P. With bsums (N, O) given, the
+    parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The blocks do not depend on the thread
+    count, so neither does the result. Thread t uses the slot ws + t g.slot. With bsums (N, O) given, the
     bias gradient's per-sample sums are taken while g[n] is in cache and combined into db at the end."""
     cdef Py_ssize_t k, n, hi, KO = g.part
     cdef int tid
-    cdef real* part
     if ndw and g.N == 0:
         memset(dwt, 0, KO * sizeof(real))
         return
