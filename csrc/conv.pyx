@@ -805,9 +805,10 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
                              real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
                              Py_ssize_t nblk, int nt, const Geom* g) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
-    parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The blocks do not depend on the thread
-    count, so neither does the result. Thread t uses the slot ws + t g.slot. With bsums (N, O) given, the
-    bias gradient's per-sample sums are taken while g[n] is in cache and combined into db at the end."""
+    parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The
+    blocks do not depend on the thread count, so neither does the result. Thread t uses the slot
+    ws + t g.slot. With bsums (N, O) given, the bias gradient's per-sample sums are taken while g[n] is in
+    cache and combined into db at the end."""
     cdef Py_ssize_t k, n, hi, KO = g.part
     cdef int tid
     if ndw and g.N == 0:
