@@ -344,9 +344,11 @@ def test_workspace_limit_setting(conv_settings):
     F.set_conv_workspace_limit(1 << 30)
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info["layout"] == "winograd"
-    assert info["workspace_bytes"] == _winograd_slot_bytes((32, 16, 32, 32), (32, 16, 3, 3), (32, 32, 32, 32)) * info["chunk"]
+    slot = _winograd_slot_bytes((32, 16, 32, 32), (32, 16, 3, 3), (32, 32, 32, 32))
+    assert info["workspace_bytes"] == slot * info["chunk"]
     info = conv_settings._plan_info((32, 16, 33, 33), (32, 16, 3, 3), padding=1, dilation=(1, 2))
-    assert info["layout"] == "rows" and info["workspace_bytes"] == (35 * 35 * 16 + 33 * 31 * (144 + 32)) * 4 * info["chunk"]
+    slot = (35 * 35 * 16 + 33 * 31 * (144 + 32)) * 4
+    assert info["layout"] == "rows" and info["workspace_bytes"] == slot * info["chunk"]
     assert conv_settings._plan_info((32, 15, 32, 32), (32, 15, 3, 3), padding=1)["layout"] == "per-sample"
     assert conv_settings._plan_info((32, 16, 32, 32), (15, 16, 3, 3), padding=1)["layout"] == "per-sample"
     with pytest.raises(ValueError, match=">= 1 byte"):
