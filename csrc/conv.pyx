@@ -63,8 +63,8 @@
 # 32 -> 32 on 32x32 0.77, 0.80; 16 -> 16 on 64x64 0.58, 0.76; but 64 -> 64 on 8x8 1.15, 1.36 and
 # 32 -> 16 on 15x15 1.30, 1.12 (hence the pixel threshold). Its rounding differs from the direct sum by a
 # few ulps (float32 relative error ~3e-7 against a float64 reference). A third forward layout, the wide
-# columns (_forward_wide), serves stride 1 without padding (LeNet-5's second conv: forward 18% faster, one thread). The backward keeps the column
-# layout: the wide one would multiply the dropped columns' inputs by zero, and 0 * inf is NaN.
+# columns (_forward_wide), serves stride 1 without padding (LeNet-5's second conv: forward 18% faster,
+# one thread). The backward keeps the column layout: the wide one would multiply the dropped columns' inputs by zero, and 0 * inf is NaN.
 # Winograd has the same caveat in a milder form: an inf input can meet a zero transformed weight
 # (0 * inf) or another inf of opposite sign inside a transform, so an output the direct sum makes +-inf
 # can come out NaN; finite inputs give finite results as before.
