@@ -64,7 +64,8 @@
 # 32 -> 16 on 15x15 1.30, 1.12 (hence the pixel threshold). Its rounding differs from the direct sum by a
 # few ulps (float32 relative error ~3e-7 against a float64 reference). A third forward layout, the wide
 # columns (_forward_wide), serves stride 1 without padding (LeNet-5's second conv: forward 18% faster,
-# one thread). The backward keeps the column layout: the wide one would multiply the dropped columns' inputs by zero, and 0 * inf is NaN.
+# one thread). The backward keeps the column layout: the wide one would multiply the dropped columns'
+# inputs by zero, and 0 * inf is NaN.
 # Winograd has the same caveat in a milder form: an inf input can meet a zero transformed weight
 # (0 * inf) or another inf of opposite sign inside a transform, so an output the direct sum makes +-inf
 # can come out NaN; finite inputs give finite results as before.
@@ -464,7 +465,8 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
                 for tw in range(TW):
                     r[i * TW + tw] = mp[i * OT + tw] + mp[(4 + i) * OT + tw] + mp[(8 + i) * OT + tw]
                 for tw in range(TW):
-                    r[(4 + i) * TW + tw] = mp[(4 + i) * OT + tw] - mp[(8 + i) * OT + tw] - mp[(12 + i) * OT + tw]
+                    r[(4 + i) * TW + tw] = (mp[(4 + i) * OT + tw] - mp[(8 + i) * OT + tw]
+                                            - mp[(12 + i) * OT + tw])
             for i in range(2):
                 if 2 * th + i >= g.OH:
                     break
@@ -692,7 +694,8 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
                 for tw in range(TW):
                     b0[tw] = 0
                     b1[tw] = 0
-            # rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each (p, q) -> (p, p + q, p - q, -q)
+            # rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d);
+            # each row (p, q) then becomes (p, p + q, p - q, -q)
             gp = Gt + o * T + th * TW
             for tw in range(TW):
                 gp[tw] = a0[tw]
