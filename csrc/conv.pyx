@@ -410,11 +410,8 @@ cdef void _wino_input(const real* xn, real* V, Py_ssize_t CT, real* xp, real* e,
                 vp = V + 4 * i * CT + c * T + th * TW
                 for tw in range(TW):
                     vp[tw] = mp[2 * tw] - mp[2 * tw + 2]
-                for tw in range(TW):
                     vp[CT + tw] = mp[2 * tw + 1] + mp[2 * tw + 2]
-                for tw in range(TW):
                     vp[2 * CT + tw] = mp[2 * tw + 2] - mp[2 * tw + 1]
-                for tw in range(TW):
                     vp[3 * CT + tw] = mp[2 * tw + 1] - mp[2 * tw + 3]
         # xp rows h0 .. h1 are overwritten by the next channel; its zero border stays
 
@@ -462,11 +459,13 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
             mp = M + o * T + th * TW
             # r[j] = (A^T m)[0, j] (first 4 rows of r), r[4 + j] = (A^T m)[1, j], each over the tiles
             for i in range(4):
-                for tw in range(TW):
-                    r[i * TW + tw] = mp[i * OT + tw] + mp[(4 + i) * OT + tw] + mp[(8 + i) * OT + tw]
-                for tw in range(TW):
-                    r[(4 + i) * TW + tw] = (mp[(4 + i) * OT + tw] - mp[(8 + i) * OT + tw]
-                                            - mp[(12 + i) * OT + tw])
+                for tw in range(TW):  # each product plane read once
+                    a0 = mp[i * OT + tw]
+                    a1 = mp[(4 + i) * OT + tw]
+                    a2 = mp[(8 + i) * OT + tw]
+                    a3 = mp[(12 + i) * OT + tw]
+                    r[i * TW + tw] = a0 + a1 + a2
+                    r[(4 + i) * TW + tw] = a1 - a2 - a3
             for i in range(2):
                 if 2 * th + i >= g.OH:
                     break
