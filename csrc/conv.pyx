@@ -1050,13 +1050,77 @@ cdef inline void* _ptr(object a):
 
 
 # ----- public kernels -------------------------------------------------------------------------------
-_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+cdef void _wino_weight(const real* w, real* U, Py_ssize_t O, Py_ssize_t C) noexcept nogil:
+    """U[4 i + j, o, c] = (G w[o, c] G^T)[i, j], in double, rounded once;
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
+    cdef Py_ssize_t o, c, k, OC = O * C
+    cdef const real* wk
+    cdef double t[4][3]
+    cdef real* u
+    for o in range(O):
+        for c in range(C):
+            wk = w + (o * C + c) * 9
+            for k in range(3):  # t = G w (rows of w combined)
+                t[0][k] = wk[k]
+                t[1][k] = 0.5 * ((<double>wk[k] + wk[3 + k]) + wk[6 + k])
+                t[2][k] = 0.5 * ((<double>wk[k] - wk[3 + k]) + wk[6 + k])
+                t[3][k] = wk[6 + k]
+            u = U + o * C + c
+            for k in range(4):  # U = t G^T (columns of t combined)
+                u[(4 * k) * OC] = <real>t[k][0]
+                u[(4 * k + 1) * OC] = <real>(0.5 * ((t[k][0] + t[k][1]) + t[k][2]))
+                u[(4 * k + 2) * OC] = <real>(0.5 * ((t[k][0] - t[k][1]) + t[k][2]))
+                u[(4 * k + 3) * OC] = <real>t[k][2]
+
+
+cdef void _wino_weight_grad(const real* dU, real* dw, Py_ssize_t O, Py_ssize_t C) noexcept nogil:
+    """dw[o, c] = G^T dU[:, o, c] G (the adjoint of _wino_weight), in double, rounded once."""
+    cdef Py_ssize_t o, c, j, OC = O * C
+    cdef const real* d
+    cdef double s[3][4]
+    cdef real* wk
+    for o in range(O):
+        for c in range(C):
+            d = dU + o * C + c
+            for j in range(4):  # s = G^T dU (rows of dU combined)
+                s[0][j] = d[j * OC] + 0.5 * (<double>d[(4 + j) * OC] + d[(8 + j) * OC])
+                s[1][j] = 0.5 * (<double>d[(4 + j) * OC] - d[(8 + j) * OC])
+                s[2][j] = 0.5 * (<double>d[(4 + j) * OC] + d[(8 + j) * OC]) + d[(12 + j) * OC]
+            wk = dw + (o * C + c) * 9
+            for j in range(3):  # dw = s G (columns of s combined)
+                wk[3 * j] = <real>(s[j][0] + 0.5 * (s[j][1] + s[j][2]))
+                wk[3 * j + 1] = <real>(0.5 * (s[j][1] - s[j][2]))
+                wk[3 * j + 2] = <real>(0.5 * (s[j][1] + s[j][2]) + s[j][3])
 
 
 def _winograd_weight(weight):
-    """U (16, O, C): G w[o, c] G^T for every (o, c), computed in double and rounded to weight's dtype."""
-    u = np.einsum("ik,ockl,jl->ijoc", _WINO_G, weight.astype(np.float64), _WINO_G)
-    return np.ascontiguousarray(u.reshape(16, weight.shape[0], weight.shape[1]), dtype=weight.dtype)
+    """U (16, O, C): G w[o, c] G^T for every (o, c) of a contiguous (O, C, 3, 3) weight."""
+    cdef Py_ssize_t O = weight.shape[0], C = weight.shape[1]
+    U = np.empty((16, O, C), dtype=weight.dtype)
+    cdef void* pw = _ptr(weight)
+    cdef void* pu = _ptr(U)
+    if weight.dtype == np.float32:
+        with nogil:
+            _wino_weight[float](<float*>pw, <float*>pu, O, C)
+    else:
+        with nogil:
+            _wino_weight[double](<double*>pw, <double*>pu, O, C)
+    return U
+
+
+def _winograd_weight_grad(du, O, C):
+    """dweight (O, C, 3, 3) from the transformed-domain gradient du (16 O C elements, contiguous)."""
+    dw = np.empty((O, C, 3, 3), dtype=du.dtype)
+    cdef void* pd = _ptr(du)
+    cdef void* pw = _ptr(dw)
+    cdef Py_ssize_t o_ = O, c_ = C
+    if du.dtype == np.float32:
+        with nogil:
+            _wino_weight_grad[float](<float*>pd, <float*>pw, o_, c_)
+    else:
+        with nogil:
+            _wino_weight_grad[double](<double*>pd, <double*>pw, o_, c_)
+    return dw
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -1195,8 +1259,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     if not ndw:
         dw = None
     elif g.wino:  # dweight = G^T dU G from the summed transformed-domain gradient dU (16, O, C)
-        du = dwt.reshape(4, 4, g.O, g.C).astype(np.float64)
-        dw = np.ascontiguousarray(np.einsum("ia,ijoc,jb->ocab", _WINO_G, du, _WINO_G), dtype=dt)
+        dw = _winograd_weight_grad(dwt, g.O, g.C)
     else:
         dw = np.ascontiguousarray(dwt.reshape(g.K, g.O).T).reshape(g.O, g.C, g.kH, g.kW)
     return dx, dw, db
