@@ -92,12 +92,12 @@ def set_num_threads(n):
 def _openblas_timeout():
     """How long idle OpenBLAS workers spin (OPENBLAS_THREAD_TIMEOUT, read by OpenBLAS when it loads)."""
     value = next((f"{v}={os.environ[v]}" for v in _backend.OPENBLAS_TIMEOUT_VARS if v in os.environ), None)
+    if not _backend.openblas_timeout_by_fastbp:
+        return f"{value} (set by the user)"
     if _backend.openblas_loaded_before:
-        return (f"{value or 'OpenBLAS default'}, but scipy.linalg was imported before fastbp: OpenBLAS "
-                f"kept the value it found then (set OPENBLAS_THREAD_TIMEOUT=4 before starting Python)")
-    if _backend.openblas_timeout_by_fastbp:
-        return f"{value} (set by fastbp: idle BLAS workers sleep)"
-    return f"{value} (set by the user)"
+        return ("OpenBLAS default: scipy.linalg was imported before fastbp, too late for fastbp's "
+                "OPENBLAS_THREAD_TIMEOUT=4 (set it before starting Python)")
+    return f"{value} (set by fastbp: idle BLAS workers sleep)"
 
 
 def config():

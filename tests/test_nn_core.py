@@ -226,6 +226,8 @@ def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_ch
     out = run_python(["-c", "import scipy.linalg; " + code], drop=drop)
     value, report = out.stdout.splitlines()
     assert "imported before fastbp" in report
+    out = run_python(["-c", "import scipy.linalg; " + code], {"OPENBLAS_THREAD_TIMEOUT": "6"}, drop=drop)
+    assert out.stdout.splitlines()[1] == "OPENBLAS_THREAD_TIMEOUT=6 (set by the user)"
     assert "OpenBLAS thread timeout" in run_python(["-m", "fastbp", "info"], drop=drop).stdout
 
 
