@@ -962,7 +962,8 @@ cdef bint _wino_fits(const Geom* g):
 
 cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     """Layout, path, samples per chunk, threads and weight-gradient blocks for this geometry under the
-    current workspace limit and BLAS thread hook; sets g.rows and g.slot."""
+    current workspace limit and BLAS thread hook; sets the layout flags (g.wino, g.rows, g.wide), the
+    Winograd tile counts, the slot size and the weight-gradient partial size in g."""
     cdef Py_ssize_t per, cap, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
     pl.par = _blas_get != NULL and _blas_set != NULL and not pl.batched
