@@ -651,7 +651,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
     cdef Py_ssize_t CT = C * T + 16, OT = O * T + 16
-    cdef Py_ssize_t c, o, th, tw, i, h, q, xi, oh, hq
+    cdef Py_ssize_t c, o, th, tw, i, h, q, xi, oh, hq, wv
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
@@ -753,14 +753,17 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
                 row[Wq + q] += e[Wq + q] - e[2 * Wq + q] + e[3 * Wq + q]
                 row[2 * Wq + q] += -e[q] + e[Wq + q] + e[2 * Wq + q]
                 row[3 * Wq + q] += -e[3 * Wq + q]
+        # crop: dx[h, w] = xp[h + pH, w + pW]; pixels past xp's edge reach no output, their gradient is 0
         dxc = dx + (n * C + c) * H * W
+        wv = Wq - g.pW if Wq - g.pW < W else W
         for h in range(H):
             hq = h + g.pH
-            for q in range(W):
-                if hq < Hq and q + g.pW < Wq:
-                    dxc[h * W + q] = xp[hq * Wq + q + g.pW]
-                else:
-                    dxc[h * W + q] = 0
+            if hq < Hq:
+                memcpy(dxc + h * W, xp + hq * Wq + g.pW, wv * sizeof(real))
+                if wv < W:
+                    memset(dxc + h * W + wv, 0, (W - wv) * sizeof(real))
+            else:
+                memset(dxc + h * W, 0, W * sizeof(real))
 
 
 cdef void _backward_sample(const real* gy, const real* x, const real* w, real* dx, real* part, real* col,
