@@ -122,6 +122,7 @@ cdef struct Geom:
     bint wide                   # forward in the wide column layout (set by _plan)
     bint wino                   # forward by Winograd F(2x2, 3x3) (set by _plan)
     Py_ssize_t TH, TW           # Winograd: 2x2 output tiles down and across
+    Py_ssize_t CT, OT           # Winograd: distance between the 16 planes of V (C T) and M (O T), padded
     Py_ssize_t part             # elements of one weight-gradient partial: K O, or 16 O C with Winograd
     Py_ssize_t slot             # workspace elements per sample slot (set by _plan)
 
@@ -370,13 +371,13 @@ cdef void _forward_wide(const real* x, const real* w, const real* b, real* y, re
                 dst[ow] = src[ow] + bo
 
 
-cdef void _wino_input(const real* xn, real* V, Py_ssize_t CT, real* xp, real* e, const Geom* g) noexcept nogil:
+cdef void _wino_input(const real* xn, real* V, real* xp, real* e, const Geom* g) noexcept nogil:
     """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for every channel c of the sample xn (C, H, W) and tile
-    t; planes CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. The plane is
+    t; planes g.CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. The plane is
     copied into the zero-padded xp, whose rows r0..r3 under a row of tiles give e = B^T (r0..r3)
     elementwise, then v[i, :] = e_i B per tile: loops over whole rows, which the compiler vectorizes.
       B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]"""
-    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
+    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW, CT = g.CT
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
     cdef Py_ssize_t c, th, tw, i, h, q, h0, h1, w0, w1
     cdef const real* xc
@@ -442,16 +443,14 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     cdef const real* mp
     cdef real* e0
     cdef real bo, a0, a1, a2, a3
-    # plane strides padded off powers of two: the 16 values of a tile go to / come from 16 planes, and at
-    # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
-    CT = C * T + 16
-    OT = O * T + 16
+    CT = g.CT
+    OT = g.OT
     V = slot
     M = V + 16 * CT
     xp = M + 16 * OT
     e = xp + Hq * Wq
     r = e + 4 * Wq
-    _wino_input(x + n * C * H * W, V, CT, xp, e, g)
+    _wino_input(x + n * C * H * W, V, xp, e, g)
     for xi in range(16):
         gemm_rm(False, False, <int>O, <int>T, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT, <int>T,
                 <real>0, M + xi * OT, <int>T)
@@ -650,7 +649,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     zero-padded plane that is then cropped into dx[n]. Uses the forward's slot layout (dV reuses V)."""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
-    cdef Py_ssize_t CT = C * T + 16, OT = O * T + 16
+    cdef Py_ssize_t CT = g.CT, OT = g.OT
     cdef Py_ssize_t c, o, th, tw, i, h, q, xi, oh, hq, wv
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
@@ -719,7 +718,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
                 gp[14 * OT + tw] = -b0[tw] + b1[tw]
                 gp[15 * OT + tw] = b1[tw]
     if ndw:
-        _wino_input(x + n * C * H * W, V, CT, xp, e, g)
+        _wino_input(x + n * C * H * W, V, xp, e, g)
         for xi in range(16):
             gemm_rm(False, True, <int>O, <int>C, <int>T, <real>1, Gt + xi * OT, <int>T, V + xi * CT, <int>T,
                     <real>0 if first else <real>1, part + xi * O * C, <int>C)
@@ -973,6 +972,10 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     g.wino = not pl.batched and _wino_fits(g)
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
+    # plane strides padded off powers of two: the 16 values of a tile go to / come from 16 planes, and at
+    # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
+    g.CT = g.C * g.TH * g.TW + 16
+    g.OT = g.O * g.TH * g.TW + 16
     g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.O >= _row_min_channels
               and g.C >= _row_min_channels)
     g.wide = (_wide and not backward and not pl.batched and not g.direct and not g.rows and not g.wino
@@ -986,9 +989,8 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     elif g.wide:
         g.slot = ((g.OH - 1) * g.W + g.OW) * (g.K + g.O)
     elif g.wino:
-        # V, M (planes padded by 16), the padded input plane, 4 rows e and 8 rows r of _forward_wino
-        g.slot = (16 * ((g.C + g.O) * g.TH * g.TW + 32) + (2 * g.TH + 2) * (2 * g.TW + 2)
-                  + 4 * (2 * g.TW + 2) + 8 * g.TW)
+        # V, M (16 planes each), the padded input plane, 4 rows e and 8 rows r of _forward_wino
+        g.slot = 16 * (g.CT + g.OT) + (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2) + 8 * g.TW
     else:
         g.slot = g.K * g.P
     per = g.slot * itemsize
@@ -1099,8 +1101,9 @@ cdef void _wino_weight_grad(const real* dU, real* dw, Py_ssize_t O, Py_ssize_t C
                 wk[3 * j + 2] = <real>(0.5 * (s[j][1] + s[j][2]) + s[j][3])
 
 
-def _winograd_weight(weight):
-    """U (16, O, C): G w[o, c] G^T for every (o, c) of a contiguous (O, C, 3, 3) weight."""
+cdef object _winograd_weight(object weight):
+    """U (16, O, C): G w[o, c] G^T for every (o, c) of the wrapper's validated, contiguous (O, C, 3, 3)
+    float weight (module-private: callers have checked the shape)."""
     cdef Py_ssize_t O = weight.shape[0], C = weight.shape[1]
     U = np.empty((16, O, C), dtype=weight.dtype)
     cdef void* pw = _ptr(weight)
@@ -1114,18 +1117,18 @@ def _winograd_weight(weight):
     return U
 
 
-def _winograd_weight_grad(du, O, C):
-    """dweight (O, C, 3, 3) from the transformed-domain gradient du (16 O C elements, contiguous)."""
+cdef object _winograd_weight_grad(object du, Py_ssize_t O, Py_ssize_t C):
+    """dweight (O, C, 3, 3) from the transformed-domain gradient du (16 O C elements, contiguous; the
+    backward's own buffer)."""
     dw = np.empty((O, C, 3, 3), dtype=du.dtype)
     cdef void* pd = _ptr(du)
     cdef void* pw = _ptr(dw)
-    cdef Py_ssize_t o_ = O, c_ = C
     if du.dtype == np.float32:
         with nogil:
-            _wino_weight_grad[float](<float*>pd, <float*>pw, o_, c_)
+            _wino_weight_grad[float](<float*>pd, <float*>pw, O, C)
     else:
         with nogil:
-            _wino_weight_grad[double](<double*>pd, <double*>pw, o_, c_)
+            _wino_weight_grad[double](<double*>pd, <double*>pw, O, C)
     return dw
 
 
