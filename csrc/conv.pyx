@@ -98,13 +98,13 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 cdef Py_ssize_t _chunk_bytes = DEFAULT_CHUNK_BYTES
 # The forward uses the row layout (see _forward_rows) when the per-sample layout applies and the layer has
 # at least this many input and output channels (with fewer, the pieces im2row copies are too short and
-# OpenBLAS's gain in that orientation is small; measured on the shapes in the note above _forward_rows).
+# OpenBLAS's gain in that orientation is small; measured shapes in the design note at the top).
 DEFAULT_ROW_MIN_CHANNELS = 16
 cdef Py_ssize_t _row_min_channels = DEFAULT_ROW_MIN_CHANNELS
 # The forward uses the wide column layout (see _forward_wide) where it applies.
 cdef bint _wide = True
 # 3x3 kernels with stride 1 and dilation 1 and at least this many input and output channels use
-# Winograd F(2x2, 3x3) (see _forward_wino) in the forward.
+# Winograd F(2x2, 3x3) (_forward_wino, _backward_wino) in the forward and the backward.
 DEFAULT_WINOGRAD_MIN_CHANNELS = 16
 cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
 # ... and at least this many output pixels per sample: on smaller maps the 16 small GEMMs per sample cost
