@@ -90,7 +90,11 @@ def extensions():
         name = os.path.splitext(os.path.basename(pyx))[0]
         if only and name not in only:
             continue
-        exts.append(Extension(f"fastbp._C.{name}", [pyx], include_dirs=[np.get_include(), "csrc"]))
+        # depends: the shared .pxd and C headers, so an edit to them rebuilds every family (and they ship
+        # in the sdist)
+        exts.append(Extension(f"fastbp._C.{name}", [pyx], include_dirs=[np.get_include(), "csrc"],
+                              depends=sorted(glob.glob(os.path.join("csrc", "*.h")) +
+                                             glob.glob(os.path.join("csrc", "*.pxd")))))
     return cythonize(exts, compiler_directives=DIRECTIVES, include_path=["csrc"],
                      compile_time_env={"FASTBP_DEBUG": DEBUG})
 

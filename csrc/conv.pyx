@@ -80,6 +80,23 @@ from libc.string cimport memset, memcpy
 from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
                      omp_get_max_threads, int_pair, valid_range)
 
+cdef extern from "winograd.h" nogil:
+    # the Winograd tile transforms, per channel plane (restrict-qualified C loops; see the header)
+    void wino_in_plane_f(const float* xp, Py_ssize_t TH, Py_ssize_t TW, float* V, Py_ssize_t CT, float* e)
+    void wino_in_plane_d(const double* xp, Py_ssize_t TH, Py_ssize_t TW, double* V, Py_ssize_t CT, double* e)
+    void wino_out_plane_f(const float* M, Py_ssize_t OT, Py_ssize_t TH, Py_ssize_t TW, float* r, float* y,
+                          Py_ssize_t OH, Py_ssize_t OW, float bias)
+    void wino_out_plane_d(const double* M, Py_ssize_t OT, Py_ssize_t TH, Py_ssize_t TW, double* r, double* y,
+                          Py_ssize_t OH, Py_ssize_t OW, double bias)
+    void wino_grad_plane_f(const float* go, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH, Py_ssize_t TW,
+                           float* Gt, Py_ssize_t OT, float* s)
+    void wino_grad_plane_d(const double* go, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH, Py_ssize_t TW,
+                           double* Gt, Py_ssize_t OT, double* s)
+    void wino_in_adjoint_plane_f(const float* V, Py_ssize_t CT, Py_ssize_t TH, Py_ssize_t TW, float* xp,
+                                 float* e)
+    void wino_in_adjoint_plane_d(const double* V, Py_ssize_t CT, Py_ssize_t TH, Py_ssize_t TW, double* xp,
+                                 double* e)
+
 import operator
 import threading
 
@@ -373,20 +390,14 @@ cdef void _forward_wide(const real* x, const real* w, const real* b, real* y, re
 
 cdef void _wino_input(const real* xn, real* V, real* xp, real* e, const Geom* g) noexcept nogil:
     """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for every channel c of the sample xn (C, H, W) and tile
-    t; planes g.CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. The plane is
-    copied into the zero-padded xp, whose rows r0..r3 under a row of tiles give e = B^T (r0..r3)
-    elementwise, then v[i, :] = e_i B per tile: loops over whole rows, which the compiler vectorizes.
+    t; planes g.CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. Each plane is
+    copied into the zero-padded xp and transformed by wino_in_plane (csrc/winograd.h): its rows r0..r3
+    under a row of tiles give e = B^T (r0..r3) elementwise, then v[i, :] = e_i B per tile.
       B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]"""
-    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW, CT = g.CT
+    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
-    cdef Py_ssize_t c, th, tw, i, h, q, h0, h1, w0, w1
+    cdef Py_ssize_t c, h, h0, h1, w0, w1
     cdef const real* xc
-    cdef const real* mp
-    cdef real* vp
-    cdef real* e0
-    cdef real* e1
-    cdef real* e2
-    cdef real* e3
     # rows / columns of xp that hold input pixels: xp[h, q] = x[h - pH, q - pW]
     h0 = g.pH
     h1 = g.pH + H if g.pH + H < Hq else Hq
@@ -397,25 +408,10 @@ cdef void _wino_input(const real* xn, real* V, real* xp, real* e, const Geom* g)
         xc = xn + c * H * W
         for h in range(h0, h1):
             memcpy(xp + h * Wq + w0, xc + (h - g.pH) * W, (w1 - w0) * sizeof(real))
-        for th in range(TH):
-            e0 = e
-            e1 = e + Wq
-            e2 = e + 2 * Wq
-            e3 = e + 3 * Wq
-            mp = xp + 2 * th * Wq  # rows 2 th .. 2 th + 3 of xp
-            for q in range(Wq):
-                e0[q] = mp[q] - mp[2 * Wq + q]
-                e1[q] = mp[Wq + q] + mp[2 * Wq + q]
-                e2[q] = mp[2 * Wq + q] - mp[Wq + q]
-                e3[q] = mp[Wq + q] - mp[3 * Wq + q]
-            for i in range(4):
-                mp = e + i * Wq
-                vp = V + 4 * i * CT + c * T + th * TW
-                for tw in range(TW):
-                    vp[tw] = mp[2 * tw] - mp[2 * tw + 2]
-                    vp[CT + tw] = mp[2 * tw + 1] + mp[2 * tw + 2]
-                    vp[2 * CT + tw] = mp[2 * tw + 2] - mp[2 * tw + 1]
-                    vp[3 * CT + tw] = mp[2 * tw + 1] - mp[2 * tw + 3]
+        if real is float:
+            wino_in_plane_f(xp, TH, TW, V + c * T, g.CT, e)
+        else:
+            wino_in_plane_d(xp, TH, TW, V + c * T, g.CT, e)
         # xp rows h0 .. h1 are overwritten by the next channel; its zero border stays
 
 
@@ -431,57 +427,25 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     where im2col + GEMM does 36 O C T. The output transform runs over whole rows of tiles (vectorized):
     r = A^T m for a row of tiles, then the two output rows.
       A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
-    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW, CT, OT
-    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
-    cdef Py_ssize_t o, th, tw, i, xi, OW = g.OW
-    cdef real* V
-    cdef real* M
-    cdef real* xp
-    cdef real* e
-    cdef real* r
-    cdef real* yr
-    cdef const real* mp
-    cdef real* e0
-    cdef real bo, a0, a1, a2, a3
-    CT = g.CT
-    OT = g.OT
-    V = slot
-    M = V + 16 * CT
-    xp = M + 16 * OT
-    e = xp + Hq * Wq
-    r = e + 4 * Wq
+    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
+    cdef Py_ssize_t CT = g.CT, OT = g.OT, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
+    cdef Py_ssize_t o, xi
+    cdef real* V = slot
+    cdef real* M = V + 16 * CT
+    cdef real* xp = M + 16 * OT
+    cdef real* e = xp + Hq * Wq
+    cdef real* r = e + 4 * Wq
+    cdef real bo
     _wino_input(x + n * C * H * W, V, xp, e, g)
     for xi in range(16):
         gemm_rm(False, False, <int>O, <int>T, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT, <int>T,
                 <real>0, M + xi * OT, <int>T)
     for o in range(O):
         bo = b[o] if b != NULL else 0
-        for th in range(TH):
-            mp = M + o * T + th * TW
-            # r[j] = (A^T m)[0, j] (first 4 rows of r), r[4 + j] = (A^T m)[1, j], each over the tiles
-            for i in range(4):
-                for tw in range(TW):  # each product plane read once
-                    a0 = mp[i * OT + tw]
-                    a1 = mp[(4 + i) * OT + tw]
-                    a2 = mp[(8 + i) * OT + tw]
-                    a3 = mp[(12 + i) * OT + tw]
-                    r[i * TW + tw] = a0 + a1 + a2
-                    r[(4 + i) * TW + tw] = a1 - a2 - a3
-            for i in range(2):
-                if 2 * th + i >= g.OH:
-                    break
-                yr = y + ((n * O + o) * g.OH + 2 * th + i) * OW
-                e0 = r + 4 * i * TW
-                for tw in range(OW // 2):
-                    a0 = e0[tw]
-                    a1 = e0[TW + tw]
-                    a2 = e0[2 * TW + tw]
-                    a3 = e0[3 * TW + tw]
-                    yr[2 * tw] = a0 + a1 + a2 + bo
-                    yr[2 * tw + 1] = a1 - a2 - a3 + bo
-                if OW % 2:
-                    tw = TW - 1
-                    yr[2 * tw] = e0[tw] + e0[TW + tw] + e0[2 * TW + tw] + bo
+        if real is float:
+            wino_out_plane_f(M + o * T, OT, TH, TW, r, y + (n * O + o) * g.OH * g.OW, g.OH, g.OW, bo)
+        else:
+            wino_out_plane_d(M + o * T, OT, TH, TW, r, y + (n * O + o) * g.OH * g.OW, g.OH, g.OW, bo)
 
 
 cdef void _forward_sample(const real* x, const real* w, const real* b, real* y, real* col, Py_ssize_t n,
@@ -650,73 +614,18 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
     cdef Py_ssize_t CT = g.CT, OT = g.OT
-    cdef Py_ssize_t c, o, th, tw, i, h, q, xi, oh, hq, wv
+    cdef Py_ssize_t c, o, h, xi, hq, wv
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
     cdef real* e = xp + Hq * Wq
     cdef real* r = e + 4 * Wq
-    cdef const real* go
-    cdef real* gp
-    cdef real* a0
-    cdef real* a1
-    cdef real* b0
-    cdef real* b1
-    cdef real* p0
-    cdef real* p1
-    cdef real* p2
-    cdef real* p3
-    cdef real* row
     cdef real* dxc
-    # g tiles: a0/a1 = row 2 th (even / odd columns), b0/b1 = row 2 th + 1, zero past the edges
-    a0 = r
-    a1 = r + TW
-    b0 = r + 2 * TW
-    b1 = r + 3 * TW
     for o in range(O):
-        go = gy + (n * O + o) * P
-        for th in range(TH):
-            oh = 2 * th
-            for tw in range(OW // 2):
-                a0[tw] = go[oh * OW + 2 * tw]
-                a1[tw] = go[oh * OW + 2 * tw + 1]
-            if OW % 2:
-                a0[TW - 1] = go[oh * OW + OW - 1]
-                a1[TW - 1] = 0
-            if oh + 1 < OH:
-                for tw in range(OW // 2):
-                    b0[tw] = go[(oh + 1) * OW + 2 * tw]
-                    b1[tw] = go[(oh + 1) * OW + 2 * tw + 1]
-                if OW % 2:
-                    b0[TW - 1] = go[(oh + 1) * OW + OW - 1]
-                    b1[TW - 1] = 0
-            else:
-                for tw in range(TW):
-                    b0[tw] = 0
-                    b1[tw] = 0
-            # rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d);
-            # each row (p, q) then becomes (p, p + q, p - q, -q)
-            gp = Gt + o * T + th * TW
-            for tw in range(TW):
-                gp[tw] = a0[tw]
-                gp[OT + tw] = a0[tw] + a1[tw]
-                gp[2 * OT + tw] = a0[tw] - a1[tw]
-                gp[3 * OT + tw] = -a1[tw]
-            for tw in range(TW):
-                gp[4 * OT + tw] = a0[tw] + b0[tw]
-                gp[5 * OT + tw] = (a0[tw] + b0[tw]) + (a1[tw] + b1[tw])
-                gp[6 * OT + tw] = (a0[tw] + b0[tw]) - (a1[tw] + b1[tw])
-                gp[7 * OT + tw] = -(a1[tw] + b1[tw])
-            for tw in range(TW):
-                gp[8 * OT + tw] = a0[tw] - b0[tw]
-                gp[9 * OT + tw] = (a0[tw] - b0[tw]) + (a1[tw] - b1[tw])
-                gp[10 * OT + tw] = (a0[tw] - b0[tw]) - (a1[tw] - b1[tw])
-                gp[11 * OT + tw] = -(a1[tw] - b1[tw])
-            for tw in range(TW):
-                gp[12 * OT + tw] = -b0[tw]
-                gp[13 * OT + tw] = -b0[tw] - b1[tw]
-                gp[14 * OT + tw] = -b0[tw] + b1[tw]
-                gp[15 * OT + tw] = b1[tw]
+        if real is float:
+            wino_grad_plane_f(gy + (n * O + o) * P, OH, OW, TH, TW, Gt + o * T, OT, r)
+        else:
+            wino_grad_plane_d(gy + (n * O + o) * P, OH, OW, TH, TW, Gt + o * T, OT, r)
     if ndw:
         _wino_input(x + n * C * H * W, V, xp, e, g)
         for xi in range(16):
@@ -729,29 +638,10 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
                 <real>0, V + xi * CT, <int>T)
     for c in range(C):
         memset(xp, 0, Hq * Wq * sizeof(real))
-        for th in range(TH):
-            for i in range(4):
-                # columns of patch row i: (t0, t1, t2, t3) = B^T-adjoint of (v0, v1, v2, v3):
-                # t0 = v0, t1 = v1 - v2 + v3, t2 = -v0 + v1 + v2, t3 = -v3; tiles overlap by two columns
-                p0 = V + 4 * i * CT + c * T + th * TW
-                p1 = p0 + CT
-                p2 = p0 + 2 * CT
-                p3 = p0 + 3 * CT
-                row = e + i * Wq
-                row[0] = p0[0]
-                row[1] = p1[0] - p2[0] + p3[0]
-                for tw in range(1, TW):
-                    row[2 * tw] = p0[tw] + (-p0[tw - 1] + p1[tw - 1] + p2[tw - 1])
-                    row[2 * tw + 1] = (p1[tw] - p2[tw] + p3[tw]) - p3[tw - 1]
-                row[2 * TW] = -p0[TW - 1] + p1[TW - 1] + p2[TW - 1]
-                row[2 * TW + 1] = -p3[TW - 1]
-            # rows, the same combination, added into xp rows 2 th .. 2 th + 3 (overlapping the next tile row)
-            row = xp + 2 * th * Wq
-            for q in range(Wq):
-                row[q] += e[q]
-                row[Wq + q] += e[Wq + q] - e[2 * Wq + q] + e[3 * Wq + q]
-                row[2 * Wq + q] += -e[q] + e[Wq + q] + e[2 * Wq + q]
-                row[3 * Wq + q] += -e[3 * Wq + q]
+        if real is float:
+            wino_in_adjoint_plane_f(V + c * T, CT, TH, TW, xp, e)
+        else:
+            wino_in_adjoint_plane_d(V + c * T, CT, TH, TW, xp, e)
         # crop: dx[h, w] = xp[h + pH, w + pW]; pixels past xp's edge reach no output, their gradient is 0
         dxc = dx + (n * C + c) * H * W
         wv = Wq - g.pW if Wq - g.pW < W else W

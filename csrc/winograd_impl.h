@@ -1,0 +1,183 @@
+/* Body of csrc/winograd.h, included once per element type with REAL and WFN(name) defined.
+   See winograd.h for the layout; every function handles one channel plane. */
+
+/* Input transform of one channel: xp is its zero-padded plane, (2 TH + 2) rows of Wq = 2 TW + 2; V points
+   at the channel's first tile in plane 0 and the 16 planes are CT apart: V[(4 i + j) CT + th TW + tw] =
+   (B^T d B)[i, j] for the 4x4 patch d at xp[2 th, 2 tw]. e: scratch, 4 Wq.
+     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] */
+static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t TH, ptrdiff_t TW, REAL* restrict V,
+                               ptrdiff_t CT, REAL* restrict e)
+{
+    const ptrdiff_t Wq = 2 * TW + 2;
+    ptrdiff_t th, q, i, tw;
+    for (th = 0; th < TH; th++) {
+        const REAL* restrict m0 = xp + 2 * th * Wq;
+        const REAL* restrict m1 = m0 + Wq;
+        const REAL* restrict m2 = m0 + 2 * Wq;
+        const REAL* restrict m3 = m0 + 3 * Wq;
+        REAL* restrict e0 = e;
+        REAL* restrict e1 = e + Wq;
+        REAL* restrict e2 = e + 2 * Wq;
+        REAL* restrict e3 = e + 3 * Wq;
+        for (q = 0; q < Wq; q++) {        /* e = B^T (rows 2 th .. 2 th + 3), elementwise over the row */
+            e0[q] = m0[q] - m2[q];
+            e1[q] = m1[q] + m2[q];
+            e2[q] = m2[q] - m1[q];
+            e3[q] = m1[q] - m3[q];
+        }
+        for (i = 0; i < 4; i++) {         /* v[i, :] = e_i B for every tile of the row */
+            const REAL* restrict s = e + i * Wq;
+            REAL* restrict v0 = V + 4 * i * CT + th * TW;
+            REAL* restrict v1 = v0 + CT;
+            REAL* restrict v2 = v0 + 2 * CT;
+            REAL* restrict v3 = v0 + 3 * CT;
+            for (tw = 0; tw < TW; tw++) {
+                v0[tw] = s[2 * tw] - s[2 * tw + 2];
+                v1[tw] = s[2 * tw + 1] + s[2 * tw + 2];
+                v2[tw] = s[2 * tw + 2] - s[2 * tw + 1];
+                v3[tw] = s[2 * tw + 1] - s[2 * tw + 3];
+            }
+        }
+    }
+}
+
+/* Output transform of one output channel: M points at its first tile in product plane 0 (planes OT apart);
+   y is its (OH, OW) plane: y[2 th + a, 2 tw + b] = (A^T m A)[a, b] + bias, parts past the edge dropped.
+   r: scratch, 8 TW.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] */
+static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t TH, ptrdiff_t TW,
+                                REAL* restrict r, REAL* restrict y, ptrdiff_t OH, ptrdiff_t OW, REAL bias)
+{
+    ptrdiff_t th, i, tw, a;
+    for (th = 0; th < TH; th++) {
+        const REAL* restrict mp = M + th * TW;
+        for (i = 0; i < 4; i++) {         /* r[i] = (A^T m)[0, i], r[4 + i] = (A^T m)[1, i] over the tiles */
+            const REAL* restrict p0 = mp + i * OT;
+            const REAL* restrict p1 = mp + (4 + i) * OT;
+            const REAL* restrict p2 = mp + (8 + i) * OT;
+            const REAL* restrict p3 = mp + (12 + i) * OT;
+            REAL* restrict r0 = r + i * TW;
+            REAL* restrict r1 = r + (4 + i) * TW;
+            for (tw = 0; tw < TW; tw++) {
+                r0[tw] = p0[tw] + p1[tw] + p2[tw];
+                r1[tw] = p1[tw] - p2[tw] - p3[tw];
+            }
+        }
+        for (a = 0; a < 2 && 2 * th + a < OH; a++) {
+            const REAL* restrict s0 = r + 4 * a * TW;
+            const REAL* restrict s1 = s0 + TW;
+            const REAL* restrict s2 = s0 + 2 * TW;
+            const REAL* restrict s3 = s0 + 3 * TW;
+            REAL* restrict yr = y + (2 * th + a) * OW;
+            for (tw = 0; tw < OW / 2; tw++) {
+                yr[2 * tw] = s0[tw] + s1[tw] + s2[tw] + bias;
+                yr[2 * tw + 1] = s1[tw] - s2[tw] - s3[tw] + bias;
+            }
+            if (OW % 2) {
+                tw = TW - 1;
+                yr[2 * tw] = s0[tw] + s1[tw] + s2[tw] + bias;
+            }
+        }
+    }
+}
+
+/* Transform of one output channel's gradient go (OH, OW), zeros past the edge, into Gt (first tile of the
+   channel in plane 0, planes OT apart): gt = A g A^T per 2x2 tile. s: scratch, 4 TW. */
+static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
+                                 ptrdiff_t TW, REAL* restrict Gt, ptrdiff_t OT, REAL* restrict s)
+{
+    REAL* restrict a0 = s;                /* row 2 th, even / odd columns */
+    REAL* restrict a1 = s + TW;
+    REAL* restrict b0 = s + 2 * TW;       /* row 2 th + 1 */
+    REAL* restrict b1 = s + 3 * TW;
+    ptrdiff_t th, tw, k, oh;
+    for (th = 0; th < TH; th++) {
+        oh = 2 * th;
+        for (tw = 0; tw < OW / 2; tw++) {
+            a0[tw] = go[oh * OW + 2 * tw];
+            a1[tw] = go[oh * OW + 2 * tw + 1];
+        }
+        if (OW % 2) {
+            a0[TW - 1] = go[oh * OW + OW - 1];
+            a1[TW - 1] = 0;
+        }
+        if (oh + 1 < OH) {
+            for (tw = 0; tw < OW / 2; tw++) {
+                b0[tw] = go[(oh + 1) * OW + 2 * tw];
+                b1[tw] = go[(oh + 1) * OW + 2 * tw + 1];
+            }
+            if (OW % 2) {
+                b0[TW - 1] = go[(oh + 1) * OW + OW - 1];
+                b1[TW - 1] = 0;
+            }
+        } else {
+            for (tw = 0; tw < TW; tw++) {
+                b0[tw] = 0;
+                b1[tw] = 0;
+            }
+        }
+        /* rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d);
+           each row (p, q) then becomes (p, p + q, p - q, -q) */
+        for (k = 0; k < 4; k++) {
+            REAL* restrict g0 = Gt + 4 * k * OT + th * TW;
+            REAL* restrict g1 = g0 + OT;
+            REAL* restrict g2 = g0 + 2 * OT;
+            REAL* restrict g3 = g0 + 3 * OT;
+            for (tw = 0; tw < TW; tw++) {
+                REAL p, q;
+                if (k == 0) { p = a0[tw]; q = a1[tw]; }
+                else if (k == 1) { p = a0[tw] + b0[tw]; q = a1[tw] + b1[tw]; }
+                else if (k == 2) { p = a0[tw] - b0[tw]; q = a1[tw] - b1[tw]; }
+                else { p = -b0[tw]; q = -b1[tw]; }
+                g0[tw] = p;
+                g1[tw] = p + q;
+                g2[tw] = p - q;
+                g3[tw] = -q;
+            }
+        }
+    }
+}
+
+/* Adjoint of wino_in_plane for one channel: the tiles of dV (V at the channel's first tile, planes CT
+   apart) go back through B dv B^T and are added, overlapping, into xp ((2 TH + 2) x Wq, zeroed by the
+   caller). e: scratch, 4 Wq. */
+static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH, ptrdiff_t TW,
+                                       REAL* restrict xp, REAL* restrict e)
+{
+    const ptrdiff_t Wq = 2 * TW + 2;
+    ptrdiff_t th, i, tw, q;
+    for (th = 0; th < TH; th++) {
+        for (i = 0; i < 4; i++) {
+            /* columns of patch row i: (t0, t1, t2, t3) = B^T-adjoint of (v0, v1, v2, v3):
+               t0 = v0, t1 = v1 - v2 + v3, t2 = -v0 + v1 + v2, t3 = -v3; tiles overlap by two columns */
+            const REAL* restrict p0 = V + 4 * i * CT + th * TW;
+            const REAL* restrict p1 = p0 + CT;
+            const REAL* restrict p2 = p0 + 2 * CT;
+            const REAL* restrict p3 = p0 + 3 * CT;
+            REAL* restrict row = e + i * Wq;
+            row[0] = p0[0];
+            row[1] = p1[0] - p2[0] + p3[0];
+            for (tw = 1; tw < TW; tw++) {
+                row[2 * tw] = p0[tw] + (-p0[tw - 1] + p1[tw - 1] + p2[tw - 1]);
+                row[2 * tw + 1] = (p1[tw] - p2[tw] + p3[tw]) - p3[tw - 1];
+            }
+            row[2 * TW] = -p0[TW - 1] + p1[TW - 1] + p2[TW - 1];
+            row[2 * TW + 1] = -p3[TW - 1];
+        }
+        {   /* rows, the same combination, added into xp rows 2 th .. 2 th + 3 (overlapping the next row) */
+            REAL* restrict x0 = xp + 2 * th * Wq;
+            REAL* restrict x1 = x0 + Wq;
+            REAL* restrict x2 = x0 + 2 * Wq;
+            REAL* restrict x3 = x0 + 3 * Wq;
+            const REAL* restrict e0 = e;
+            const REAL* restrict e1 = e + Wq;
+            const REAL* restrict e2 = e + 2 * Wq;
+            const REAL* restrict e3 = e + 3 * Wq;
+            for (q = 0; q < Wq; q++) {
+                x0[q] += e0[q];
+                x1[q] += e1[q] - e2[q] + e3[q];
+                x2[q] += -e0[q] + e1[q] + e2[q];
+                x3[q] += -e3[q];
+            }
+        }
+    }
+}
