@@ -82,6 +82,8 @@ from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_bla
 
 cdef extern from "winograd.h" nogil:
     # the Winograd tile transforms, per channel plane (restrict-qualified C loops; see the header)
+    void wino_pad_row_f(const float* src, Py_ssize_t n, Py_ssize_t q0, float* dst, Py_ssize_t half)
+    void wino_pad_row_d(const double* src, Py_ssize_t n, Py_ssize_t q0, double* dst, Py_ssize_t half)
     void wino_in_plane_f(const float* xp, Py_ssize_t TH, Py_ssize_t TW, float* V, Py_ssize_t CT, float* e)
     void wino_in_plane_d(const double* xp, Py_ssize_t TH, Py_ssize_t TW, double* V, Py_ssize_t CT, double* e)
     void wino_out_plane_f(const float* M, Py_ssize_t OT, Py_ssize_t TH, Py_ssize_t TW, float* r, float* y,
@@ -128,6 +130,14 @@ cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
 # more than they save (8x8 maps, 64 -> 64 channels: forward 1.15x, backward 1.36x the column layout).
 DEFAULT_WINOGRAD_MIN_PIXELS = 1024
 cdef Py_ssize_t _wino_min_pixels = DEFAULT_WINOGRAD_MIN_PIXELS
+# The Winograd forward runs in blocks of rows of tiles, about this many tiles per block (0: the whole sample
+# at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in
+# cache when the GEMMs and the output transform read them. The backward takes the whole sample (per-block
+# weight-gradient GEMMs with K = tiles were slower). Measured, one thread, forward, 64 vs whole sample:
+# (32,16,32,32)x(32,16,3,3) 0.92-0.99, (32,32,32,32)x(32,32,3,3) 0.90-1.0, (16,16,64,64)x(16,16,3,3) 0.79-0.87,
+# (32,64,32,32)x(64,64,3,3) 0.71-0.80.
+DEFAULT_WINOGRAD_BLOCK_TILES = 64
+cdef Py_ssize_t _wino_block_tiles = DEFAULT_WINOGRAD_BLOCK_TILES
 
 
 cdef struct Geom:
@@ -139,6 +149,7 @@ cdef struct Geom:
     bint wide                   # forward in the wide column layout (set by _plan)
     bint wino                   # forward by Winograd F(2x2, 3x3) (set by _plan)
     Py_ssize_t TH, TW           # Winograd: 2x2 output tiles down and across
+    Py_ssize_t TB               # Winograd: rows of tiles per block
     Py_ssize_t CT, OT           # Winograd: distance between the 16 planes of V (C T) and M (O T), padded
     Py_ssize_t part             # elements of one weight-gradient partial: K O, or 16 O C with Winograd
     Py_ssize_t slot             # workspace elements per sample slot (set by _plan)
@@ -388,31 +399,38 @@ cdef void _forward_wide(const real* x, const real* w, const real* b, real* y, re
                 dst[ow] = src[ow] + bo
 
 
-cdef void _wino_input(const real* xn, real* V, real* xp, real* e, const Geom* g) noexcept nogil:
-    """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for every channel c of the sample xn (C, H, W) and tile
-    t; planes g.CT apart. xp (2 TH + 2, 2 TW + 2) and e (4 rows of 2 TW + 2) are scratch. Each plane is
-    copied into the zero-padded xp and transformed by wino_in_plane (csrc/winograd.h): its rows r0..r3
-    under a row of tiles give e = B^T (r0..r3) elementwise, then v[i, :] = e_i B per tile.
-      B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]"""
-    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
-    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
+cdef void _wino_pad(const real* xn, real* xp, const Geom* g) noexcept nogil:
+    """The sample xn (C, H, W) zero-padded into the planes xp (C, 2 TH + 2, 2 TW + 2) the tiles read:
+    padded pixel (c, h, q) = xn[c, h - pH, q - pW] (0 outside; input rows or columns no tile reaches are
+    left out), each row stored deinterleaved (even q, then odd q; wino_pad_row) so that the transform's
+    loads are contiguous."""
+    cdef Py_ssize_t C = g.C, H = g.H, W = g.W, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
     cdef Py_ssize_t c, h, h0, h1, w0, w1
-    cdef const real* xc
-    # rows / columns of xp that hold input pixels: xp[h, q] = x[h - pH, q - pW]
     h0 = g.pH
     h1 = g.pH + H if g.pH + H < Hq else Hq
     w0 = g.pW
     w1 = g.pW + W if g.pW + W < Wq else Wq
-    memset(xp, 0, Hq * Wq * sizeof(real))
+    memset(xp, 0, C * Hq * Wq * sizeof(real))
     for c in range(C):
-        xc = xn + c * H * W
         for h in range(h0, h1):
-            memcpy(xp + h * Wq + w0, xc + (h - g.pH) * W, (w1 - w0) * sizeof(real))
+            if real is float:
+                wino_pad_row_f(xn + (c * H + h - g.pH) * W, w1 - w0, w0, xp + (c * Hq + h) * Wq, g.TW + 1)
+            else:
+                wino_pad_row_d(xn + (c * H + h - g.pH) * W, w1 - w0, w0, xp + (c * Hq + h) * Wq, g.TW + 1)
+
+
+cdef inline void _wino_input(const real* xp, Py_ssize_t th0, Py_ssize_t R, real* V, real* e,
+                             const Geom* g) noexcept nogil:
+    """V[xi, c, t] = (B^T d B)[i, j] (xi = 4 i + j) for the R rows of tiles from th0 (t counts from the
+    block's first tile) of every channel of the padded sample xp (_wino_pad); planes g.CT apart, channels
+    R TW apart. e: scratch, 4 (2 TW + 2). The transform is wino_in_plane (csrc/winograd.h).
+      B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]"""
+    cdef Py_ssize_t c, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, Tb = R * g.TW
+    for c in range(g.C):
         if real is float:
-            wino_in_plane_f(xp, TH, TW, V + c * T, g.CT, e)
+            wino_in_plane_f(xp + (c * Hq + 2 * th0) * Wq, R, g.TW, V + c * Tb, g.CT, e)
         else:
-            wino_in_plane_d(xp, TH, TW, V + c * T, g.CT, e)
-        # xp rows h0 .. h1 are overwritten by the next channel; its zero border stays
+            wino_in_plane_d(xp + (c * Hq + 2 * th0) * Wq, R, g.TW, V + c * Tb, g.CT, e)
 
 
 cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, real* slot, Py_ssize_t n,
@@ -427,25 +445,33 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     where im2col + GEMM does 36 O C T. The output transform runs over whole rows of tiles (vectorized):
     r = A^T m for a row of tiles, then the two output rows.
       A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
-    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
-    cdef Py_ssize_t CT = g.CT, OT = g.OT, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2
-    cdef Py_ssize_t o, xi
+    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, TB = g.TB
+    cdef Py_ssize_t CT = g.CT, OT = g.OT, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t o, xi, th0, R, Tb
     cdef real* V = slot
     cdef real* M = V + 16 * CT
     cdef real* xp = M + 16 * OT
-    cdef real* e = xp + Hq * Wq
+    cdef real* e = xp + C * Hq * Wq
     cdef real* r = e + 4 * Wq
+    cdef real* yo
     cdef real bo
-    _wino_input(x + n * C * H * W, V, xp, e, g)
-    for xi in range(16):
-        gemm_rm(False, False, <int>O, <int>T, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT, <int>T,
-                <real>0, M + xi * OT, <int>T)
-    for o in range(O):
-        bo = b[o] if b != NULL else 0
-        if real is float:
-            wino_out_plane_f(M + o * T, OT, TH, TW, r, y + (n * O + o) * g.OH * g.OW, g.OH, g.OW, bo)
-        else:
-            wino_out_plane_d(M + o * T, OT, TH, TW, r, y + (n * O + o) * g.OH * g.OW, g.OH, g.OW, bo)
+    _wino_pad(x + n * C * H * W, xp, g)
+    th0 = 0
+    while th0 < TH:  # blocks of TB rows of tiles: V and M of a block stay in cache
+        R = TB if th0 + TB <= TH else TH - th0
+        Tb = R * TW
+        _wino_input(xp, th0, R, V, e, g)
+        for xi in range(16):
+            gemm_rm(False, False, <int>O, <int>Tb, <int>C, <real>1, U + xi * O * C, <int>C, V + xi * CT,
+                    <int>Tb, <real>0, M + xi * OT, <int>Tb)
+        for o in range(O):
+            bo = b[o] if b != NULL else 0
+            yo = y + ((n * O + o) * OH + 2 * th0) * OW
+            if real is float:
+                wino_out_plane_f(M + o * Tb, OT, R, TW, r, yo, OH - 2 * th0, OW, bo)
+            else:
+                wino_out_plane_d(M + o * Tb, OT, R, TW, r, yo, OH - 2 * th0, OW, bo)
+        th0 += TB
 
 
 cdef void _forward_sample(const real* x, const real* w, const real* b, real* y, real* col, Py_ssize_t n,
@@ -611,44 +637,56 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     the forward (the wrapper turns the summed part into dweight = G^T part G), and dV[xi] (C, T) =
     U[xi]^T @ Gt[xi], whose tiles go back through B dV B^T, overlapping 4x4 patches added into a
     zero-padded plane that is then cropped into dx[n]. Uses the forward's slot layout (dV reuses V)."""
-    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, T = g.TH * g.TW
-    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OW = g.OW, OH = g.OH, P = g.P
-    cdef Py_ssize_t CT = g.CT, OT = g.OT
-    cdef Py_ssize_t c, o, h, xi, hq, wv
+    cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, OW = g.OW, OH = g.OH
+    cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, CT = g.CT, OT = g.OT
+    cdef Py_ssize_t TB = g.TB, c, o, h, xi, hq, wv, th0, R, Tb
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
-    cdef real* e = xp + Hq * Wq
+    cdef real* dxp = xp + C * Hq * Wq
+    cdef real* e = dxp + C * Hq * Wq
     cdef real* r = e + 4 * Wq
     cdef real* dxc
-    for o in range(O):
-        if real is float:
-            wino_grad_plane_f(gy + (n * O + o) * P, OH, OW, TH, TW, Gt + o * T, OT, r)
-        else:
-            wino_grad_plane_d(gy + (n * O + o) * P, OH, OW, TH, TW, Gt + o * T, OT, r)
     if ndw:
-        _wino_input(x + n * C * H * W, V, xp, e, g)
-        for xi in range(16):
-            gemm_rm(False, True, <int>O, <int>C, <int>T, <real>1, Gt + xi * OT, <int>T, V + xi * CT, <int>T,
-                    <real>0 if first else <real>1, part + xi * O * C, <int>C)
+        _wino_pad(x + n * C * H * W, xp, g)
+    if ndx:
+        memset(dxp, 0, C * Hq * Wq * sizeof(real))
+    th0 = 0
+    while th0 < TH:  # blocks of TB rows of tiles, as in the forward
+        R = TB if th0 + TB <= TH else TH - th0
+        Tb = R * TW
+        for o in range(O):
+            if real is float:
+                wino_grad_plane_f(gy + ((n * O + o) * OH + 2 * th0) * OW, OH - 2 * th0, OW, R, TW, Gt + o * Tb,
+                                  OT, r)
+            else:
+                wino_grad_plane_d(gy + ((n * O + o) * OH + 2 * th0) * OW, OH - 2 * th0, OW, R, TW, Gt + o * Tb,
+                                  OT, r)
+        if ndw:
+            _wino_input(xp, th0, R, V, e, g)
+            for xi in range(16):
+                gemm_rm(False, True, <int>O, <int>C, <int>Tb, <real>1, Gt + xi * OT, <int>Tb, V + xi * CT,
+                        <int>Tb, <real>0 if first and th0 == 0 else <real>1, part + xi * O * C, <int>C)
+        if ndx:
+            for xi in range(16):
+                gemm_rm(True, False, <int>C, <int>Tb, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT,
+                        <int>Tb, <real>0, V + xi * CT, <int>Tb)
+            for c in range(C):  # overlapping patches added into the padded planes (blocks overlap by 2 rows)
+                if real is float:
+                    wino_in_adjoint_plane_f(V + c * Tb, CT, R, TW, dxp + (c * Hq + 2 * th0) * Wq, e)
+                else:
+                    wino_in_adjoint_plane_d(V + c * Tb, CT, R, TW, dxp + (c * Hq + 2 * th0) * Wq, e)
+        th0 += TB
     if not ndx:
         return
-    for xi in range(16):
-        gemm_rm(True, False, <int>C, <int>T, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT, <int>T,
-                <real>0, V + xi * CT, <int>T)
+    # crop: dx[h, w] = dxp[h + pH, w + pW]; pixels past dxp's edge reach no output, their gradient is 0
+    wv = Wq - g.pW if Wq - g.pW < W else W
     for c in range(C):
-        memset(xp, 0, Hq * Wq * sizeof(real))
-        if real is float:
-            wino_in_adjoint_plane_f(V + c * T, CT, TH, TW, xp, e)
-        else:
-            wino_in_adjoint_plane_d(V + c * T, CT, TH, TW, xp, e)
-        # crop: dx[h, w] = xp[h + pH, w + pW]; pixels past xp's edge reach no output, their gradient is 0
         dxc = dx + (n * C + c) * H * W
-        wv = Wq - g.pW if Wq - g.pW < W else W
         for h in range(H):
             hq = h + g.pH
             if hq < Hq:
-                memcpy(dxc + h * W, xp + hq * Wq + g.pW, wv * sizeof(real))
+                memcpy(dxc + h * W, dxp + (c * Hq + hq) * Wq + g.pW, wv * sizeof(real))
                 if wv < W:
                     memset(dxc + h * W + wv, 0, (W - wv) * sizeof(real))
             else:
@@ -862,10 +900,15 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     g.wino = not pl.batched and _wino_fits(g)
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
+    g.TB = g.TH
+    if _wino_block_tiles > 0 and not backward:
+        g.TB = _wino_block_tiles // g.TW if _wino_block_tiles > g.TW else 1
+        if g.TB > g.TH:
+            g.TB = g.TH
     # plane strides padded off powers of two: the 16 values of a tile go to / come from 16 planes, and at
     # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
-    g.CT = g.C * g.TH * g.TW + 16
-    g.OT = g.O * g.TH * g.TW + 16
+    g.CT = g.C * g.TB * g.TW + 16
+    g.OT = g.O * g.TB * g.TW + 16
     g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.O >= _row_min_channels
               and g.C >= _row_min_channels)
     g.wide = (_wide and not backward and not pl.batched and not g.direct and not g.rows and not g.wino
@@ -879,8 +922,10 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     elif g.wide:
         g.slot = ((g.OH - 1) * g.W + g.OW) * (g.K + g.O)
     elif g.wino:
-        # V, M (16 planes each), the padded input plane, 4 rows e and 8 rows r of _forward_wino
-        g.slot = 16 * (g.CT + g.OT) + (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2) + 8 * g.TW
+        # V, M (16 planes each, one block), the padded sample (and in the backward the padded dx), 4 rows e
+        # and 8 block rows r of the transforms
+        g.slot = (16 * (g.CT + g.OT) + (2 if backward else 1) * g.C * (2 * g.TH + 2) * (2 * g.TW + 2)
+                  + 4 * (2 * g.TW + 2) + 8 * g.TB * g.TW)
     else:
         g.slot = g.K * g.P
     per = g.slot * itemsize
@@ -1193,7 +1238,7 @@ def _knob(name, value, lowest):
 
 
 def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channels=None, wide=None,
-            winograd_min_channels=None, winograd_min_pixels=None):
+            winograd_min_channels=None, winograd_min_pixels=None, winograd_block_tiles=None):
     """Performance knobs (results do not depend on them beyond rounding): batch_pixels is the number of
     output pixels per sample below which the batched layout is used (0: never); chunk_bytes is the
     preferred workspace per chunk of the chunked path (the workspace limit still caps it); max_blocks is the
@@ -1201,12 +1246,16 @@ def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channe
     and output channels from which the forward uses the row layout (0: always, where the per-sample layout
     applies); wide switches the forward's wide column layout on or off; winograd_min_channels is the
     number of input and output channels and winograd_min_pixels the number of output pixels per sample
-    from which 3x3 stride-1 convs use Winograd. Returns the previous values."""
+    from which 3x3 stride-1 convs use Winograd; winograd_block_tiles is the number of tiles per block of
+    the Winograd forward (0: whole samples). Returns the previous values."""
     global _batch_pixels, _chunk_bytes, _max_blocks, _row_min_channels, _wide, _wino_min_channels
-    global _wino_min_pixels
+    global _wino_min_pixels, _wino_block_tiles
     previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes, "max_blocks": _max_blocks,
                 "row_min_channels": _row_min_channels, "wide": bool(_wide),
-                "winograd_min_channels": _wino_min_channels, "winograd_min_pixels": _wino_min_pixels}
+                "winograd_min_channels": _wino_min_channels, "winograd_min_pixels": _wino_min_pixels,
+                "winograd_block_tiles": _wino_block_tiles}
+    if winograd_block_tiles is not None:
+        _wino_block_tiles = _knob("winograd_block_tiles", winograd_block_tiles, 0)
     if winograd_min_pixels is not None:
         _wino_min_pixels = _knob("winograd_min_pixels", winograd_min_pixels, 0)
     if winograd_min_channels is not None:

@@ -1,16 +1,33 @@
 /* Body of csrc/winograd.h, included once per element type with REAL and WFN(name) defined.
    See winograd.h for the layout; every function handles one channel plane. */
 
-/* Input transform of one channel: xp is its zero-padded plane, (2 TH + 2) rows of Wq = 2 TW + 2; V points
-   at the channel's first tile in plane 0 and the 16 planes are CT apart: V[(4 i + j) CT + th TW + tw] =
-   (B^T d B)[i, j] for the 4x4 patch d at xp[2 th, 2 tw]. e: scratch, 4 Wq.
-     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] */
-static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t TH, ptrdiff_t TW, REAL* restrict V,
+/* One row of input pixels src[0 .. n) into a padded row of the transform's input, deinterleaved: padded
+   column q (= q0 + the pixel's index) goes to dst[q / 2] if q is even, to dst[half + q / 2] if odd. */
+static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
+                              ptrdiff_t half)
+{
+    REAL* restrict first = dst + (q0 % 2 ? half : 0) + q0 / 2;         /* where src[0], src[2], ... go */
+    REAL* restrict second = dst + (q0 % 2 ? 0 : half) + (q0 + 1) / 2;  /* src[1], src[3], ... */
+    ptrdiff_t k;
+    for (k = 0; k < n / 2; k++) {
+        first[k] = src[2 * k];
+        second[k] = src[2 * k + 1];
+    }
+    if (n % 2)
+        first[n / 2] = src[n - 1];
+}
+
+/* Input transform of R rows of tiles of one channel: xp holds the channel's zero-padded rows from the
+   block's first (2 R + 2 rows of Wq = 2 TW + 2), each deinterleaved by wino_pad_row (even columns, then
+   odd, TW + 1 each); V points at the channel's first tile of the block in plane 0 and the 16 planes are
+   CT apart: V[(4 i + j) CT + th TW + tw] = (B^T d B)[i, j] for the 4x4 patch d at padded row 2 th, column
+   2 tw. e: scratch, 4 Wq.   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] */
+static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t TW, REAL* restrict V,
                                ptrdiff_t CT, REAL* restrict e)
 {
-    const ptrdiff_t Wq = 2 * TW + 2;
+    const ptrdiff_t Wq = 2 * TW + 2, half = TW + 1;
     ptrdiff_t th, q, i, tw;
-    for (th = 0; th < TH; th++) {
+    for (th = 0; th < R; th++) {
         const REAL* restrict m0 = xp + 2 * th * Wq;
         const REAL* restrict m1 = m0 + Wq;
         const REAL* restrict m2 = m0 + 2 * Wq;
@@ -26,47 +43,49 @@ static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t TH, ptrdiff_t 
             e3[q] = m1[q] - m3[q];
         }
         for (i = 0; i < 4; i++) {         /* v[i, :] = e_i B for every tile of the row */
-            const REAL* restrict s = e + i * Wq;
+            const REAL* restrict ev = e + i * Wq;     /* columns 0, 2, 4, ... */
+            const REAL* restrict od = ev + half;      /* columns 1, 3, 5, ... */
             REAL* restrict v0 = V + 4 * i * CT + th * TW;
             REAL* restrict v1 = v0 + CT;
             REAL* restrict v2 = v0 + 2 * CT;
             REAL* restrict v3 = v0 + 3 * CT;
-            for (tw = 0; tw < TW; tw++) {
-                v0[tw] = s[2 * tw] - s[2 * tw + 2];
-                v1[tw] = s[2 * tw + 1] + s[2 * tw + 2];
-                v2[tw] = s[2 * tw + 2] - s[2 * tw + 1];
-                v3[tw] = s[2 * tw + 1] - s[2 * tw + 3];
+            for (tw = 0; tw < TW; tw++) {  /* tile columns 2 tw .. 2 tw + 3 */
+                v0[tw] = ev[tw] - ev[tw + 1];
+                v1[tw] = od[tw] + ev[tw + 1];
+                v2[tw] = ev[tw + 1] - od[tw];
+                v3[tw] = od[tw] - od[tw + 1];
             }
         }
     }
 }
 
-/* Output transform of one output channel: M points at its first tile in product plane 0 (planes OT apart);
-   y is its (OH, OW) plane: y[2 th + a, 2 tw + b] = (A^T m A)[a, b] + bias, parts past the edge dropped.
-   r: scratch, 8 TW.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] */
-static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t TH, ptrdiff_t TW,
+/* Output transform of R rows of tiles of one output channel: M points at its first tile of the block in
+   product plane 0 (planes OT apart, rows of tiles TW apart); y at the block's first output row of the
+   channel's (OH, OW) plane (OH counted from there): y[2 th + a, 2 tw + b] = (A^T m A)[a, b] + bias, parts
+   past the edge dropped. r: scratch, 8 R TW.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] */
+static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t R, ptrdiff_t TW,
                                 REAL* restrict r, REAL* restrict y, ptrdiff_t OH, ptrdiff_t OW, REAL bias)
 {
-    ptrdiff_t th, i, tw, a;
-    for (th = 0; th < TH; th++) {
-        const REAL* restrict mp = M + th * TW;
-        for (i = 0; i < 4; i++) {         /* r[i] = (A^T m)[0, i], r[4 + i] = (A^T m)[1, i] over the tiles */
-            const REAL* restrict p0 = mp + i * OT;
-            const REAL* restrict p1 = mp + (4 + i) * OT;
-            const REAL* restrict p2 = mp + (8 + i) * OT;
-            const REAL* restrict p3 = mp + (12 + i) * OT;
-            REAL* restrict r0 = r + i * TW;
-            REAL* restrict r1 = r + (4 + i) * TW;
-            for (tw = 0; tw < TW; tw++) {
-                r0[tw] = p0[tw] + p1[tw] + p2[tw];
-                r1[tw] = p1[tw] - p2[tw] - p3[tw];
-            }
+    const ptrdiff_t Tb = R * TW;
+    ptrdiff_t th, i, t, tw, a;
+    for (i = 0; i < 4; i++) {             /* r[i] = (A^T m)[0, i], r[4 + i] = (A^T m)[1, i], all tiles */
+        const REAL* restrict p0 = M + i * OT;
+        const REAL* restrict p1 = M + (4 + i) * OT;
+        const REAL* restrict p2 = M + (8 + i) * OT;
+        const REAL* restrict p3 = M + (12 + i) * OT;
+        REAL* restrict r0 = r + i * Tb;
+        REAL* restrict r1 = r + (4 + i) * Tb;
+        for (t = 0; t < Tb; t++) {
+            r0[t] = p0[t] + p1[t] + p2[t];
+            r1[t] = p1[t] - p2[t] - p3[t];
         }
+    }
+    for (th = 0; th < R; th++) {
         for (a = 0; a < 2 && 2 * th + a < OH; a++) {
-            const REAL* restrict s0 = r + 4 * a * TW;
-            const REAL* restrict s1 = s0 + TW;
-            const REAL* restrict s2 = s0 + 2 * TW;
-            const REAL* restrict s3 = s0 + 3 * TW;
+            const REAL* restrict s0 = r + 4 * a * Tb + th * TW;
+            const REAL* restrict s1 = s0 + Tb;
+            const REAL* restrict s2 = s0 + 2 * Tb;
+            const REAL* restrict s3 = s0 + 3 * Tb;
             REAL* restrict yr = y + (2 * th + a) * OW;
             for (tw = 0; tw < OW / 2; tw++) {
                 yr[2 * tw] = s0[tw] + s1[tw] + s2[tw] + bias;

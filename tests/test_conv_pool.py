@@ -257,10 +257,14 @@ def _expected_layout(layout, xs, ws, params):
     return "rows" if layout == "rows" else "per-sample"
 
 
-def _winograd_slot_bytes(xs, ws, y_shape):
+def _winograd_slot_bytes(xs, ws, y_shape, block_tiles=64):
+    """The Winograd forward's workspace per sample, recomputed from its layout."""
     th, tw = (y_shape[2] + 1) // 2, (y_shape[3] + 1) // 2
-    # transformed inputs and products (16 planes each, padded), the zero-padded input plane, scratch rows
-    return (16 * ((ws[1] + ws[0]) * th * tw + 32) + (2 * th + 2) * (2 * tw + 2) + 4 * (2 * tw + 2) + 8 * tw) * 4
+    tb = th if block_tiles == 0 else min(th, max(1, block_tiles // tw))  # rows of tiles per block
+    # a block's transformed inputs and products (16 planes each, padded), the zero-padded sample,
+    # scratch rows e (4 padded rows) and r (8 block rows)
+    return (16 * ((ws[1] + ws[0]) * tb * tw + 32) + ws[1] * (2 * th + 2) * (2 * tw + 2) + 4 * (2 * tw + 2)
+            + 8 * tb * tw) * 4
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -322,6 +326,37 @@ def test_chunked_workspace_matches_unchunked_and_reference(conv_settings, blas_p
                                rtol=1e-10, atol=1e-10)
     for a, e in zip(C.conv2d_backward(g64, x64, w64, **params), R.conv2d_backward(g64, x64, w64, **params)):
         np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-9)
+
+
+WINOGRAD_BLOCK_CASES = [
+    # (x shape, weight shape, padding): odd output heights and widths, one-sided and no padding
+    ((2, 3, 13, 11), (4, 3, 3, 3), 1),         # 13x11 outputs: 7x6 tiles, the last row and column cut
+    ((3, 2, 12, 17), (3, 2, 3, 3), (1, 0)),    # 12x15
+    ((1, 4, 9, 10), (2, 4, 3, 3), (0, 1)),     # 7x10
+    ((2, 1, 5, 5), (1, 1, 3, 3), 0),           # 3x3: two rows of tiles
+]
+
+
+@pytest.mark.parametrize("block_tiles", [0, 1, 7, 12, 1000])
+@pytest.mark.parametrize("xs,ws,pad", WINOGRAD_BLOCK_CASES)
+def test_winograd_blocks_of_tile_rows(conv_settings, block_tiles, xs, ws, pad, rng):
+    """The Winograd forward in blocks of rows of tiles (any block size, a short last block) equals the
+    reference and the whole-sample forward; the workspace follows the block size."""
+    conv_settings._tuning(batch_pixels=0, winograd_min_channels=0, winograd_min_pixels=0,
+                          winograd_block_tiles=block_tiles)
+    info = conv_settings._plan_info(xs, ws, padding=pad)
+    assert info["layout"] == "winograd"
+    x, w, b = (_rand(rng, s, np.float64) for s in (xs, ws, ws[:1]))
+    y = C.conv2d_forward(x, w, b, padding=pad)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, w, b, padding=pad), rtol=1e-10, atol=1e-10)
+    assert info["workspace_bytes"] == _winograd_slot_bytes(xs, ws, y.shape, block_tiles) * info["chunk"]
+    g = _rand(rng, y.shape, np.float64)
+    for a, e in zip(C.conv2d_backward(g, x, w, padding=pad), R.conv2d_backward(g, x, w, padding=pad)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-9)
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    y32 = C.conv2d_forward(x32, w32, b32, padding=pad)
+    conv_settings._tuning(winograd_block_tiles=0)
+    np.testing.assert_allclose(y32, C.conv2d_forward(x32, w32, b32, padding=pad), rtol=1e-6, atol=1e-6)
 
 
 def test_workspace_limit_setting(conv_settings):
@@ -544,10 +579,11 @@ def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
 def test_tuning_knobs_validate_and_return_previous_values(conv_settings):
     before = conv_settings._tuning()
     assert set(before) == {"batch_pixels", "chunk_bytes", "max_blocks", "row_min_channels", "wide",
-                           "winograd_min_channels", "winograd_min_pixels"}
+                           "winograd_min_channels", "winograd_min_pixels", "winograd_block_tiles"}
     assert conv_settings._tuning(winograd_min_pixels=5)["winograd_min_pixels"] == before["winograd_min_pixels"]
     assert conv_settings._tuning()["winograd_min_pixels"] == 5
     for name, bad in (("winograd_min_pixels", -1), ("winograd_min_channels", -1), ("row_min_channels", -2),
+                      ("winograd_block_tiles", -1),
                       ("batch_pixels", -1), ("chunk_bytes", 0), ("max_blocks", 0)):
         with pytest.raises(ValueError, match=name):
             conv_settings._tuning(**{name: bad})
