@@ -57,13 +57,17 @@
 # convs: 1-4x slower), so they keep the column layout. Measured, one thread, wall time, forward of the
 # whole batch, rows / columns: (32,16,32,32)x(32,16,3,3) 0.93-0.95, (32,32,16,16)x(64,32,3,3) 0.93-0.98,
 # (32,64,8,8)x(64,64,3,3) 0.85, (64,6,14,14)x(16,6,5,5) ~1.0, (16,3,64,64)x(32,3,3,3) 1.4,
-# (64,1,28,28)x(6,1,5,5) 3.8. 3x3 kernels with stride 1 and dilation 1, >= 16 channels in and out and
-# >= 1024 output pixels per sample take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
+# (64,1,28,28)x(6,1,5,5) 3.8. 3x3 kernels with stride 1 and dilation 1, >= 8 channels in and out and
+# >= 256 output pixels per sample take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
 # (_backward_wino, its adjoint on the same tiles): 2.25x fewer multiply-adds, transforms by additions, but
-# each transformed tensor is 4x its source, and with few channels that traffic eats most of the gain.
-# Winograd / other layout, one thread (forward, backward): benchmark shape 16 -> 32 on 32x32 0.95, 0.90;
-# 32 -> 32 on 32x32 0.77, 0.80; 16 -> 16 on 64x64 0.58, 0.76; but 64 -> 64 on 8x8 1.15, 1.36 and
-# 32 -> 16 on 15x15 1.30, 1.12 (hence the pixel threshold). Its rounding differs from the direct sum by a
+# each transformed tensor is 4x its source, so the transforms are bound by moving that data. They are C
+# loops in csrc/winograd.h (restrict pointers, so GCC vectorizes them), the forward runs in blocks of
+# about 64 tiles (_tuning(winograd_block_tiles=...)) so that a block's transformed data stays in cache.
+# Winograd / other layout, one thread, CPU time (forward, backward): benchmark shape 16 -> 32 on 32x32
+# 0.58, 0.72; 32 -> 32 on 32x32 0.55, 0.66; 16 -> 16 on 64x64 0.50, 0.65; 12 -> 12 on 32x32 0.59, 0.57;
+# 8 -> 8 on 64x64 0.47, 0.61 (but 8 -> 8 on 32x32 1.06, 0.87); 32 -> 16 on 15x15 0.72, 0.77; 16 -> 16 on
+# 16x16 0.71, 0.85; 16 -> 16 on 12x12 0.96, 0.90; 64 -> 64 on 8x8 0.79, 0.79, but 16 -> 16 on 8x8 1.15,
+# 1.03 (hence the pixel threshold). Its rounding differs from the direct sum by a
 # few ulps (float32 relative error ~3e-7 against a float64 reference). A third forward layout, the wide
 # columns (_forward_wide), serves stride 1 without padding (LeNet-5's second conv: forward 18% faster,
 # one thread). The backward keeps the column layout: the wide one would multiply the dropped columns'
@@ -124,11 +128,12 @@ cdef Py_ssize_t _row_min_channels = DEFAULT_ROW_MIN_CHANNELS
 cdef bint _wide = True
 # 3x3 kernels with stride 1 and dilation 1 and at least this many input and output channels use
 # Winograd F(2x2, 3x3) (_forward_wino, _backward_wino) in the forward and the backward.
-DEFAULT_WINOGRAD_MIN_CHANNELS = 16
+DEFAULT_WINOGRAD_MIN_CHANNELS = 8
 cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
-# ... and at least this many output pixels per sample: on smaller maps the 16 small GEMMs per sample cost
-# more than they save (8x8 maps, 64 -> 64 channels: forward 1.15x, backward 1.36x the column layout).
-DEFAULT_WINOGRAD_MIN_PIXELS = 1024
+# ... and at least this many output pixels per sample: on smaller maps the 16 small GEMMs per sample can
+# cost more than they save (8x8 maps, 16 -> 16 channels: forward 1.15x, backward 1.03x the other layouts;
+# 12x12 maps 0.96, 0.90; 16x16 maps 0.71, 0.85).
+DEFAULT_WINOGRAD_MIN_PIXELS = 256
 cdef Py_ssize_t _wino_min_pixels = DEFAULT_WINOGRAD_MIN_PIXELS
 # The Winograd forward runs in blocks of rows of tiles, about this many tiles per block (0: the whole sample
 # at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in

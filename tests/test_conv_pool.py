@@ -373,9 +373,10 @@ def test_workspace_limit_setting(conv_settings):
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     # chunked path: 4 samples per chunk; sample-parallel path: one slice per thread (at most 4)
     assert info["chunk"] == (min(4, fastbp.get_num_threads()) if info["parallel"] else 4)
-    # the default layouts (>= 16 channels in and out): Winograd for 3x3 with stride 1 and dilation 1, else
-    # rows (padded channels-last copy 34*34*16, rows 1024*144 and the GEMM output 1024*32, per thread)
-    conv_settings._tuning(row_min_channels=16, winograd_min_channels=16)
+    # the default layouts: Winograd for 3x3 with stride 1 and dilation 1 (>= 8 channels in and out, >= 256
+    # output pixels), else rows with >= 16 channels (padded channels-last copy 34*34*16, rows 1024*144 and
+    # the GEMM output 1024*32, per thread)
+    conv_settings._tuning(row_min_channels=16, winograd_min_channels=8, winograd_min_pixels=256)
     F.set_conv_workspace_limit(1 << 30)
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info["layout"] == "winograd"
@@ -384,8 +385,10 @@ def test_workspace_limit_setting(conv_settings):
     info = conv_settings._plan_info((32, 16, 33, 33), (32, 16, 3, 3), padding=1, dilation=(1, 2))
     slot = (35 * 35 * 16 + 33 * 31 * (144 + 32)) * 4
     assert info["layout"] == "rows" and info["workspace_bytes"] == slot * info["chunk"]
-    assert conv_settings._plan_info((32, 15, 32, 32), (32, 15, 3, 3), padding=1)["layout"] == "per-sample"
-    assert conv_settings._plan_info((32, 16, 32, 32), (15, 16, 3, 3), padding=1)["layout"] == "per-sample"
+    assert conv_settings._plan_info((32, 7, 32, 32), (32, 7, 3, 3), padding=1)["layout"] == "per-sample"
+    assert conv_settings._plan_info((32, 16, 32, 32), (7, 16, 3, 3), padding=1)["layout"] == "per-sample"
+    assert conv_settings._plan_info((32, 16, 15, 15), (16, 16, 3, 3), padding=1)["layout"] == "rows"
+    assert conv_settings._plan_info((32, 8, 16, 16), (8, 8, 3, 3), padding=1)["layout"] == "winograd"
     with pytest.raises(ValueError, match=">= 1 byte"):
         F.set_conv_workspace_limit(0)
 
