@@ -8,6 +8,8 @@ Environment switches:
   FASTBP_DEBUG=1     build with bounds checking and wraparound checks on (slow; for hunting bugs).
   FASTBP_OPENMP=0    build without OpenMP even if the compiler supports it.
   FASTBP_BUILD_ONLY=conv,pool   development only: build just these csrc families (with --inplace).
+  FASTBP_NO_CLONES=1 build the Winograd transforms for the baseline instruction set only (no AVX2 /
+                     AVX-512 clones chosen at load time; see csrc/winograd.h).
 """
 import glob
 import os
@@ -80,6 +82,8 @@ class BuildExt(build_ext):
                 ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                 ("FASTBP_OPENMP", "1" if openmp else "0"),
             ]
+            if os.environ.get("FASTBP_NO_CLONES", "0") == "1":
+                ext.define_macros.append(("FASTBP_NO_CLONES", "1"))
         super().build_extensions()
 
 

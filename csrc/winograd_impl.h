@@ -3,7 +3,7 @@
 
 /* One row of input pixels src[0 .. n) into a padded row of the transform's input, deinterleaved: padded
    column q (= q0 + the pixel's index) goes to dst[q / 2] if q is even, to dst[half + q / 2] if odd. */
-static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
+FASTBP_CLONES static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
                               ptrdiff_t half)
 {
     REAL* restrict first = dst + (q0 % 2 ? half : 0) + q0 / 2;         /* where src[0], src[2], ... go */
@@ -22,7 +22,7 @@ static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q
    odd, TW + 1 each); V points at the channel's first tile of the block in plane 0 and the 16 planes are
    CT apart: V[(4 i + j) CT + th TW + tw] = (B^T d B)[i, j] for the 4x4 patch d at padded row 2 th, column
    2 tw. e: scratch, 4 Wq.   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] */
-static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t TW, REAL* restrict V,
+FASTBP_CLONES static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t TW, REAL* restrict V,
                                ptrdiff_t CT, REAL* restrict e)
 {
     const ptrdiff_t Wq = 2 * TW + 2, half = TW + 1;
@@ -63,7 +63,7 @@ static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t T
    product plane 0 (planes OT apart, rows of tiles TW apart); y at the block's first output row of the
    channel's (OH, OW) plane (OH counted from there): y[2 th + a, 2 tw + b] = (A^T m A)[a, b] + bias, parts
    past the edge dropped. r: scratch, 8 R TW.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] */
-static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t R, ptrdiff_t TW,
+FASTBP_CLONES static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t R, ptrdiff_t TW,
                                 REAL* restrict r, REAL* restrict y, ptrdiff_t OH, ptrdiff_t OW, REAL bias)
 {
     const ptrdiff_t Tb = R * TW;
@@ -101,7 +101,7 @@ static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t 
 
 /* Transform of one output channel's gradient go (OH, OW), zeros past the edge, into Gt (first tile of the
    channel in plane 0, planes OT apart): gt = A g A^T per 2x2 tile. s: scratch, 4 TW. */
-static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
+FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
                                  ptrdiff_t TW, REAL* restrict Gt, ptrdiff_t OT, REAL* restrict s)
 {
     REAL* restrict a0 = s;                /* row 2 th, even / odd columns */
@@ -159,7 +159,7 @@ static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_
 /* Adjoint of wino_in_plane for one channel: the tiles of dV (V at the channel's first tile, planes CT
    apart) go back through B dv B^T and are added, overlapping, into xp ((2 TH + 2) x Wq, zeroed by the
    caller). e: scratch, 4 Wq. */
-static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH, ptrdiff_t TW,
+FASTBP_CLONES static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH, ptrdiff_t TW,
                                        REAL* restrict xp, REAL* restrict e)
 {
     const ptrdiff_t Wq = 2 * TW + 2;
