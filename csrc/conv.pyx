@@ -88,6 +88,8 @@ cdef extern from "winograd.h" nogil:
     # the Winograd tile transforms, per channel plane (restrict-qualified C loops; see the header)
     void wino_pad_row_f(const float* src, Py_ssize_t n, Py_ssize_t q0, float* dst, Py_ssize_t half)
     void wino_pad_row_d(const double* src, Py_ssize_t n, Py_ssize_t q0, double* dst, Py_ssize_t half)
+    void wino_unpad_row_f(const float* src, Py_ssize_t n, Py_ssize_t q0, float* dst, Py_ssize_t half)
+    void wino_unpad_row_d(const double* src, Py_ssize_t n, Py_ssize_t q0, double* dst, Py_ssize_t half)
     void wino_in_plane_f(const float* xp, Py_ssize_t TH, Py_ssize_t TW, float* V, Py_ssize_t CT, float* e)
     void wino_in_plane_d(const double* xp, Py_ssize_t TH, Py_ssize_t TW, double* V, Py_ssize_t CT, double* e)
     void wino_out_plane_f(const float* M, Py_ssize_t OT, Py_ssize_t TH, Py_ssize_t TW, float* r, float* y,
@@ -691,7 +693,10 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
         for h in range(H):
             hq = h + g.pH
             if hq < Hq:
-                memcpy(dxc + h * W, dxp + (c * Hq + hq) * Wq + g.pW, wv * sizeof(real))
+                if real is float:  # dxp's rows are deinterleaved (wino_in_adjoint_plane)
+                    wino_unpad_row_f(dxp + (c * Hq + hq) * Wq, wv, g.pW, dxc + h * W, TW + 1)
+                else:
+                    wino_unpad_row_d(dxp + (c * Hq + hq) * Wq, wv, g.pW, dxc + h * W, TW + 1)
                 if wv < W:
                     memset(dxc + h * W + wv, 0, (W - wv) * sizeof(real))
             else:

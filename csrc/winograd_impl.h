@@ -108,7 +108,7 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
     REAL* restrict a1 = s + TW;
     REAL* restrict b0 = s + 2 * TW;       /* row 2 th + 1 */
     REAL* restrict b1 = s + 3 * TW;
-    ptrdiff_t th, tw, k, oh;
+    ptrdiff_t th, tw, oh;
     for (th = 0; th < TH; th++) {
         oh = 2 * th;
         for (tw = 0; tw < OW / 2; tw++) {
@@ -135,18 +135,52 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
             }
         }
         /* rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d);
-           each row (p, q) then becomes (p, p + q, p - q, -q) */
-        for (k = 0; k < 4; k++) {
-            REAL* restrict g0 = Gt + 4 * k * OT + th * TW;
+           each row (p, q) then becomes (p, p + q, p - q, -q): planes 4 k .. 4 k + 3 for row k */
+        {
+            REAL* restrict g0 = Gt + th * TW;
             REAL* restrict g1 = g0 + OT;
             REAL* restrict g2 = g0 + 2 * OT;
             REAL* restrict g3 = g0 + 3 * OT;
             for (tw = 0; tw < TW; tw++) {
-                REAL p, q;
-                if (k == 0) { p = a0[tw]; q = a1[tw]; }
-                else if (k == 1) { p = a0[tw] + b0[tw]; q = a1[tw] + b1[tw]; }
-                else if (k == 2) { p = a0[tw] - b0[tw]; q = a1[tw] - b1[tw]; }
-                else { p = -b0[tw]; q = -b1[tw]; }
+                g0[tw] = a0[tw];
+                g1[tw] = a0[tw] + a1[tw];
+                g2[tw] = a0[tw] - a1[tw];
+                g3[tw] = -a1[tw];
+            }
+        }
+        {
+            REAL* restrict g0 = Gt + 4 * OT + th * TW;
+            REAL* restrict g1 = g0 + OT;
+            REAL* restrict g2 = g0 + 2 * OT;
+            REAL* restrict g3 = g0 + 3 * OT;
+            for (tw = 0; tw < TW; tw++) {
+                REAL p = a0[tw] + b0[tw], q = a1[tw] + b1[tw];
+                g0[tw] = p;
+                g1[tw] = p + q;
+                g2[tw] = p - q;
+                g3[tw] = -q;
+            }
+        }
+        {
+            REAL* restrict g0 = Gt + 8 * OT + th * TW;
+            REAL* restrict g1 = g0 + OT;
+            REAL* restrict g2 = g0 + 2 * OT;
+            REAL* restrict g3 = g0 + 3 * OT;
+            for (tw = 0; tw < TW; tw++) {
+                REAL p = a0[tw] - b0[tw], q = a1[tw] - b1[tw];
+                g0[tw] = p;
+                g1[tw] = p + q;
+                g2[tw] = p - q;
+                g3[tw] = -q;
+            }
+        }
+        {
+            REAL* restrict g0 = Gt + 12 * OT + th * TW;
+            REAL* restrict g1 = g0 + OT;
+            REAL* restrict g2 = g0 + 2 * OT;
+            REAL* restrict g3 = g0 + 3 * OT;
+            for (tw = 0; tw < TW; tw++) {
+                REAL p = -b0[tw], q = -b1[tw];
                 g0[tw] = p;
                 g1[tw] = p + q;
                 g2[tw] = p - q;
@@ -156,31 +190,51 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
     }
 }
 
-/* Adjoint of wino_in_plane for one channel: the tiles of dV (V at the channel's first tile, planes CT
-   apart) go back through B dv B^T and are added, overlapping, into xp ((2 TH + 2) x Wq, zeroed by the
-   caller). e: scratch, 4 Wq. */
-FASTBP_CLONES static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH, ptrdiff_t TW,
-                                       REAL* restrict xp, REAL* restrict e)
+/* One row of the padded plane back out of its deinterleaved storage (the inverse of wino_pad_row):
+   dst[w] = padded column q0 + w, read from src[q / 2] (q even) or src[half + q / 2] (q odd). */
+FASTBP_CLONES static void WFN(wino_unpad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0,
+                                              REAL* restrict dst, ptrdiff_t half)
 {
-    const ptrdiff_t Wq = 2 * TW + 2;
+    const REAL* restrict first = src + (q0 % 2 ? half : 0) + q0 / 2;         /* dst[0], dst[2], ... */
+    const REAL* restrict second = src + (q0 % 2 ? 0 : half) + (q0 + 1) / 2;  /* dst[1], dst[3], ... */
+    ptrdiff_t k;
+    for (k = 0; k < n / 2; k++) {
+        dst[2 * k] = first[k];
+        dst[2 * k + 1] = second[k];
+    }
+    if (n % 2)
+        dst[n - 1] = first[n / 2];
+}
+
+/* Adjoint of wino_in_plane for one channel: the tiles of dV (V at the channel's first tile, planes CT
+   apart) go back through B dv B^T and are added, overlapping, into xp ((2 TH + 2) rows of Wq, zeroed by
+   the caller), whose rows are stored deinterleaved like the forward's (even columns, then odd: TW + 1
+   each; wino_unpad_row reads them back). e: scratch, 4 Wq. */
+FASTBP_CLONES static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH,
+                                                     ptrdiff_t TW, REAL* restrict xp, REAL* restrict e)
+{
+    const ptrdiff_t Wq = 2 * TW + 2, half = TW + 1;
     ptrdiff_t th, i, tw, q;
     for (th = 0; th < TH; th++) {
         for (i = 0; i < 4; i++) {
             /* columns of patch row i: (t0, t1, t2, t3) = B^T-adjoint of (v0, v1, v2, v3):
-               t0 = v0, t1 = v1 - v2 + v3, t2 = -v0 + v1 + v2, t3 = -v3; tiles overlap by two columns */
+               t0 = v0, t1 = v1 - v2 + v3, t2 = -v0 + v1 + v2, t3 = -v3; tiles overlap by two columns,
+               so column 2 tw takes t0 of tile tw and t2 of tile tw - 1 (ev), column 2 tw + 1 t1 of tile
+               tw and t3 of tile tw - 1 (od) */
             const REAL* restrict p0 = V + 4 * i * CT + th * TW;
             const REAL* restrict p1 = p0 + CT;
             const REAL* restrict p2 = p0 + 2 * CT;
             const REAL* restrict p3 = p0 + 3 * CT;
-            REAL* restrict row = e + i * Wq;
-            row[0] = p0[0];
-            row[1] = p1[0] - p2[0] + p3[0];
-            for (tw = 1; tw < TW; tw++) {
-                row[2 * tw] = p0[tw] + (-p0[tw - 1] + p1[tw - 1] + p2[tw - 1]);
-                row[2 * tw + 1] = (p1[tw] - p2[tw] + p3[tw]) - p3[tw - 1];
-            }
-            row[2 * TW] = -p0[TW - 1] + p1[TW - 1] + p2[TW - 1];
-            row[2 * TW + 1] = -p3[TW - 1];
+            REAL* restrict ev = e + i * Wq;
+            REAL* restrict od = ev + half;
+            ev[0] = p0[0];
+            for (tw = 1; tw < TW; tw++)
+                ev[tw] = p0[tw] + (-p0[tw - 1] + p1[tw - 1] + p2[tw - 1]);
+            ev[TW] = -p0[TW - 1] + p1[TW - 1] + p2[TW - 1];
+            od[0] = p1[0] - p2[0] + p3[0];
+            for (tw = 1; tw < TW; tw++)
+                od[tw] = (p1[tw] - p2[tw] + p3[tw]) - p3[tw - 1];
+            od[TW] = -p3[TW - 1];
         }
         {   /* rows, the same combination, added into xp rows 2 th .. 2 th + 3 (overlapping the next row) */
             REAL* restrict x0 = xp + 2 * th * Wq;
