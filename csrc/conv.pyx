@@ -84,6 +84,10 @@ from libc.string cimport memset, memcpy
 from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
                      omp_get_max_threads, int_pair, valid_range)
 
+cdef extern from "sums.h" nogil:
+    double plane_sum_f(const float* r, Py_ssize_t n)
+    double plane_sum_d(const double* r, Py_ssize_t n)
+
 cdef extern from "winograd.h" nogil:
     # the Winograd tile transforms, per channel plane (restrict-qualified C loops; see the header)
     void wino_pad_row_f(const float* src, Py_ssize_t n, Py_ssize_t q0, float* dst, Py_ssize_t half)
@@ -587,23 +591,12 @@ cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, re
 
 # ----- backward -------------------------------------------------------------------------------------
 cdef inline double _plane_sum(const real* r, Py_ssize_t P) noexcept nogil:
-    """Sum of r[0 .. P) in double: eight partial sums over p (so the additions are not one serial
-    dependency chain), combined in a fixed tree."""
-    cdef Py_ssize_t p, P8 = (P // 8) * 8
-    cdef double s0, s1, s2, s3, s4, s5, s6, s7
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0
-    for p in range(0, P8, 8):
-        s0 = s0 + r[p]
-        s1 = s1 + r[p + 1]
-        s2 = s2 + r[p + 2]
-        s3 = s3 + r[p + 3]
-        s4 = s4 + r[p + 4]
-        s5 = s5 + r[p + 5]
-        s6 = s6 + r[p + 6]
-        s7 = s7 + r[p + 7]
-    for p in range(P8, P):
-        s0 = s0 + r[p]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    """Sum of r[0 .. P) in double, in a fixed order (plane_sum in csrc/sums.h: sixteen partial sums, so the
+    additions are not one serial dependency chain and the loop vectorizes)."""
+    if real is float:
+        return plane_sum_f(r, P)
+    else:
+        return plane_sum_d(r, P)
 
 
 cdef void _bias_grad(const real* gy, real* db, const Geom* g) noexcept nogil:

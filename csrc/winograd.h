@@ -12,19 +12,7 @@
 #define FASTBP_WINOGRAD_H
 #include <stddef.h>
 
-/* The transforms move a lot of data per arithmetic operation, so wider vectors help (one thread, the
-   benchmark conv: forward 0.90x, backward 0.95x the time with AVX-512 code). GCC's target_clones compiles
-   each function for the baseline and for AVX2 / AVX-512 and picks one at load time from what the CPU
-   reports (an ifunc; glibc on x86-64), so the module still runs on any x86-64 and nothing changes the
-   process's floating-point mode. The clones compute the same bits: additions and subtractions only, in
-   the order the C gives (ISO C mode: no contraction, no reassociation). FASTBP_NO_CLONES=1 at build time
-   (or another compiler / platform) builds the baseline only. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTBP_NO_CLONES)
-#define FASTBP_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define FASTBP_CLONES
-#endif
+#include "fastbp_clones.h"
 
 #define REAL float
 #define WFN(name) name##_f

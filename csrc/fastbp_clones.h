@@ -1,0 +1,17 @@
+/* FASTBP_CLONES: compile a function of a csrc header for the baseline instruction set and for AVX2 and
+   AVX-512F, one chosen at load time from what the CPU reports (GCC's target_clones: an ifunc, glibc on
+   x86-64), so a module still runs on any x86-64 and nothing changes the process's floating-point mode.
+   For loops that move a lot of data per operation (the Winograd transforms: one thread, the benchmark
+   conv's forward took 0.90x, its backward 0.96x the time with the AVX-512 code). Only for functions whose
+   result does not depend on the vector width: additions in the order the C gives (ISO C mode: no
+   contraction, no reassociation), so every clone computes the same bits. FASTBP_NO_CLONES=1 at build
+   time (setup.py), another compiler or another platform: the baseline only. */
+#ifndef FASTBP_CLONES_H
+#define FASTBP_CLONES_H
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTBP_NO_CLONES)
+#define FASTBP_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define FASTBP_CLONES
+#endif
+#endif
