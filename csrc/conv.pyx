@@ -61,8 +61,9 @@
 # >= 256 output pixels per sample take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
 # (_backward_wino, its adjoint on the same tiles): 2.25x fewer multiply-adds, transforms by additions, but
 # each transformed tensor is 4x its source, so the transforms are bound by moving that data. They are C
-# loops in csrc/winograd.h (restrict pointers, so GCC vectorizes them), the forward runs in blocks of
-# about 64 tiles (_tuning(winograd_block_tiles=...)) so that a block's transformed data stays in cache.
+# loops in csrc/winograd.h (restrict pointers, so GCC vectorizes them; compiled for the baseline, AVX2
+# and AVX-512 and picked at load time, csrc/fastbp_clones.h), the forward runs in blocks of about 64 tiles
+# (_tuning(winograd_block_tiles=...)) so that a block's transformed data stays in cache.
 # Winograd / other layout, one thread, CPU time (forward, backward): benchmark shape 16 -> 32 on 32x32
 # 0.58, 0.72; 32 -> 32 on 32x32 0.55, 0.66; 16 -> 16 on 64x64 0.50, 0.65; 12 -> 12 on 32x32 0.59, 0.57;
 # 8 -> 8 on 64x64 0.47, 0.61 (but 8 -> 8 on 32x32 1.06, 0.87); 32 -> 16 on 15x15 0.72, 0.77; 16 -> 16 on
@@ -453,9 +454,11 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     into V[xi, c, tile] (xi = 4 i + j); U[xi] (O, C) holds the transformed weights G w G^T (the wrapper
     computes them). Then 16 GEMMs M[xi] (O, T) = U[xi] @ V[xi] (C, T), and each output tile is A^T m A of
     its 16 values m, plus the bias (the parts of edge tiles outside y are dropped): 16 O C T multiply-adds
-    where im2col + GEMM does 36 O C T. The output transform runs over whole rows of tiles (vectorized):
-    r = A^T m for a row of tiles, then the two output rows.
-      A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
+    where im2col + GEMM does 36 O C T. The sample is padded once (_wino_pad), then the tiles go through
+    in blocks of g.TB rows of tiles: input transform, GEMMs and output transform of one block while its V
+    and M (16 C and 16 O values per tile) are in cache; V and M hold one block. The output transform
+    (wino_out_plane) takes r = A^T m over all tiles of the block, then the two output rows of each row of
+    tiles.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, TB = g.TB
     cdef Py_ssize_t CT = g.CT, OT = g.OT, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OH = g.OH, OW = g.OW
     cdef Py_ssize_t o, xi, th0, R, Tb
@@ -636,7 +639,9 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     16 planes Gt[xi] (O, T). Then part[xi] (O, C) (+)= Gt[xi] @ V[xi]^T with V the transformed input as in
     the forward (the wrapper turns the summed part into dweight = G^T part G), and dV[xi] (C, T) =
     U[xi]^T @ Gt[xi], whose tiles go back through B dV B^T, overlapping 4x4 patches added into a
-    zero-padded plane that is then cropped into dx[n]. Uses the forward's slot layout (dV reuses V)."""
+    zero-padded plane (rows stored deinterleaved, like the forward's padded input) that is then cropped
+    into dx[n]. The whole sample is one block here (per-block weight-gradient GEMMs, K = the block's tiles,
+    were slower); dV reuses V."""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, OW = g.OW, OH = g.OH
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, CT = g.CT, OT = g.OT
     cdef Py_ssize_t TB = g.TB, c, o, h, xi, hq, wv, th0, R, Tb
