@@ -92,7 +92,7 @@ FASTBP_CLONES static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t 
                 yr[2 * tw + 1] = s1[tw] - s2[tw] - s3[tw] + bias;
             }
             if (OW % 2) {
-                tw = TW - 1;
+                tw = OW / 2;
                 yr[2 * tw] = s0[tw] + s1[tw] + s2[tw] + bias;
             }
         }
@@ -109,6 +109,12 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
     REAL* restrict b0 = s + 2 * TW;       /* row 2 th + 1 */
     REAL* restrict b1 = s + 3 * TW;
     ptrdiff_t th, tw, oh;
+    for (tw = (OW + 1) / 2; tw < TW; tw++) {   /* tiles past the output's edge (the grid may be wider) */
+        a0[tw] = 0;
+        a1[tw] = 0;
+        b0[tw] = 0;
+        b1[tw] = 0;
+    }
     for (th = 0; th < TH; th++) {
         oh = 2 * th;
         for (tw = 0; tw < OW / 2; tw++) {
@@ -116,8 +122,8 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
             a1[tw] = go[oh * OW + 2 * tw + 1];
         }
         if (OW % 2) {
-            a0[TW - 1] = go[oh * OW + OW - 1];
-            a1[TW - 1] = 0;
+            a0[OW / 2] = go[oh * OW + OW - 1];
+            a1[OW / 2] = 0;
         }
         if (oh + 1 < OH) {
             for (tw = 0; tw < OW / 2; tw++) {
@@ -125,8 +131,8 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
                 b1[tw] = go[(oh + 1) * OW + 2 * tw + 1];
             }
             if (OW % 2) {
-                b0[TW - 1] = go[(oh + 1) * OW + OW - 1];
-                b1[TW - 1] = 0;
+                b0[OW / 2] = go[(oh + 1) * OW + OW - 1];
+                b1[OW / 2] = 0;
             }
         } else {
             for (tw = 0; tw < TW; tw++) {

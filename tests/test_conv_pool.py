@@ -260,6 +260,8 @@ def _expected_layout(layout, xs, ws, params):
 def _winograd_slot_bytes(xs, ws, y_shape, block_tiles=64):
     """The Winograd forward's workspace per sample, recomputed from its layout."""
     th, tw = (y_shape[2] + 1) // 2, (y_shape[3] + 1) // 2
+    if tw % 16 >= 14:  # rows of tiles one or two short of a multiple of 16 are computed that wide
+        tw += 16 - tw % 16
     tb = th if block_tiles == 0 else min(th, max(1, block_tiles // tw))  # rows of tiles per block
     # a block's transformed inputs and products (16 planes each, padded), the zero-padded sample,
     # scratch rows e (4 padded rows) and r (8 block rows)
@@ -334,6 +336,9 @@ WINOGRAD_BLOCK_CASES = [
     ((3, 2, 12, 17), (3, 2, 3, 3), (1, 0)),    # 12x15
     ((1, 4, 9, 10), (2, 4, 3, 3), (0, 1)),     # 7x10
     ((2, 1, 5, 5), (1, 1, 3, 3), 0),           # 3x3: two rows of tiles
+    ((2, 3, 9, 29), (4, 3, 3, 3), 1),          # 9x29: 15 tiles per row, computed on a grid of 16
+    ((1, 2, 6, 30), (2, 2, 3, 3), (0, 1)),     # 4x30: 15 tiles, grid of 16
+    ((1, 2, 7, 58), (3, 2, 3, 3), 0),          # 5x56: 28 tiles, grid of 32
 ]
 
 
