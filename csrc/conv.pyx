@@ -58,7 +58,7 @@
 # whole batch, rows / columns: (32,16,32,32)x(32,16,3,3) 0.93-0.95, (32,32,16,16)x(64,32,3,3) 0.93-0.98,
 # (32,64,8,8)x(64,64,3,3) 0.85, (64,6,14,14)x(16,6,5,5) ~1.0, (16,3,64,64)x(32,3,3,3) 1.4,
 # (64,1,28,28)x(6,1,5,5) 3.8. 3x3 kernels with stride 1 and dilation 1, >= 8 channels in and out and
-# >= 256 output pixels per sample take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
+# output pixels x min(channels) >= 4096 take Winograd F(2x2, 3x3) instead, forward (_forward_wino) and backward
 # (_backward_wino, its adjoint on the same tiles): 2.25x fewer multiply-adds, transforms by additions, but
 # each transformed tensor is 4x its source, so the transforms are bound by moving that data. They are C
 # loops in csrc/winograd.h (restrict pointers, so GCC vectorizes them; compiled for the baseline, AVX2
@@ -68,7 +68,7 @@
 # 0.58, 0.72; 32 -> 32 on 32x32 0.55, 0.66; 16 -> 16 on 64x64 0.50, 0.65; 12 -> 12 on 32x32 0.59, 0.57;
 # 8 -> 8 on 64x64 0.47, 0.61 (but 8 -> 8 on 32x32 1.06, 0.87); 32 -> 16 on 15x15 0.72, 0.77; 16 -> 16 on
 # 16x16 0.71, 0.85; 16 -> 16 on 12x12 0.96, 0.90; 64 -> 64 on 8x8 0.79, 0.79, but 16 -> 16 on 8x8 1.15,
-# 1.03 (hence the pixel threshold). Its rounding differs from the direct sum by a
+# 1.03 (hence the size threshold, DEFAULT_WINOGRAD_MIN_SIZE). Its rounding differs from the direct sum by a
 # few ulps (float32 relative error ~3e-7 against a float64 reference). A third forward layout, the wide
 # columns (_forward_wide), serves stride 1 without padding (LeNet-5's second conv: forward 18% faster,
 # one thread). The backward keeps the column layout: the wide one would multiply the dropped columns'
@@ -134,14 +134,16 @@ cdef Py_ssize_t _row_min_channels = DEFAULT_ROW_MIN_CHANNELS
 # The forward uses the wide column layout (see _forward_wide) where it applies.
 cdef bint _wide = True
 # 3x3 kernels with stride 1 and dilation 1 and at least this many input and output channels use
-# Winograd F(2x2, 3x3) (_forward_wino, _backward_wino) in the forward and the backward.
+# Winograd F(2x2, 3x3) (_forward_wino, _backward_wino) in the forward and the backward...
 DEFAULT_WINOGRAD_MIN_CHANNELS = 8
 cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
-# ... and at least this many output pixels per sample: on smaller maps the 16 small GEMMs per sample can
-# cost more than they save (8x8 maps, 16 -> 16 channels: forward 1.15x, backward 1.03x the other layouts;
-# 12x12 maps 0.96, 0.90; 16x16 maps 0.71, 0.85).
-DEFAULT_WINOGRAD_MIN_PIXELS = 256
-cdef Py_ssize_t _wino_min_pixels = DEFAULT_WINOGRAD_MIN_PIXELS
+# ... and at least this much work per sample: output pixels times the smaller channel count. On small maps
+# the 16 small GEMMs per sample can cost more than they save, less so with many channels. Winograd / other
+# layouts, one thread (forward, backward): 16 -> 16 on 8x8 1.15, 1.03 (size 1024); 16 -> 16 on 12x12 0.96,
+# 0.90 (2304); 32 -> 32 on 8x8 0.95, 0.94 (2048); 16 -> 16 on 16x16 0.71, 0.85 (4096); 64 -> 64 on 8x8 0.79,
+# 0.79 (4096); 64 -> 64 on 12x12 0.89, 0.83; 32 -> 32 on 14x14 0.91, 0.96; 64 -> 64 on 14x14 0.77, 0.78.
+DEFAULT_WINOGRAD_MIN_SIZE = 4096
+cdef Py_ssize_t _wino_min_size = DEFAULT_WINOGRAD_MIN_SIZE
 # The Winograd forward runs in blocks of rows of tiles, about this many tiles per block (0: the whole sample
 # at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in
 # cache when the GEMMs and the output transform read them. The backward takes the whole sample (per-block
@@ -895,7 +897,8 @@ cdef struct Plan:
 cdef bint _wino_fits(const Geom* g):
     """Winograd F(2x2, 3x3) applies: a 3x3 kernel, stride 1, dilation 1, enough channels in and out."""
     return (g.kH == 3 and g.kW == 3 and g.sH == 1 and g.sW == 1 and g.dH == 1 and g.dW == 1
-            and g.C >= _wino_min_channels and g.O >= _wino_min_channels and g.P >= _wino_min_pixels)
+            and g.C >= _wino_min_channels and g.O >= _wino_min_channels
+            and g.P * (g.C if g.C < g.O else g.O) >= _wino_min_size)
 
 
 cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
@@ -1252,26 +1255,27 @@ def _knob(name, value, lowest):
 
 
 def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channels=None, wide=None,
-            winograd_min_channels=None, winograd_min_pixels=None, winograd_block_tiles=None):
+            winograd_min_channels=None, winograd_min_size=None, winograd_block_tiles=None):
     """Performance knobs (results do not depend on them beyond rounding): batch_pixels is the number of
     output pixels per sample below which the batched layout is used (0: never); chunk_bytes is the
     preferred workspace per chunk of the chunked path (the workspace limit still caps it); max_blocks is the
     most blocks of samples the weight gradient is summed in; row_min_channels is the number of input
     and output channels from which the forward uses the row layout (0: always, where the per-sample layout
     applies); wide switches the forward's wide column layout on or off; winograd_min_channels is the
-    number of input and output channels and winograd_min_pixels the number of output pixels per sample
+    number of input and output channels and winograd_min_size the output pixels per sample times the
+    smaller channel count
     from which 3x3 stride-1 convs use Winograd; winograd_block_tiles is the number of tiles per block of
     the Winograd forward (0: whole samples). Returns the previous values."""
     global _batch_pixels, _chunk_bytes, _max_blocks, _row_min_channels, _wide, _wino_min_channels
-    global _wino_min_pixels, _wino_block_tiles
+    global _wino_min_size, _wino_block_tiles
     previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes, "max_blocks": _max_blocks,
                 "row_min_channels": _row_min_channels, "wide": bool(_wide),
-                "winograd_min_channels": _wino_min_channels, "winograd_min_pixels": _wino_min_pixels,
+                "winograd_min_channels": _wino_min_channels, "winograd_min_size": _wino_min_size,
                 "winograd_block_tiles": _wino_block_tiles}
     if winograd_block_tiles is not None:
         _wino_block_tiles = _knob("winograd_block_tiles", winograd_block_tiles, 0)
-    if winograd_min_pixels is not None:
-        _wino_min_pixels = _knob("winograd_min_pixels", winograd_min_pixels, 0)
+    if winograd_min_size is not None:
+        _wino_min_size = _knob("winograd_min_size", winograd_min_size, 0)
     if winograd_min_channels is not None:
         _wino_min_channels = _knob("winograd_min_channels", winograd_min_channels, 0)
     if wide is not None:

@@ -239,7 +239,7 @@ LAYOUTS = {"per_sample": dict(batch_pixels=0, row_min_channels=OFF, wide=False, 
            "rows": dict(batch_pixels=0, row_min_channels=0, wide=False, winograd_min_channels=OFF),
            "wide": dict(batch_pixels=0, row_min_channels=OFF, wide=True, winograd_min_channels=OFF),
            "winograd": dict(batch_pixels=0, row_min_channels=OFF, wide=False, winograd_min_channels=0,
-                            winograd_min_pixels=0),
+                            winograd_min_size=0),
            "batched": dict(batch_pixels=1 << 40)}
 
 
@@ -347,7 +347,7 @@ WINOGRAD_BLOCK_CASES = [
 def test_winograd_blocks_of_tile_rows(conv_settings, block_tiles, xs, ws, pad, rng):
     """The Winograd forward in blocks of rows of tiles (any block size, a short last block) equals the
     reference and the whole-sample forward; the workspace follows the block size."""
-    conv_settings._tuning(batch_pixels=0, winograd_min_channels=0, winograd_min_pixels=0,
+    conv_settings._tuning(batch_pixels=0, winograd_min_channels=0, winograd_min_size=0,
                           winograd_block_tiles=block_tiles)
     info = conv_settings._plan_info(xs, ws, padding=pad)
     assert info["layout"] == "winograd"
@@ -378,10 +378,10 @@ def test_workspace_limit_setting(conv_settings):
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     # chunked path: 4 samples per chunk; sample-parallel path: one slice per thread (at most 4)
     assert info["chunk"] == (min(4, fastbp.get_num_threads()) if info["parallel"] else 4)
-    # the default layouts: Winograd for 3x3 with stride 1 and dilation 1 (>= 8 channels in and out, >= 256
-    # output pixels), else rows with >= 16 channels (padded channels-last copy 34*34*16, rows 1024*144 and
-    # the GEMM output 1024*32, per thread)
-    conv_settings._tuning(row_min_channels=16, winograd_min_channels=8, winograd_min_pixels=256)
+    # the default layouts: Winograd for 3x3 with stride 1 and dilation 1 (>= 8 channels in and out, output
+    # pixels x the smaller channel count >= 4096), else rows with >= 16 channels (padded channels-last copy
+    # 34*34*16, rows 1024*144 and the GEMM output 1024*32, per thread)
+    conv_settings._tuning(row_min_channels=16, winograd_min_channels=8, winograd_min_size=4096)
     F.set_conv_workspace_limit(1 << 30)
     info = conv_settings._plan_info((32, 16, 32, 32), (32, 16, 3, 3), padding=1)
     assert info["layout"] == "winograd"
@@ -393,7 +393,10 @@ def test_workspace_limit_setting(conv_settings):
     assert conv_settings._plan_info((32, 7, 32, 32), (32, 7, 3, 3), padding=1)["layout"] == "per-sample"
     assert conv_settings._plan_info((32, 16, 32, 32), (7, 16, 3, 3), padding=1)["layout"] == "per-sample"
     assert conv_settings._plan_info((32, 16, 15, 15), (16, 16, 3, 3), padding=1)["layout"] == "rows"
-    assert conv_settings._plan_info((32, 8, 16, 16), (8, 8, 3, 3), padding=1)["layout"] == "winograd"
+    assert conv_settings._plan_info((32, 16, 16, 16), (16, 16, 3, 3), padding=1)["layout"] == "winograd"
+    assert conv_settings._plan_info((32, 64, 8, 8), (64, 64, 3, 3), padding=1)["layout"] == "winograd"
+    assert conv_settings._plan_info((32, 32, 8, 8), (64, 32, 3, 3), padding=1)["layout"] == "rows"
+    assert conv_settings._plan_info((32, 8, 16, 16), (8, 8, 3, 3), padding=1)["layout"] == "per-sample"
     with pytest.raises(ValueError, match=">= 1 byte"):
         F.set_conv_workspace_limit(0)
 
@@ -587,10 +590,10 @@ def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
 def test_tuning_knobs_validate_and_return_previous_values(conv_settings):
     before = conv_settings._tuning()
     assert set(before) == {"batch_pixels", "chunk_bytes", "max_blocks", "row_min_channels", "wide",
-                           "winograd_min_channels", "winograd_min_pixels", "winograd_block_tiles"}
-    assert conv_settings._tuning(winograd_min_pixels=5)["winograd_min_pixels"] == before["winograd_min_pixels"]
-    assert conv_settings._tuning()["winograd_min_pixels"] == 5
-    for name, bad in (("winograd_min_pixels", -1), ("winograd_min_channels", -1), ("row_min_channels", -2),
+                           "winograd_min_channels", "winograd_min_size", "winograd_block_tiles"}
+    assert conv_settings._tuning(winograd_min_size=5)["winograd_min_size"] == before["winograd_min_size"]
+    assert conv_settings._tuning()["winograd_min_size"] == 5
+    for name, bad in (("winograd_min_size", -1), ("winograd_min_channels", -1), ("row_min_channels", -2),
                       ("winograd_block_tiles", -1),
                       ("batch_pixels", -1), ("chunk_bytes", 0), ("max_blocks", 0)):
         with pytest.raises(ValueError, match=name):

@@ -5,7 +5,8 @@ wider than the kernel), dilation, 1x1 kernels (the path that skips im2col), a ke
 the padded input, and non-contiguous views. Most are small enough for per-element central differences in
 the float64 gradient check. Outputs of fewer than 64 pixels use the batched GEMM layout, larger ones
 ("all_options", "per_sample_layout", ...) one GEMM per sample; with at least 8 input and output channels
-a 3x3 kernel with stride 1 and dilation 1 on at least 256 output pixels uses Winograd, forward and
+a 3x3 kernel with stride 1 and dilation 1 uses Winograd when output pixels times channels reach 4096
+(per_sample_layout: 196 x 16 does not), forward and
 backward ("winograd_odd_pad1x0": 34x31 outputs, an odd width, four blocks of rows of tiles and a short
 one in the forward), with at least 16 channels others the row layout in the forward
 ("per_sample_layout", "row_layout_all_options"); with stride 1 and no
