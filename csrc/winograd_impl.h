@@ -99,6 +99,32 @@ FASTBP_CLONES static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t 
     }
 }
 
+/* Row k of A g2 A^T for a row of tiles (wino_grad_plane): with (a0, a1) the tiles' first rows and (b0, b1)
+   their second, (p, q) = (a0, a1), (a0 + b0, a1 + b1), (a0 - b0, a1 - b1) or (-b0, -b1) for k = 0 .. 3, and
+   planes g, g + OT, g + 2 OT, g + 3 OT get p, p + q, p - q, -q. Always called with a constant k, so the
+   branches fold away when it is inlined. */
+static inline void WFN(wino_grad_row)(const REAL* restrict a0, const REAL* restrict a1, const REAL* restrict b0,
+                                      const REAL* restrict b1, int k, ptrdiff_t TW, REAL* restrict g,
+                                      ptrdiff_t OT)
+{
+    REAL* restrict g0 = g;
+    REAL* restrict g1 = g + OT;
+    REAL* restrict g2 = g + 2 * OT;
+    REAL* restrict g3 = g + 3 * OT;
+    ptrdiff_t tw;
+    for (tw = 0; tw < TW; tw++) {
+        REAL p, q;
+        if (k == 0) { p = a0[tw]; q = a1[tw]; }
+        else if (k == 1) { p = a0[tw] + b0[tw]; q = a1[tw] + b1[tw]; }
+        else if (k == 2) { p = a0[tw] - b0[tw]; q = a1[tw] - b1[tw]; }
+        else { p = -b0[tw]; q = -b1[tw]; }
+        g0[tw] = p;
+        g1[tw] = p + q;
+        g2[tw] = p - q;
+        g3[tw] = -q;
+    }
+}
+
 /* Transform of one output channel's gradient go (OH, OW), zeros past the edge, into Gt (first tile of the
    channel in plane 0, planes OT apart): gt = A g A^T per 2x2 tile. s: scratch, 4 TW. */
 FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
@@ -142,57 +168,10 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
         }
         /* rows of A g2: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d);
            each row (p, q) then becomes (p, p + q, p - q, -q): planes 4 k .. 4 k + 3 for row k */
-        {
-            REAL* restrict g0 = Gt + th * TW;
-            REAL* restrict g1 = g0 + OT;
-            REAL* restrict g2 = g0 + 2 * OT;
-            REAL* restrict g3 = g0 + 3 * OT;
-            for (tw = 0; tw < TW; tw++) {
-                g0[tw] = a0[tw];
-                g1[tw] = a0[tw] + a1[tw];
-                g2[tw] = a0[tw] - a1[tw];
-                g3[tw] = -a1[tw];
-            }
-        }
-        {
-            REAL* restrict g0 = Gt + 4 * OT + th * TW;
-            REAL* restrict g1 = g0 + OT;
-            REAL* restrict g2 = g0 + 2 * OT;
-            REAL* restrict g3 = g0 + 3 * OT;
-            for (tw = 0; tw < TW; tw++) {
-                REAL p = a0[tw] + b0[tw], q = a1[tw] + b1[tw];
-                g0[tw] = p;
-                g1[tw] = p + q;
-                g2[tw] = p - q;
-                g3[tw] = -q;
-            }
-        }
-        {
-            REAL* restrict g0 = Gt + 8 * OT + th * TW;
-            REAL* restrict g1 = g0 + OT;
-            REAL* restrict g2 = g0 + 2 * OT;
-            REAL* restrict g3 = g0 + 3 * OT;
-            for (tw = 0; tw < TW; tw++) {
-                REAL p = a0[tw] - b0[tw], q = a1[tw] - b1[tw];
-                g0[tw] = p;
-                g1[tw] = p + q;
-                g2[tw] = p - q;
-                g3[tw] = -q;
-            }
-        }
-        {
-            REAL* restrict g0 = Gt + 12 * OT + th * TW;
-            REAL* restrict g1 = g0 + OT;
-            REAL* restrict g2 = g0 + 2 * OT;
-            REAL* restrict g3 = g0 + 3 * OT;
-            for (tw = 0; tw < TW; tw++) {
-                REAL p = -b0[tw], q = -b1[tw];
-                g0[tw] = p;
-                g1[tw] = p + q;
-                g2[tw] = p - q;
-                g3[tw] = -q;
-            }
-        }
+        WFN(wino_grad_row)(a0, a1, b0, b1, 0, TW, Gt + th * TW, OT);
+        WFN(wino_grad_row)(a0, a1, b0, b1, 1, TW, Gt + 4 * OT + th * TW, OT);
+        WFN(wino_grad_row)(a0, a1, b0, b1, 2, TW, Gt + 8 * OT + th * TW, OT);
+        WFN(wino_grad_row)(a0, a1, b0, b1, 3, TW, Gt + 12 * OT + th * TW, OT);
     }
 }
 
