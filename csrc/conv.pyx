@@ -646,7 +646,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     were slower); dV reuses V."""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, OW = g.OW, OH = g.OH
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, CT = g.CT, OT = g.OT
-    cdef Py_ssize_t TB = g.TB, c, o, h, xi, hq, wv, th0, R, Tb
+    cdef Py_ssize_t T = g.TH * g.TW, c, o, h, xi, hq, wv
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
@@ -654,38 +654,28 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef real* e = dxp + C * Hq * Wq
     cdef real* r = e + 4 * Wq
     cdef real* dxc
+    for o in range(O):
+        if real is float:
+            wino_grad_plane_f(gy + (n * O + o) * OH * OW, OH, OW, TH, TW, Gt + o * T, OT, r)
+        else:
+            wino_grad_plane_d(gy + (n * O + o) * OH * OW, OH, OW, TH, TW, Gt + o * T, OT, r)
     if ndw:
         _wino_pad(x + n * C * H * W, xp, g)
-    if ndx:
-        memset(dxp, 0, C * Hq * Wq * sizeof(real))
-    th0 = 0
-    while th0 < TH:  # blocks of TB rows of tiles, as in the forward
-        R = TB if th0 + TB <= TH else TH - th0
-        Tb = R * TW
-        for o in range(O):
-            if real is float:
-                wino_grad_plane_f(gy + ((n * O + o) * OH + 2 * th0) * OW, OH - 2 * th0, OW, R, TW, Gt + o * Tb,
-                                  OT, r)
-            else:
-                wino_grad_plane_d(gy + ((n * O + o) * OH + 2 * th0) * OW, OH - 2 * th0, OW, R, TW, Gt + o * Tb,
-                                  OT, r)
-        if ndw:
-            _wino_input(xp, th0, R, V, e, g)
-            for xi in range(16):
-                gemm_rm(False, True, <int>O, <int>C, <int>Tb, <real>1, Gt + xi * OT, <int>Tb, V + xi * CT,
-                        <int>Tb, <real>0 if first and th0 == 0 else <real>1, part + xi * O * C, <int>C)
-        if ndx:
-            for xi in range(16):
-                gemm_rm(True, False, <int>C, <int>Tb, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT,
-                        <int>Tb, <real>0, V + xi * CT, <int>Tb)
-            for c in range(C):  # overlapping patches added into the padded planes (blocks overlap by 2 rows)
-                if real is float:
-                    wino_in_adjoint_plane_f(V + c * Tb, CT, R, TW, dxp + (c * Hq + 2 * th0) * Wq, e)
-                else:
-                    wino_in_adjoint_plane_d(V + c * Tb, CT, R, TW, dxp + (c * Hq + 2 * th0) * Wq, e)
-        th0 += TB
+        _wino_input(xp, 0, TH, V, e, g)
+        for xi in range(16):
+            gemm_rm(False, True, <int>O, <int>C, <int>T, <real>1, Gt + xi * OT, <int>T, V + xi * CT, <int>T,
+                    <real>0 if first else <real>1, part + xi * O * C, <int>C)
     if not ndx:
         return
+    for xi in range(16):
+        gemm_rm(True, False, <int>C, <int>T, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT, <int>T,
+                <real>0, V + xi * CT, <int>T)
+    memset(dxp, 0, C * Hq * Wq * sizeof(real))
+    for c in range(C):  # overlapping patches added into the padded planes
+        if real is float:
+            wino_in_adjoint_plane_f(V + c * T, CT, TH, TW, dxp + c * Hq * Wq, e)
+        else:
+            wino_in_adjoint_plane_d(V + c * T, CT, TH, TW, dxp + c * Hq * Wq, e)
     # crop: dx[h, w] = dxp[h + pH, w + pW]; pixels past dxp's edge reach no output, their gradient is 0
     wv = Wq - g.pW if Wq - g.pW < W else W
     for c in range(C):
@@ -939,10 +929,15 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     elif g.wide:
         g.slot = ((g.OH - 1) * g.W + g.OW) * (g.K + g.O)
     elif g.wino:
-        # V, M (16 planes each, one block), the padded sample (and in the backward the padded dx), 4 rows e
-        # and 8 block rows r of the transforms
-        g.slot = (16 * (g.CT + g.OT) + (2 if backward else 1) * g.C * (2 * g.TH + 2) * (2 * g.TW + 2)
-                  + 4 * (2 * g.TW + 2) + 8 * g.TB * g.TW)
+        # forward: V and M (16 planes each, one block), the padded sample, 4 rows e and 8 block rows r of
+        # the output transform; backward: V and Gt (16 planes each, the whole sample), the padded sample
+        # and the padded dx, 4 rows e and 4 rows (a row of tiles' 2x2 phases) for the gradient's transform
+        if backward:
+            g.slot = (16 * (g.CT + g.OT) + 2 * g.C * (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2)
+                      + 4 * g.TW)
+        else:
+            g.slot = (16 * (g.CT + g.OT) + g.C * (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2)
+                      + 8 * g.TB * g.TW)
     else:
         g.slot = g.K * g.P
     per = g.slot * itemsize
