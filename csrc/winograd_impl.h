@@ -1,9 +1,10 @@
 /* Body of csrc/winograd.h, included once per element type with REAL and WFN(name) defined.
-   See winograd.h for the layout; every function handles one channel plane. */
+   See winograd.h for the layout; each function handles one channel plane (or one row of it). */
 
 /* One row of input pixels src[0 .. n) into a padded row of the transform's input, deinterleaved: padded
    column q (= q0 + the pixel's index) goes to dst[q / 2] if q is even, to dst[half + q / 2] if odd. */
-FASTBP_CLONES static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
+FASTBP_CLONES
+static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
                               ptrdiff_t half)
 {
     REAL* restrict first = dst + (q0 % 2 ? half : 0) + q0 / 2;         /* where src[0], src[2], ... go */
@@ -22,7 +23,8 @@ FASTBP_CLONES static void WFN(wino_pad_row)(const REAL* restrict src, ptrdiff_t 
    odd, TW + 1 each); V points at the channel's first tile of the block in plane 0 and the 16 planes are
    CT apart: V[(4 i + j) CT + th TW + tw] = (B^T d B)[i, j] for the 4x4 patch d at padded row 2 th, column
    2 tw. e: scratch, 4 Wq.   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] */
-FASTBP_CLONES static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t TW, REAL* restrict V,
+FASTBP_CLONES
+static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t R, ptrdiff_t TW, REAL* restrict V,
                                ptrdiff_t CT, REAL* restrict e)
 {
     const ptrdiff_t Wq = 2 * TW + 2, half = TW + 1;
@@ -63,7 +65,8 @@ FASTBP_CLONES static void WFN(wino_in_plane)(const REAL* restrict xp, ptrdiff_t 
    product plane 0 (planes OT apart, rows of tiles TW apart); y at the block's first output row of the
    channel's (OH, OW) plane (OH counted from there): y[2 th + a, 2 tw + b] = (A^T m A)[a, b] + bias, parts
    past the edge dropped. r: scratch, 8 R TW.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] */
-FASTBP_CLONES static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t R, ptrdiff_t TW,
+FASTBP_CLONES
+static void WFN(wino_out_plane)(const REAL* restrict M, ptrdiff_t OT, ptrdiff_t R, ptrdiff_t TW,
                                 REAL* restrict r, REAL* restrict y, ptrdiff_t OH, ptrdiff_t OW, REAL bias)
 {
     const ptrdiff_t Tb = R * TW;
@@ -127,7 +130,8 @@ static inline void WFN(wino_grad_row)(const REAL* restrict a0, const REAL* restr
 
 /* Transform of one output channel's gradient go (OH, OW), zeros past the edge, into Gt (first tile of the
    channel in plane 0, planes OT apart): gt = A g A^T per 2x2 tile. s: scratch, 4 TW. */
-FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
+FASTBP_CLONES
+static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t TH,
                                  ptrdiff_t TW, REAL* restrict Gt, ptrdiff_t OT, REAL* restrict s)
 {
     REAL* restrict a0 = s;                /* row 2 th, even / odd columns */
@@ -177,8 +181,9 @@ FASTBP_CLONES static void WFN(wino_grad_plane)(const REAL* restrict go, ptrdiff_
 
 /* One row of the padded plane back out of its deinterleaved storage (the inverse of wino_pad_row):
    dst[w] = padded column q0 + w, read from src[q / 2] (q even) or src[half + q / 2] (q odd). */
-FASTBP_CLONES static void WFN(wino_unpad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0,
-                                              REAL* restrict dst, ptrdiff_t half)
+FASTBP_CLONES
+static void WFN(wino_unpad_row)(const REAL* restrict src, ptrdiff_t n, ptrdiff_t q0, REAL* restrict dst,
+                                ptrdiff_t half)
 {
     const REAL* restrict first = src + (q0 % 2 ? half : 0) + q0 / 2;         /* dst[0], dst[2], ... */
     const REAL* restrict second = src + (q0 % 2 ? 0 : half) + (q0 + 1) / 2;  /* dst[1], dst[3], ... */
@@ -195,8 +200,9 @@ FASTBP_CLONES static void WFN(wino_unpad_row)(const REAL* restrict src, ptrdiff_
    apart) go back through B dv B^T and are added, overlapping, into xp ((2 TH + 2) rows of Wq, zeroed by
    the caller), whose rows are stored deinterleaved like the forward's (even columns, then odd: TW + 1
    each; wino_unpad_row reads them back). e: scratch, 4 Wq. */
-FASTBP_CLONES static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH,
-                                                     ptrdiff_t TW, REAL* restrict xp, REAL* restrict e)
+FASTBP_CLONES
+static void WFN(wino_in_adjoint_plane)(const REAL* restrict V, ptrdiff_t CT, ptrdiff_t TH, ptrdiff_t TW,
+                                       REAL* restrict xp, REAL* restrict e)
 {
     const ptrdiff_t Wq = 2 * TW + 2, half = TW + 1;
     ptrdiff_t th, i, tw, q;
