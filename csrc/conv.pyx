@@ -62,7 +62,7 @@
 # (_backward_wino, its adjoint on the same tiles): 2.25x fewer multiply-adds, transforms by additions, but
 # each transformed tensor is 4x its source, so the transforms are bound by moving that data. They are C
 # loops in csrc/winograd.h (restrict pointers, so GCC vectorizes them; compiled for the baseline, AVX2
-# and AVX-512 and picked at load time, csrc/fastbp_clones.h), the forward runs in blocks of about 64 tiles
+# and AVX-512 and picked at load time, csrc/fastbp_clones.h), the forward runs in blocks of 64+ tiles
 # (_tuning(winograd_block_tiles=...)) so that a block's transformed data stays in cache.
 # Winograd / other layout, one thread, CPU time (forward, backward): benchmark shape 16 -> 32 on 32x32
 # 0.58, 0.72; 32 -> 32 on 32x32 0.55, 0.66; 16 -> 16 on 64x64 0.50, 0.65; 12 -> 12 on 32x32 0.59, 0.57;
@@ -144,8 +144,8 @@ cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
 # 0.79 (4096); 64 -> 64 on 12x12 0.89, 0.83; 32 -> 32 on 14x14 0.91, 0.96; 64 -> 64 on 14x14 0.77, 0.78.
 DEFAULT_WINOGRAD_MIN_SIZE = 4096
 cdef Py_ssize_t _wino_min_size = DEFAULT_WINOGRAD_MIN_SIZE
-# The Winograd forward runs in blocks of rows of tiles, about this many tiles per block (0: the whole sample
-# at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in
+# The Winograd forward runs in blocks of rows of tiles, at least this many tiles per block with the rows
+# shared out evenly (0: the whole sample at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in
 # cache when the GEMMs and the output transform read them. The backward takes the whole sample (per-block
 # weight-gradient GEMMs with K = tiles were slower). Measured, one thread, forward, 64 vs whole sample:
 # (32,16,32,32)x(32,16,3,3) 0.92-0.99, (32,32,32,32)x(32,32,3,3) 0.90-1.0, (16,16,64,64)x(16,16,3,3) 0.79-0.87,
@@ -895,7 +895,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     """Layout, path, samples per chunk, threads and weight-gradient blocks for this geometry under the
     current workspace limit and BLAS thread hook; sets the layout flags (g.wino, g.rows, g.wide), the
     Winograd tile counts, the slot size and the weight-gradient partial size in g."""
-    cdef Py_ssize_t per, cap, n = g.N if g.N > 0 else 1
+    cdef Py_ssize_t per, cap, nb, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
     pl.par = _blas_get != NULL and _blas_set != NULL and not pl.batched
     g.wino = not pl.batched and _wino_fits(g)
@@ -909,9 +909,12 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
         g.TW = (g.TW + 15) // 16 * 16
     g.TB = g.TH
     if _wino_block_tiles > 0 and not backward:
-        g.TB = _wino_block_tiles // g.TW if _wino_block_tiles > g.TW else 1
-        if g.TB > g.TH:
-            g.TB = g.TH
+        # as many blocks as hold at least _wino_block_tiles tiles each, rows shared out evenly: a short
+        # last block costs 16 GEMM calls for little work (24x24 outputs in blocks of 5, 5, 2 rows of 12
+        # tiles took 1.12x the time of 6, 6)
+        nb = g.TH * g.TW // _wino_block_tiles
+        if nb > 1:
+            g.TB = (g.TH + nb - 1) // nb
     # plane strides padded off powers of two: the 16 values of a tile go to / come from 16 planes, and at
     # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
     g.CT = g.C * g.TB * g.TW + 16
@@ -1259,8 +1262,8 @@ def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channe
     applies); wide switches the forward's wide column layout on or off; winograd_min_channels is the
     number of input and output channels and winograd_min_size the output pixels per sample times the
     smaller channel count
-    from which 3x3 stride-1 convs use Winograd; winograd_block_tiles is the number of tiles per block of
-    the Winograd forward (0: whole samples). Returns the previous values."""
+    from which 3x3 stride-1 convs use Winograd; winograd_block_tiles is the least number of tiles per
+    block of the Winograd forward (0: whole samples). Returns the previous values."""
     global _batch_pixels, _chunk_bytes, _max_blocks, _row_min_channels, _wide, _wino_min_channels
     global _wino_min_size, _wino_block_tiles
     previous = {"batch_pixels": _batch_pixels, "chunk_bytes": _chunk_bytes, "max_blocks": _max_blocks,

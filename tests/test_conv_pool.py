@@ -262,7 +262,8 @@ def _winograd_slot_bytes(xs, ws, y_shape, block_tiles=64):
     th, tw = (y_shape[2] + 1) // 2, (y_shape[3] + 1) // 2
     if tw % 16 >= 14:  # rows of tiles one or two short of a multiple of 16 are computed that wide
         tw += 16 - tw % 16
-    tb = th if block_tiles == 0 else min(th, max(1, block_tiles // tw))  # rows of tiles per block
+    nb = th * tw // block_tiles if block_tiles else 1  # blocks of at least block_tiles tiles
+    tb = -(-th // nb) if nb > 1 else th  # rows of tiles per block, shared out evenly
     # a block's transformed inputs and products (16 planes each, padded), the zero-padded sample,
     # scratch rows e (4 padded rows) and r (8 block rows)
     return (16 * ((ws[1] + ws[0]) * tb * tw + 32) + ws[1] * (2 * th + 2) * (2 * tw + 2) + 4 * (2 * tw + 2)
