@@ -85,6 +85,9 @@ from libc.string cimport memset, memcpy
 from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
                      omp_get_max_threads, int_pair, valid_range)
 
+cdef extern from "fastbp_clones.h":
+    const char* fastbp_clone_variant()
+
 cdef extern from "sums.h" nogil:
     double plane_sum_f(const float* r, Py_ssize_t n)
     double plane_sum_d(const double* r, Py_ssize_t n)
@@ -1287,6 +1290,12 @@ def _tuning(batch_pixels=None, chunk_bytes=None, max_blocks=None, row_min_channe
     if max_blocks is not None:
         _max_blocks = _knob("max_blocks", max_blocks, 1)
     return previous
+
+
+def _simd_variant():
+    """Which compiled variant of the Winograd transforms and the bias sums runs on this CPU: "avx512f",
+    "avx2", "baseline", or "baseline (built without clones)" (csrc/fastbp_clones.h)."""
+    return fastbp_clone_variant().decode()
 
 
 def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):

@@ -11,7 +11,25 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTBP_NO_CLONES)
 #define FASTBP_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#define FASTBP_HAVE_CLONES 1
 #else
 #define FASTBP_CLONES
+#define FASTBP_HAVE_CLONES 0
 #endif
+
+/* The variant the loader picks for this CPU (GCC's resolver takes the highest the CPU supports:
+   AVX-512F, then AVX2, then the baseline), for `fastbp info`. */
+static const char* fastbp_clone_variant(void)
+{
+#if FASTBP_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return "avx512f";
+    if (__builtin_cpu_supports("avx2"))
+        return "avx2";
+    return "baseline";
+#else
+    return "baseline (built without clones)";
+#endif
+}
 #endif

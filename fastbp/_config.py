@@ -70,6 +70,12 @@ def _conv_blas_thread_hook():
     return conv is not None and conv._blas_thread_hooks_set()
 
 
+def _conv_transforms_variant():
+    """The instruction-set variant of the conv transforms the loader picked (None without compiled kernels)."""
+    conv = _conv_module()
+    return conv._simd_variant() if conv is not None else None
+
+
 def get_num_threads():
     """Threads our OpenMP kernels use (1 without OpenMP or the compiled backend)."""
     if _backend.compiled is None:
@@ -117,6 +123,7 @@ def config():
              "path": p.get("filepath")} for p in blas
         ],
         "conv_blas_thread_hook": _conv_blas_thread_hook(),
+        "conv_transforms_variant": _conv_transforms_variant(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
@@ -137,6 +144,7 @@ def show_config():
         print("  GEMM BLAS:               scipy.linalg.cython_blas (library not identified)")
     if c["compiled_kernels_loaded"]:
         print(f"  conv BLAS thread hook:   {'found (conv2d runs samples in parallel, BLAS single-threaded inside)' if c['conv_blas_thread_hook'] else 'not found (conv2d calls threaded BLAS outside its parallel loops)'}")
+        print(f"  conv transforms:         {c['conv_transforms_variant']} variant (Winograd transforms, bias sums)")
     print(f"  numpy {c['numpy']}, scipy {c['scipy']}")
 
 

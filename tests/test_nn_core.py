@@ -209,6 +209,10 @@ def test_show_config_and_cli(capsys):
     out = run_python(["-m", "fastbp", "info"])
     assert out.returncode == 0, out.stderr
     assert "compiled kernels loaded: yes" in out.stdout
+    # the instruction-set variant of the conv transforms the loader picked, said in `fastbp info`
+    variant = fastbp._config.config()["conv_transforms_variant"]
+    assert variant in ("avx512f", "avx2", "baseline", "baseline (built without clones)")
+    assert f"conv transforms:         {variant} variant" in out.stdout
 
 
 def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_chose():
