@@ -148,11 +148,11 @@ cdef Py_ssize_t _wino_min_channels = DEFAULT_WINOGRAD_MIN_CHANNELS
 DEFAULT_WINOGRAD_MIN_SIZE = 4096
 cdef Py_ssize_t _wino_min_size = DEFAULT_WINOGRAD_MIN_SIZE
 # The Winograd forward runs in blocks of rows of tiles, at least this many tiles per block with the rows
-# shared out evenly (0: the whole sample at once), so that a block's transformed input and products (16 C and 16 O values per tile) are still in
-# cache when the GEMMs and the output transform read them. The backward takes the whole sample (per-block
-# weight-gradient GEMMs with K = tiles were slower). Measured, one thread, forward, 64 vs whole sample:
-# (32,16,32,32)x(32,16,3,3) 0.92-0.99, (32,32,32,32)x(32,32,3,3) 0.90-1.0, (16,16,64,64)x(16,16,3,3) 0.79-0.87,
-# (32,64,32,32)x(64,64,3,3) 0.71-0.80.
+# shared out evenly (0: the whole sample at once), so that a block's transformed input and products (16 C
+# and 16 O values per tile) are still in cache when the GEMMs and the output transform read them. The
+# backward takes the whole sample (per-block weight-gradient GEMMs with K = tiles were slower). Measured,
+# one thread, forward, 64 vs whole sample: (32,16,32,32)x(32,16,3,3) 0.92-0.99, (32,32,32,32)x(32,32,3,3)
+# 0.90-1.0, (16,16,64,64)x(16,16,3,3) 0.79-0.87, (32,64,32,32)x(64,64,3,3) 0.71-0.80.
 DEFAULT_WINOGRAD_BLOCK_TILES = 64
 cdef Py_ssize_t _wino_block_tiles = DEFAULT_WINOGRAD_BLOCK_TILES
 
