@@ -653,8 +653,7 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef real* V = slot
     cdef real* Gt = V + 16 * CT
     cdef real* xp = Gt + 16 * OT
-    cdef real* dxp = xp + C * Hq * Wq
-    cdef real* e = dxp + C * Hq * Wq
+    cdef real* e = xp + C * Hq * Wq
     cdef real* r = e + 4 * Wq
     cdef real* dxc
     for o in range(O):
@@ -673,23 +672,24 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     for xi in range(16):
         gemm_rm(True, False, <int>C, <int>T, <int>O, <real>1, U + xi * O * C, <int>C, Gt + xi * OT, <int>T,
                 <real>0, V + xi * CT, <int>T)
-    memset(dxp, 0, C * Hq * Wq * sizeof(real))
-    for c in range(C):  # overlapping patches added into the padded planes
-        if real is float:
-            wino_in_adjoint_plane_f(V + c * T, CT, TH, TW, dxp + c * Hq * Wq, e)
-        else:
-            wino_in_adjoint_plane_d(V + c * T, CT, TH, TW, dxp + c * Hq * Wq, e)
-    # crop: dx[h, w] = dxp[h + pH, w + pW]; pixels past dxp's edge reach no output, their gradient is 0
+    # dx one channel at a time: dV's tiles, overlapping, added into a zeroed padded plane (xp's first, the
+    # padded input is no longer needed), then cropped: dx[h, w] = plane[h + pH, w + pW]; pixels past the
+    # plane's edge reach no output, their gradient is 0
     wv = Wq - g.pW if Wq - g.pW < W else W
     for c in range(C):
+        memset(xp, 0, Hq * Wq * sizeof(real))
+        if real is float:
+            wino_in_adjoint_plane_f(V + c * T, CT, TH, TW, xp, e)
+        else:
+            wino_in_adjoint_plane_d(V + c * T, CT, TH, TW, xp, e)
         dxc = dx + (n * C + c) * H * W
         for h in range(H):
             hq = h + g.pH
             if hq < Hq:
-                if real is float:  # dxp's rows are deinterleaved (wino_in_adjoint_plane)
-                    wino_unpad_row_f(dxp + (c * Hq + hq) * Wq, wv, g.pW, dxc + h * W, TW + 1)
+                if real is float:  # the plane's rows are deinterleaved (wino_in_adjoint_plane)
+                    wino_unpad_row_f(xp + hq * Wq, wv, g.pW, dxc + h * W, TW + 1)
                 else:
-                    wino_unpad_row_d(dxp + (c * Hq + hq) * Wq, wv, g.pW, dxc + h * W, TW + 1)
+                    wino_unpad_row_d(xp + hq * Wq, wv, g.pW, dxc + h * W, TW + 1)
                 if wv < W:
                     memset(dxc + h * W + wv, 0, (W - wv) * sizeof(real))
             else:
@@ -935,15 +935,11 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     elif g.wide:
         g.slot = ((g.OH - 1) * g.W + g.OW) * (g.K + g.O)
     elif g.wino:
-        # forward: V and M (16 planes each, one block), the padded sample, 4 rows e and 8 block rows r of
-        # the output transform; backward: V and Gt (16 planes each, the whole sample), the padded sample
-        # and the padded dx, 4 rows e and 4 rows (a row of tiles' 2x2 phases) for the gradient's transform
-        if backward:
-            g.slot = (16 * (g.CT + g.OT) + 2 * g.C * (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2)
-                      + 4 * g.TW)
-        else:
-            g.slot = (16 * (g.CT + g.OT) + g.C * (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2)
-                      + 8 * g.TB * g.TW)
+        # V and M (16 planes each; the forward's hold one block, the backward's the whole sample), the padded
+        # sample (the backward then accumulates dx in its first plane), 4 rows e, and 8 block rows r of the
+        # forward's output transform or 4 rows (a row of tiles' 2x2 phases) for the gradient's transform
+        g.slot = (16 * (g.CT + g.OT) + g.C * (2 * g.TH + 2) * (2 * g.TW + 2) + 4 * (2 * g.TW + 2)
+                  + (4 * g.TW if backward else 8 * g.TB * g.TW))
     else:
         g.slot = g.K * g.P
     per = g.slot * itemsize
