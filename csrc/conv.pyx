@@ -450,6 +450,18 @@ cdef inline void _wino_input(const real* xp, Py_ssize_t th0, Py_ssize_t R, real*
             wino_in_plane_d(xp + (c * Hq + 2 * th0) * Wq, R, g.TW, V + c * Tb, g.CT, e)
 
 
+cdef inline void _wino_slot(real* slot, const Geom* g, real** V, real** M, real** xp, real** e,
+                            real** r) noexcept nogil:
+    """The parts of a Winograd slot (sizes in _plan): V (16 planes g.CT apart), M, the forward's products or
+    the backward's transformed gradient (16 planes g.OT apart), the padded sample xp (C planes of
+    (2 TH + 2) (2 TW + 2)), scratch rows e (4 of 2 TW + 2) and r (the rest)."""
+    V[0] = slot
+    M[0] = slot + 16 * g.CT
+    xp[0] = M[0] + 16 * g.OT
+    e[0] = xp[0] + g.C * (2 * g.TH + 2) * (2 * g.TW + 2)
+    r[0] = e[0] + 4 * (2 * g.TW + 2)
+
+
 cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, real* slot, Py_ssize_t n,
                         const Geom* g) noexcept nogil:
     """y[n] by Winograd F(2x2, 3x3) (Lavin and Gray), for 3x3 kernels with stride 1 and dilation 1.
@@ -465,15 +477,16 @@ cdef void _forward_wino(const real* x, const real* U, const real* b, real* y, re
     (wino_out_plane) takes r = A^T m over all tiles of the block, then the two output rows of each row of
     tiles.   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]"""
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, TB = g.TB
-    cdef Py_ssize_t CT = g.CT, OT = g.OT, Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t CT = g.CT, OT = g.OT, OH = g.OH, OW = g.OW
     cdef Py_ssize_t o, xi, th0, R, Tb
-    cdef real* V = slot
-    cdef real* M = V + 16 * CT
-    cdef real* xp = M + 16 * OT
-    cdef real* e = xp + C * Hq * Wq
-    cdef real* r = e + 4 * Wq
+    cdef real* V
+    cdef real* M
+    cdef real* xp
+    cdef real* e
+    cdef real* r
     cdef real* yo
     cdef real bo
+    _wino_slot(slot, g, &V, &M, &xp, &e, &r)
     _wino_pad(x + n * C * H * W, xp, g)
     th0 = 0
     while th0 < TH:  # blocks of TB rows of tiles: V and M of a block stay in cache
@@ -650,12 +663,13 @@ cdef void _backward_wino(const real* gy, const real* x, const real* U, real* dx,
     cdef Py_ssize_t C = g.C, O = g.O, H = g.H, W = g.W, TH = g.TH, TW = g.TW, OW = g.OW, OH = g.OH
     cdef Py_ssize_t Hq = 2 * g.TH + 2, Wq = 2 * g.TW + 2, CT = g.CT, OT = g.OT
     cdef Py_ssize_t T = g.TH * g.TW, c, o, h, xi, hq, wv
-    cdef real* V = slot
-    cdef real* Gt = V + 16 * CT
-    cdef real* xp = Gt + 16 * OT
-    cdef real* e = xp + C * Hq * Wq
-    cdef real* r = e + 4 * Wq
+    cdef real* V
+    cdef real* Gt
+    cdef real* xp
+    cdef real* e
+    cdef real* r
     cdef real* dxc
+    _wino_slot(slot, g, &V, &Gt, &xp, &e, &r)
     for o in range(O):
         if real is float:
             wino_grad_plane_f(gy + (n * O + o) * OH * OW, OH, OW, TH, TW, Gt + o * T, OT, r)
