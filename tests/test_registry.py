@@ -68,6 +68,7 @@ def test_forward_matches_reference(spec, dt, i):
     or_t = orf if isinstance(orf, tuple) else (orf,)
     for k, (a, b) in enumerate(zip(oc_t, or_t)):
         assert np.asarray(a).dtype == np.dtype(dt), f"output {k} has dtype {np.asarray(a).dtype}"
+        assert type(a) is np.ndarray and type(b) is np.ndarray, f"output {k}: {type(a)}, {type(b)} (not ndarray)"
         _close(a, b, rtol, atol, f"{spec.name} forward output {k}")
 
 
@@ -82,6 +83,7 @@ def test_backward_matches_reference(spec, dt, i):
     gr = spec.backward(R, g, out, *case.inputs, **case.params)
     assert len(gc) == len(spec.diff_inputs) == len(gr)
     for k, idx in enumerate(spec.diff_inputs):
+        assert type(gc[k]) is np.ndarray and type(gr[k]) is np.ndarray, f"grad {k}: {type(gc[k])}, {type(gr[k])}"
         assert gc[k].dtype == np.dtype(dt)
         assert gc[k].shape == np.shape(case.inputs[idx])
         _close(gc[k], gr[k], rtol, atol, f"{spec.name} grad of input {idx}")
@@ -146,7 +148,7 @@ def test_gradcheck_float64(spec, dt, i, backend_name):
             directions = [rng.standard_normal(x.shape) for _ in range(4)]
         for d in directions:
             xp, xm = inputs.copy(), inputs.copy()
-            xp[idx], xm[idx] = x + eps * d, x - eps * d
+            xp[idx], xm[idx] = np.asarray(x + eps * d), np.asarray(x - eps * d)  # 0-d stays an ndarray
             numeric = (_loss(R, spec, xp, case.params, G) - _loss(R, spec, xm, case.params, G)) / (2 * eps)
             exact = float(np.sum(analytic * d))
             assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact), 1.0), \

@@ -1,4 +1,6 @@
 """Functional forms of the layers: each takes Tensors (or ndarrays) and records the graph."""
+import warnings
+
 import numpy as np
 
 from .._dtype import get_default_dtype
@@ -49,12 +51,41 @@ def tanh(x):
     return _ops.Tanh.apply(x)
 
 
-def softmax(x, axis=-1):
-    return _ops.Softmax.apply(x, axis=axis)
+def _softmax_dim(x, dim, axis, what, stacklevel):
+    """The dim of softmax/log_softmax. `axis` is an alias of `dim`. Without either, PyTorch's legacy rule
+    applies (dim 0 for 0-, 1- and 3-D input, else 1) with PyTorch's warning: pass dim explicitly."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{what}: pass dim or its alias axis, not both")
+        dim = axis
+    if dim is None:
+        nd = np.ndim(x.data if isinstance(x, Tensor) else x)
+        dim = 0 if nd in (0, 1, 3) else 1
+        warnings.warn(f"Implicit dimension choice for {what} has been deprecated. Change the call to include "
+                      f"dim=X as an argument.", UserWarning, stacklevel=stacklevel)
+    return dim
 
 
-def log_softmax(x, axis=-1):
-    return _ops.LogSoftmax.apply(x, axis=axis)
+def _softmax_apply(op, x, dim, dtype):
+    if dtype is not None:
+        x = (x if isinstance(x, Tensor) else Tensor(x)).to(dtype)
+    if np.ndim(x.data if isinstance(x, Tensor) else x) == 0:
+        # the kernels take at least one dim: a 0-d input is a line of one value
+        if dim not in (0, -1):
+            raise IndexError(f"dim {dim} is out of range for a 0-d tensor (expected 0 or -1)")
+        return op.apply(x.reshape(1) if isinstance(x, Tensor) else np.reshape(x, 1), axis=0).reshape(())
+    return op.apply(x, axis=dim)
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """softmax along `dim` (PyTorch's keyword; `axis` is an alias). Without dim: PyTorch's legacy choice
+    (dim 0 for 0-, 1- and 3-D input, else 1) with its deprecation warning. dtype= casts the input first."""
+    return _softmax_apply(_ops.Softmax, input, _softmax_dim(input, dim, axis, "softmax", _stacklevel), dtype)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """log(softmax(x)) along `dim`, computed stably; dim rules as softmax."""
+    return _softmax_apply(_ops.LogSoftmax, input, _softmax_dim(input, dim, axis, "log_softmax", _stacklevel), dtype)
 
 
 def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=0.0):

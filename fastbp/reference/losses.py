@@ -19,7 +19,7 @@ def _reduction(reduction):
 def _reduce(values, reduction, denom, dtype):
     """Reduce float64 per-row / per-element values: "none" keeps them, "sum" adds, "mean" divides by denom."""
     if reduction == "none":
-        return values.astype(dtype)
+        return np.asarray(values.astype(dtype))  # 0-d values stay a 0-d array
     total = values.sum()
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -229,7 +229,7 @@ def mse_backward(grad_out, pred, target, reduction="mean"):
     _reduction(reduction)
     _check_elementwise(pred, target, "mse", "pred")
     g = _scale(grad_out, reduction, pred.shape, pred.size, pred.dtype)
-    return (2 * (pred.astype(np.float64) - target) * g).astype(pred.dtype)
+    return np.asarray((2 * (pred.astype(np.float64) - target) * g).astype(pred.dtype))
 
 
 def l1_forward(pred, target, reduction="mean"):
@@ -244,7 +244,7 @@ def l1_backward(grad_out, pred, target, reduction="mean"):
     _reduction(reduction)
     _check_elementwise(pred, target, "l1", "pred")
     g = _scale(grad_out, reduction, pred.shape, pred.size, pred.dtype)
-    return (np.sign(pred.astype(np.float64) - target) * g).astype(pred.dtype)
+    return np.asarray((np.sign(pred.astype(np.float64) - target) * g).astype(pred.dtype))
 
 
 def bce_forward(probs, target, reduction="mean", weight=None):
@@ -270,7 +270,7 @@ def bce_backward(grad_out, probs, target, reduction="mean", weight=None):
     w = _broadcast_weight(weight, probs, "weight")
     g = _scale(grad_out, reduction, probs.shape, probs.size, probs.dtype)
     p, t = probs.astype(np.float64), target.astype(np.float64)
-    return (w * (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPS) * g).astype(probs.dtype)
+    return np.asarray((w * (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPS) * g).astype(probs.dtype))
 
 
 def _softplus(z):
@@ -301,7 +301,7 @@ def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=
     pw = _broadcast_weight(pos_weight, logits, "pos_weight")
     g = _scale(grad_out, reduction, logits.shape, logits.size, logits.dtype)
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    return (w * (_sigmoid(x) * (1 - t + pw * t) - pw * t) * g).astype(logits.dtype)
+    return np.asarray((w * (_sigmoid(x) * (1 - t + pw * t) - pw * t) * g).astype(logits.dtype))
 
 
 # ----- L1 / L2 penalties --------------------------------------------------------------------------------
@@ -328,4 +328,4 @@ def norm_penalty_backward(grad_out, param, l1=0.0, l2=0.0):
     if g.size != 1:
         raise ValueError(f"grad_out must be a scalar, got shape {g.shape}")
     p = param.astype(np.float64)
-    return (float(g.reshape(())) * (a * np.sign(p) + 2 * b * p)).astype(param.dtype)
+    return np.asarray((float(g.reshape(())) * (a * np.sign(p) + 2 * b * p)).astype(param.dtype))

@@ -36,6 +36,7 @@ def _elementwise_samples(kink=None, params=None):
             other = dict(params)
             other[k] = v * 17.5
             cases.append(Case(f"{k}_{other[k]:g}", (make((5, 7)),), other))
+        cases.append(Case("0d", (make((1,)).reshape(()),), dict(params)))  # a 0-d array in, a 0-d array out
         return cases
     return gen
 

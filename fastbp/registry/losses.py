@@ -238,3 +238,35 @@ SPECS = [
         samples=_penalty_samples,
     ),
 ]
+
+
+# ----- 0-d inputs: elementwise losses and the penalty take a 0-d pred/target and return 0-d arrays -----------
+from dataclasses import replace  # noqa: E402
+
+
+def _zero_d(a):
+    return np.asarray(a).reshape(())
+
+
+_ZERO_D = {
+    "mse": lambda rng, dt: (randn(rng, (1,), dt), randn(rng, (1,), dt)),
+    "l1": lambda rng, dt: _l1_pair(rng, (1,), dt),
+    "bce": lambda rng, dt: (_probs(rng, (1,), dt), rng.random(1).astype(dt)),
+    "bce_with_logits": lambda rng, dt: (randn(rng, (1,), dt, 3.0), rng.random(1).astype(dt)),
+    "norm_penalty": lambda rng, dt: (away_from(rng, (1,), dt),),
+}
+
+
+def _with_zero_d(samples, make, reductions):
+    def gen(rng, dt):
+        cases = list(samples(rng, dt))
+        for red in reductions:
+            params = {} if red is None else {"reduction": red}
+            cases.append(Case(f"0d_{red or 'default'}", tuple(_zero_d(a) for a in make(rng, dt)), params))
+        return cases
+    return gen
+
+
+SPECS = [replace(s, samples=_with_zero_d(s.samples, _ZERO_D[s.name],
+                                         (None,) if s.name == "norm_penalty" else ("mean", "none")))
+         if s.name in _ZERO_D else s for s in SPECS]
