@@ -115,11 +115,17 @@ _FREED = ("Trying to backward through the graph a second time (or after its save
           "call backward(retain_graph=True) the first time")
 
 
+def _acc(a, b):
+    """a + b as an ndarray (the sum of two 0-d arrays is a NumPy scalar)."""
+    s = a + b
+    return s if type(s) is _ndarray else np.asarray(s)
+
+
 def _run_backward(root, grad, retain_graph):
     node = root._node
     if node is None:
         # a leaf: the gradient goes straight to .grad
-        root.grad = grad if root.grad is None else root.grad + grad
+        root.grad = grad if root.grad is None else _acc(root.grad, grad)
         return
     # collect every node reachable from the root (iterative, no recursion limit); nodes hash by identity
     nodes = []
@@ -156,7 +162,7 @@ def _run_backward(root, grad, retain_graph):
             p = inp._node
             if p is not None:
                 prev = grads.get(p)
-                grads[p] = gi if prev is None else prev + gi
+                grads[p] = gi if prev is None else _acc(prev, gi)
             else:
                 if gi.shape != inp.data.shape:
                     raise RuntimeError(f"{type(n).__name__}.backward returned a gradient of shape {gi.shape} "
@@ -168,7 +174,7 @@ def _run_backward(root, grad, retain_graph):
                     owned.add(id(gi))
                     inp.grad = gi
                 else:
-                    inp.grad = inp.grad + gi
+                    inp.grad = _acc(inp.grad, gi)
         if not retain_graph:
             n.__dict__.clear()  # frees the saved arrays and the references to the inputs
 
@@ -585,7 +591,7 @@ class Tensor:
         try:
             return _ops().Reshape.apply(self, shape=shape)
         except ValueError:
-            raise ValueError(f"shape {shape} is invalid for a tensor of shape {self.shape} "
+            raise ValueError(f"view/reshape: shape {shape} is invalid for a tensor of shape {self.shape} "
                              f"({self.data.size} elements)") from None
 
     view = reshape

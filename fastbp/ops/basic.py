@@ -199,7 +199,7 @@ class MatMul(Function):
             return _backend.current.matmul(a, b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(f"matmul needs operands with at least 1 dimension, got {a.shape} and {b.shape}")
-        return np.matmul(a, b)
+        return _nd(np.matmul(a, b))  # 1-D @ 1-D is 0-d
 
     @staticmethod
     def backward(ctx, g):
@@ -211,6 +211,8 @@ class MatMul(Function):
             ga = mm(g, b, trans_b=True) if na else None
             gb = mm(a, g, trans_a=True) if nb else None
             return ga, gb
+        if len(sa) == 1 and len(sb) == 1:  # a dot product: g is 0-d
+            return (_nd(g * b) if na else None), (_nd(g * a) if nb else None)
         # general ranks: promote 1-D operands as NumPy does, then sum broadcast batch axes away
         a2 = a[None, :] if a is not None and a.ndim == 1 else a
         b2 = b[:, None] if b is not None and b.ndim == 1 else b
