@@ -64,7 +64,7 @@ class RemovableHandle:
 def _as_buffer(value, name):
     if value is None or isinstance(value, Tensor):
         return value
-    if isinstance(value, np.ndarray) or np.isscalar(value):
+    if isinstance(value, (np.ndarray, np.number, np.bool_, int, float, bool)):
         return Tensor(np.array(value))
     raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (a Tensor, ndarray or None is "
                     f"expected)")
