@@ -13,7 +13,7 @@ import types
 from . import reference as _reference
 
 # Kernel families: csrc/<family>.pyx builds fastbp._C.<family>; fastbp/reference/<family>.py mirrors it.
-FAMILIES = ("gemm", "activations", "losses", "optim", "conv", "pool")
+FAMILIES = ("gemm", "activations", "losses", "optim", "conv", "pool", "norm")
 
 
 def public_functions(module):

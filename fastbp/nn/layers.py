@@ -37,8 +37,17 @@ class Linear(Module):
 
 
 class ReLU(Module):
+    """max(x, 0). inplace=True is accepted (PyTorch's signature) and computes out of place."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.relu(x)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class Sigmoid(Module):

@@ -73,8 +73,8 @@ def transposed(a):
 
 
 def _families():
-    from . import activations, conv, gemm, losses, optim, pool
-    return (gemm, activations, losses, optim, conv, pool)
+    from . import activations, conv, gemm, losses, norm, optim, pool
+    return (gemm, activations, losses, optim, conv, pool, norm)
 
 
 def build():
