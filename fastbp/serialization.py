@@ -14,6 +14,9 @@ and copies bytes: no code runs, whatever the file holds.
   the metadata entry "fastbp" (the file stays a valid safetensors file). Anything else is a TypeError
   naming where in the object it sits.
 
+Files written by fastbp carry a CRC-32 of their structure description and data in the metadata
+("fastbp_crc32"), checked on load, so flipped bytes are an error rather than wrong weights.
+
 Writes go to a temporary file in the destination folder, are flushed and fsynced, then renamed over the
 destination (and the folder fsynced): a crash at any point leaves either the old file or the new one,
 never a mix. A truncated, corrupted or foreign file (e.g. a pickle or a torch.save zip) raises
@@ -27,6 +30,7 @@ import json
 import os
 import struct
 import tempfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -70,6 +74,8 @@ class _Encoder:
 
     def encode(self, obj, where):
         from .tensor import Tensor
+        if isinstance(obj, np.generic):  # before int/float: np.float64 is a float subclass
+            return {"scalar": self.add_array(np.asarray(obj), where)}
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, int):
@@ -127,15 +133,22 @@ def _serialize(obj, metadata):
     header = {"__metadata__": meta}
     arrays = []
     offset = 0
+    crc = zlib.crc32(meta["fastbp"].encode("utf-8"))
     for name, arr in enc.arrays.items():
         code = _dtype_code(arr, name)
         a = np.asarray(arr, dtype=np.dtype(_DTYPES[code]), order="C")  # (ascontiguousarray makes 0-d 1-d)
         header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
+        crc = _crc(a, crc)
+    meta["fastbp_crc32"] = str(crc)
     hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hb += b" " * (-len(hb) % 8)  # pad so the data starts 8-byte aligned
     return hb, arrays
+
+
+def _crc(a, crc):
+    return zlib.crc32(memoryview(a.reshape(-1)).cast("B"), crc) if a.nbytes else crc
 
 
 def _fsync_dir(folder):
@@ -306,8 +319,18 @@ def load(path):
             raise _bad(path, "corrupted header (__metadata__ is not an object)")
         arrays = _read_arrays(f, path, header, data_start, size)
     desc = meta.get("fastbp")
+    if desc is None and ("fastbp_crc32" in meta or "fastbp_format" in meta):
+        raise _bad(path, "corrupted metadata (written by fastbp, but its structure description is missing)")
     if desc is None:
         return OrderedDict((k, arrays[k]) for k in header if k != "__metadata__")
+    if "fastbp_crc32" in meta:
+        crc = zlib.crc32(str(desc).encode("utf-8"))
+        for name, _ in sorted(((k, v["data_offsets"][0]) for k, v in header.items() if k != "__metadata__"),
+                              key=lambda kv: kv[1]):
+            crc = _crc(arrays[name], crc)  # (little-endian hosts: the array's bytes are the file's)
+        if str(crc) != meta["fastbp_crc32"]:
+            raise _bad(path, "corrupted file: the checksum of its contents does not match (the bytes changed "
+                             "after it was written)")
     try:
         desc = json.loads(desc)
     except (TypeError, ValueError):
