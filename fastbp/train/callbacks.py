@@ -13,7 +13,8 @@ The protocol. A callback is any object with some of these methods; fit calls the
 `state` is a `TrainingState` (model, optimizer, scheduler, history, epoch, step, logged, ...). To stop, call
 `state.stop("why")`: fit finishes the epoch, prints the reason and returns. `state.save_checkpoint(path)`
 asks fit to write a training checkpoint after every callback has seen the epoch. An exception raised by
-a callback stops fit with a CallbackError naming the callback, the hook and the epoch.
+a callback stops fit with a CallbackError naming the callback, the hook and the epoch (except in
+on_train_begin, where set-up checks raise their own ValueError/TypeError before any training).
 
 Subclassing `Callback` is optional; it provides empty hooks."""
 import copy

@@ -250,6 +250,9 @@ def _call(callbacks, hook, state, *args):
         fn = getattr(cb, hook, None)
         if fn is None:
             continue
+        if hook == "on_train_begin":
+            fn(state, *args)  # set-up checks (e.g. a monitored name fit never logs) raise as they are
+            continue
         try:
             fn(state, *args)
         except Exception as exc:
@@ -267,6 +270,7 @@ class _Progress:
         self.mode = mode or None
         self.epochs = epochs
         self.bar = None
+        self.rate = 0.0
 
     def start_epoch(self, epoch, total):
         if self.mode == "bar":
@@ -275,6 +279,7 @@ class _Progress:
                             dynamic_ncols=True)
 
     def batch(self, loss, rate):
+        self.rate = rate
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} samples/s", refresh=False)
             self.bar.update(1)
@@ -282,7 +287,7 @@ class _Progress:
     def end_epoch(self, logs):
         text = "  ".join(_fmt(k, v) for k, v in logs.items() if k != "epoch")
         if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=True)
+            self.bar.set_postfix_str(f"{text}  {self.rate:,.0f} samples/s", refresh=True)
             self.bar.close()
             self.bar = None
         elif self.mode == "log":
