@@ -24,7 +24,8 @@ from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, c
                         maximum, mean, min, minimum, mm, ne, neg, numel, permute, pow, relu, reshape, sigmoid, sign,
                         softmax, sqrt, squeeze, stack, sum, tanh, transpose, unsqueeze, where)
 from . import return_types
-from . import nn, optim, data
+from . import nn, optim, data, utils, train
+from .serialization import CheckpointError, load, save
 
 # PyTorch's dtype aliases
 float = float32  # noqa: A001
@@ -36,7 +37,8 @@ short = int16
 
 __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
-           "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError",
+           "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "utils", "train", "save", "load",
+           "CheckpointError", "gradcheck", "GradcheckError",
            "device", "return_types", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
            "bool", "float", "double", "half", "long", "int", "short"]
 from . import creation as _creation, functions as _functions  # noqa: E402
