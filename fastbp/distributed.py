@@ -48,7 +48,7 @@ from .nn.module import Module
 from .tensor import Tensor, _add_backward_end_callback
 
 __all__ = ["init", "init_process_group", "is_initialized", "is_available", "destroy_process_group", "get_rank",
-           "get_world_size", "barrier", "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0",
+           "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier", "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0",
            "check_same", "DistributedDataParallel", "DDP", "DistributedSampler", "save_checkpoint",
            "load_checkpoint"]
 
@@ -64,6 +64,8 @@ class _State:
     comm = None         # our duplicate of it
     rank = 0
     size = 1
+    local_rank = 0
+    local_size = 1
     timeout = None      # seconds a collective may wait for the other ranks
     prev_excepthook = None
 
@@ -112,6 +114,9 @@ def init(comm=None, *, timeout=1800.0, abort_on_exception=True):
     _State.rank = _State.comm.Get_rank()
     _State.size = _State.comm.Get_size()
     _State.timeout = float(timeout)
+    node = _State.comm.Split_type(MPI.COMM_TYPE_SHARED, key=_State.rank)  # the ranks on this machine
+    _State.local_rank, _State.local_size = node.Get_rank(), node.Get_size()
+    node.Free()
     if abort_on_exception and _State.prev_excepthook is None:
         _State.prev_excepthook = sys.excepthook
         sys.excepthook = _abort_excepthook
@@ -129,7 +134,7 @@ def destroy_process_group():
         sys.excepthook = _State.prev_excepthook
     _State.prev_excepthook = None
     comm, _State.comm, _State.base = _State.comm, None, None
-    _State.rank, _State.size = 0, 1
+    _State.rank, _State.size, _State.local_rank, _State.local_size = 0, 1, 0, 1
     try:
         comm.Free()
     except Exception:  # pragma: no cover - MPI already finalized
@@ -154,6 +159,35 @@ def get_rank():
 def get_world_size():
     _comm()
     return _State.size
+
+
+def get_local_rank():
+    """This rank's index among the ranks on the same machine."""
+    _comm()
+    return _State.local_rank
+
+
+def get_local_world_size():
+    """How many ranks run on this machine (they share its cores: see threads_per_rank)."""
+    _comm()
+    return _State.local_size
+
+
+def threads_per_rank():
+    """How many OpenMP/BLAS threads this rank should use so that threads x ranks do not oversubscribe the
+    machine: the cores the launcher pinned this process to, if it pinned it (Open MPI pins each rank to one
+    core by default for up to 2 ranks; `--map-by slot:PE=4` gives 4), else the machine's cores divided by
+    the ranks on it (at least 1). Use `fastbp.set_num_threads(dist.threads_per_rank())` after init(),
+    unless OMP_NUM_THREADS is set."""
+    _comm()
+    total = os.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = total
+    if allowed < total:
+        return allowed
+    return max(1, total // _State.local_size)
 
 
 def is_main_process():

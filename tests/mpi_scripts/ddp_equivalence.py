@@ -2,7 +2,7 @@
 
 Rank 0 also trains the single-process reference in the same run and prints one JSON line: for each dtype and
 optimizer, the largest relative difference of any parameter tensor (max |a - b| / max |b|), a digest of the
-final parameters, and whether every rank ended with the same bits. Options: --steps N."""
+final parameters, and whether every rank ended with the same bits. Options: --steps N, --bucket-mb MB, --no-overlap."""
 import argparse
 import hashlib
 import json
@@ -39,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bucket-mb", type=float, default=0.004)  # a few KiB: several buckets
+    ap.add_argument("--no-overlap", action="store_true", help="reduce after the backward pass instead of during it")
     args = ap.parse_args()
     dist.init(timeout=60)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -52,7 +53,7 @@ def main():
         for name in ("sgd", "adam"):
             fastbp.manual_seed(100 + rank)  # a different start on each rank: the wrap must broadcast rank 0's
             model = small_lenet(dtype)
-            ddp = dist.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb)
+            ddp = dist.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, overlap=not args.no_overlap)
             opt = make_opt(name, ddp.parameters())
             if rank == 0:
                 fastbp.manual_seed(100)
