@@ -592,8 +592,10 @@ class DistributedDataParallel(Module):
                 flat[off:off + size] = 0
                 flat[n + k] = 0
             else:
-                if g.shape != p.data.shape:
-                    raise RuntimeError(f"gradient of shape {g.shape} for a parameter of shape {p.data.shape}")
+                if p.data.dtype != b.dtype or p.data.size != size:
+                    raise RuntimeError("DistributedDataParallel: a parameter's dtype or size changed after wrapping "
+                                       f"({p.data.dtype}, {p.data.shape}; wrapped as {b.dtype}); convert the model "
+                                       "(model.double(), ...) before wrapping it")
                 flat[off:off + size] = g.reshape(-1)
                 flat[n + k] = 1
         b.req = self._ddp_comm.Iallreduce(_State.MPI.IN_PLACE, flat, op=_State.MPI.SUM)

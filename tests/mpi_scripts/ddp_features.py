@@ -143,6 +143,29 @@ def main():
     except (RuntimeError, FileNotFoundError) as exc:
         check("missing.npz" in str(exc), "a missing checkpoint raises on every rank, naming the file")
 
+    # L-BFGS calls backward several times per step through its closure: each pass is averaged
+    fastbp.manual_seed(7)
+    lin = dist.DistributedDataParallel(nn.Linear(3, 1))
+    lbfgs = optim.LBFGS(lin.parameters(), lr=0.5, max_iter=5)
+    xl = np.random.default_rng(rank).standard_normal((6, 3)).astype(np.float32)
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = (lin(fastbp.tensor(xl.astype(lin.module.weight.dtype))) ** 2).mean()
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    wl = lin.module.weight.data.copy()
+    dist.broadcast(wl, src=0)
+    check(np.array_equal(wl, lin.module.weight.data), "L-BFGS steps stay identical across ranks")
+    lin.module.double()
+    try:
+        closure()
+        check(world == 1, "a dtype change after wrapping passes only with one rank")
+    except RuntimeError as exc:
+        check("convert the model" in str(exc), "a dtype change after wrapping is named")
+
     # the sampler's defaults come from the process group
     s = dist.DistributedSampler(11)
     idx = np.asarray(s.indices())
