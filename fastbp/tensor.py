@@ -121,11 +121,77 @@ def _acc(a, b):
     return s if type(s) is _ndarray else np.asarray(s)
 
 
+# Hooks for code that must act on gradients while the backward pass is still running (the data-parallel
+# layer starts averaging a layer's gradients across processes as soon as they are final). Both tables are
+# empty unless someone registers: a backward pass then pays one dict test and one list test, nothing more.
+_leaf_hooks = {}             # id(leaf) -> (leaf, [hook(leaf), ...]) run once the leaf's .grad is final
+_backward_end_callbacks = []  # callback() after every backward pass that completed
+
+
+class _HookHandle:
+    """What `register_post_accumulate_grad_hook` returns: `remove()` takes the hook out again."""
+
+    __slots__ = ("_key", "_hook")
+
+    def __init__(self, key, hook):
+        self._key, self._hook = key, hook
+
+    def remove(self):
+        entry = _leaf_hooks.get(self._key)
+        if entry is not None:
+            hooks = entry[1]
+            if self._hook in hooks:
+                hooks.remove(self._hook)
+            if not hooks:
+                del _leaf_hooks[self._key]
+
+
+def _add_backward_end_callback(callback):
+    """Run `callback()` at the end of every completed backward pass; returns a function that removes it."""
+    _backward_end_callbacks.append(callback)
+
+    def remove():
+        if callback in _backward_end_callbacks:
+            _backward_end_callbacks.remove(callback)
+    return remove
+
+
+def _leaf_finals(nodes):
+    """{node: [hooked leaves whose gradient is final once that node has run]} for nodes in run order."""
+    last = {}
+    for n in nodes:
+        for inp in n.inputs:
+            if isinstance(inp, Tensor) and inp._node is None and id(inp) in _leaf_hooks:
+                last[id(inp)] = (n, inp)
+    finals = {}
+    for n, leaf in last.values():
+        finals.setdefault(n, []).append(leaf)
+    return finals
+
+
+def _fire_leaf_hooks(leaves):
+    for leaf in leaves:
+        if leaf.grad is not None:
+            entry = _leaf_hooks.get(id(leaf))
+            if entry is not None:
+                for hook in list(entry[1]):
+                    hook(leaf)
+
+
+def _end_of_backward():
+    for cb in list(_backward_end_callbacks):
+        cb()
+
+
 def _run_backward(root, grad, retain_graph):
     node = root._node
     if node is None:
         # a leaf: the gradient goes straight to .grad
         root.grad = grad if root.grad is None else _acc(root.grad, grad)
+        if _leaf_hooks:
+            _fire_leaf_hooks((root,))
+        if _backward_end_callbacks:
+            _end_of_backward()
         return
     # collect every node reachable from the root (iterative, no recursion limit); nodes hash by identity
     nodes = []
@@ -145,11 +211,14 @@ def _run_backward(root, grad, retain_graph):
                     seen.add(p)
                     stack.append(p)
     nodes.sort(key=_by_seq, reverse=True)  # reverse creation order: every consumer before its producer
+    finals = _leaf_finals(nodes) if _leaf_hooks else None
     grads = {node: grad}
     owned = set()  # ids of arrays already stored in a leaf's .grad during this pass
     for n in nodes:
         g = grads.pop(n, None)
         if g is None:
+            if finals and n in finals:
+                _fire_leaf_hooks(finals.pop(n))
             continue
         in_grads = n.backward(n, g)
         if type(in_grads) is not tuple:
@@ -177,6 +246,10 @@ def _run_backward(root, grad, retain_graph):
                     inp.grad = _acc(inp.grad, gi)
         if not retain_graph:
             n.__dict__.clear()  # frees the saved arrays and the references to the inputs
+        if finals and n in finals:
+            _fire_leaf_hooks(finals.pop(n))
+    if _backward_end_callbacks:
+        _end_of_backward()
 
 
 class Tensor:
@@ -312,6 +385,19 @@ class Tensor:
     def clone(self):
         """A copy (C-contiguous) that stays in the graph: its gradient flows back to self."""
         return _ops().Clone.apply(self)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call `hook(tensor)` during each backward pass once this leaf's `.grad` holds its final value for
+        that pass (as torch.Tensor.register_post_accumulate_grad_hook). Returns a handle with `remove()`."""
+        if self._node is not None:
+            raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        entry = _leaf_hooks.setdefault(id(self), (self, []))
+        if entry[0] is not self:  # a dead tensor's id reused: start afresh
+            entry = _leaf_hooks[id(self)] = (self, [])
+        entry[1].append(hook)
+        return _HookHandle(id(self), hook)
 
     def contiguous(self):
         """self if its data is C-contiguous, else a contiguous copy in the graph (as clone())."""
