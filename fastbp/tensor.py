@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _device
 from ._dtype import ALIASES as _ALIASES, as_dtype, get_default_dtype
+from .random import get_rng as _get_rng
 
 _counter = itertools.count()
 _ndarray = np.ndarray
@@ -750,6 +751,81 @@ class Tensor:
     def cuda(self, *args, **kwargs):
         raise ValueError("cuda(): fastbp is a CPU library, the only device is 'cpu'")
 
+    # ----- in place (data only: on leaves, or under no_grad for a leaf that requires grad) ---------------
+    def _writable(self, what):
+        if self._node is not None or (self.requires_grad and _GradMode.enabled):
+            raise RuntimeError(f"{what}: in-place change of a tensor that requires grad; fastbp records no in-place "
+                               f"ops: use the out-of-place form, or fastbp.no_grad() for a leaf (e.g. a parameter)")
+        if not self.data.flags.writeable:
+            raise ValueError(f"{what}: the tensor's data is a read-only view (from expand()); clone() it first")
+        return self.data
+
+    def __setitem__(self, index, value):
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple) and any(isinstance(i, Tensor) for i in index):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        self._writable("item assignment")[index] = _data(value)
+
+    def zero_(self):
+        self._writable("zero_")[...] = 0
+        return self
+
+    def fill_(self, value):
+        self._writable("fill_")[...] = _data(value)
+        return self
+
+    def copy_(self, src):
+        np.copyto(self._writable("copy_"), _data(src), casting="unsafe")
+        return self
+
+    def add_(self, other, alpha=1):
+        d = self._writable("add_")
+        o = _data(other)
+        np.add(d, o if alpha == 1 else np.multiply(o, alpha), out=d, casting="unsafe")
+        return self
+
+    def sub_(self, other, alpha=1):
+        d = self._writable("sub_")
+        o = _data(other)
+        np.subtract(d, o if alpha == 1 else np.multiply(o, alpha), out=d, casting="unsafe")
+        return self
+
+    def mul_(self, other):
+        d = self._writable("mul_")
+        np.multiply(d, _data(other), out=d, casting="unsafe")
+        return self
+
+    def div_(self, other):
+        d = self._writable("div_")
+        np.divide(d, _data(other), out=d, casting="unsafe")
+        return self
+
+    def clamp_(self, min=None, max=None):
+        d = self._writable("clamp_")
+        if min is None and max is None:
+            raise ValueError("clamp_: at least one of min and max must not be None")
+        if min is not None:
+            np.maximum(d, _data(min), out=d, casting="unsafe")
+        if max is not None:
+            np.minimum(d, _data(max), out=d, casting="unsafe")
+        return self
+
+    def uniform_(self, a=0.0, b=1.0):
+        d = self._writable("uniform_")
+        d[...] = _get_rng().uniform(a, b, d.shape)
+        return self
+
+    def normal_(self, mean=0.0, std=1.0):
+        d = self._writable("normal_")
+        d[...] = _get_rng().normal(mean, std, d.shape)
+        return self
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
     # ----- creation from this tensor (dtype follows self unless given) --------------------------------
     def new_zeros(self, *size, dtype=None, requires_grad=False, device=None):
         return _creation().zeros(*size, dtype=dtype or self.dtype, requires_grad=requires_grad, device=device)
@@ -918,10 +994,21 @@ def tensor(data, requires_grad=False, dtype=None, *, device=None):
     """Make a Tensor from data (a copy, as torch.tensor): Python floats become the default dtype (float32),
     NumPy arrays and scalars keep their dtype, integer data stays integer (for labels), bools stay bool.
     To share an ndarray's memory use fastbp.from_numpy or fastbp.as_tensor."""
-    _device.check_device(device)
-    if isinstance(data, Tensor):
-        data = data.data
-    arr = _as_array(data, None if dtype is None else as_dtype(dtype))
-    if arr is data or (isinstance(data, np.ndarray) and np.may_share_memory(arr, data)):
-        arr = arr.copy()
-    return Tensor(arr, requires_grad=requires_grad)
+    if device is not None:
+        _device.check_device(device)
+    if type(data) is _ndarray and dtype is None and data.dtype.kind in "fiub":
+        arr = data.copy()  # the common case (a batch of NumPy data), kept cheap
+    else:
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = _as_array(data, None if dtype is None else as_dtype(dtype))
+        if arr is data or (isinstance(data, np.ndarray) and np.may_share_memory(arr, data)):
+            arr = arr.copy()
+    if requires_grad and arr.dtype.kind != "f":
+        raise TypeError(f"only floating-point tensors can require gradients, got dtype {arr.dtype}")
+    t = Tensor.__new__(Tensor)
+    t.data = arr
+    t.grad = None
+    t.requires_grad = bool(requires_grad)
+    t._node = None
+    return t

@@ -418,6 +418,39 @@ def test_to_cpu_device_and_dtypes():
     assert nn.Linear(2, 3, dtype=fastbp.float64).weight.dtype == np.float64
 
 
+def test_in_place_methods_change_data_only_where_safe():
+    x = fastbp.zeros(4)
+    x[x == 0] = 2.0
+    x[fastbp.tensor([0])] = 7.0
+    assert x.add_(fastbp.ones(4), alpha=3) is x
+    np.testing.assert_array_equal(x.data, [10.0, 5.0, 5.0, 5.0])
+    x.sub_(1).mul_(2).div_(4).clamp_(max=4.0)
+    np.testing.assert_array_equal(x.data, [4.0, 2.0, 2.0, 2.0])
+    x.copy_(np.arange(4.0))
+    np.testing.assert_array_equal(x.zero_().fill_(3).data, [3.0] * 4)
+    p = fastbp.zeros(2, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        p.fill_(1.0)
+    with pytest.raises(RuntimeError, match="in-place"):
+        p[0] = 1.0
+    with fastbp.no_grad():
+        fastbp.manual_seed(5)
+        p.uniform_(-1, 1)
+        a = p.data.copy()
+        p.normal_(0, 2)
+    fastbp.manual_seed(5)
+    np.testing.assert_array_equal(a, np.random.default_rng(5).uniform(-1, 1, (2, 3)).astype(np.float32))
+    assert np.all(np.abs(a) <= 1)
+    q = p * 2  # a non-leaf: its data may be saved by the graph, so it stays unchanged even under no_grad
+    with pytest.raises(RuntimeError, match="in-place"), fastbp.no_grad():
+        q.add_(1)
+    with pytest.raises(ValueError, match="read-only"):
+        fastbp.ones(2, 1).expand(2, 3).zero_()
+    assert [t.item() for t in fastbp.arange(3)] == [0, 1, 2]
+    with pytest.raises(TypeError, match="0-d"):
+        iter(fastbp.tensor(1.0))
+
+
 def test_backward_gradient_and_retain_graph_keywords():
     x = fastbp.tensor(np.array([1.0, 2.0]), requires_grad=True)
     y = x * x
