@@ -12,7 +12,7 @@ from ._dtype import (get_default_dtype, set_default_dtype, float16, float32, flo
                      uint8)
 from ._dtype import bool_ as bool  # noqa: A001  (torch.bool; shadows the builtin only as fastbp.bool)
 from ._device import device
-from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
+from .tensor import Function, Tensor, enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from .random import manual_seed
 from ._config import get_num_threads, set_num_threads, show_config
 from .gradcheck import GradcheckError, gradcheck
@@ -34,7 +34,8 @@ long = int64
 int = int32  # noqa: A001
 short = int16
 
-__all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "manual_seed",
+__all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "enable_grad", "set_grad_enabled",
+           "inference_mode", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError",
            "device", "return_types", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",

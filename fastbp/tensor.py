@@ -45,6 +45,73 @@ class no_grad:
         return wrapper
 
 
+class set_grad_enabled(no_grad):
+    """set_grad_enabled(mode): turns recording on or off at once (as a function) or for a block (as a context
+    manager or decorator), as torch.set_grad_enabled."""
+
+    def __init__(self, mode):
+        self.mode = bool(mode)
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = self.mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _GradMode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        mode = self.mode
+        _GradMode.enabled = self._prev  # used as a decorator: the call above must not have changed anything
+
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(mode):
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Context manager (and decorator) that turns recording back on inside a no_grad block."""
+
+    def __enter__(self):
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = True
+        return self
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with enable_grad():
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class inference_mode(no_grad):
+    """inference_mode(mode=True): as no_grad (fastbp has no separate inference tensors)."""
+
+    def __init__(self, mode=True):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = _GradMode.enabled and not self.mode
+        return self
+
+    def __call__(self, fn):
+        mode = self.mode
+
+        def wrapper(*args, **kwargs):
+            with inference_mode(mode):
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
 def is_grad_enabled():
     return _GradMode.enabled
 
@@ -525,6 +592,15 @@ class Tensor:
             return _ops().MaxAll.apply(self, minimum=True)
         return _max_min(self, dim, keepdim, True).values
 
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """Variance over dim (all elements when None) with Bessel's correction by default (correction=1;
+        unbiased=False or correction=0 divides by n), as torch.var; differentiable."""
+        return _var(self, dim, unbiased, keepdim, correction, "var")
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """sqrt(var(...)), as torch.std."""
+        return _var(self, dim, unbiased, keepdim, correction, "std").sqrt()
+
     # ----- elementwise math -------------------------------------------------------------------------
     def exp(self):
         return _ops().Exp.apply(self)
@@ -565,6 +641,12 @@ class Tensor:
     def where(self, condition, other):
         """self where condition, else other (as torch.Tensor.where)."""
         return _ops().Where.apply(condition, self, other)
+
+    def masked_fill(self, mask, value):
+        """value where mask (a bool tensor broadcasting to self), else self; the gradient flows where mask is
+        False."""
+        v = np.asarray(_data(value), dtype=self.data.dtype)
+        return _ops().Where.apply(_data(mask), v, self)
 
     def relu(self):
         from .ops import nn as _nnops
@@ -701,6 +783,47 @@ class Tensor:
 
     def expand_as(self, other):
         return self.expand(other.shape)
+
+    def repeat(self, *sizes):
+        """Tile self sizes[i] times along each dim (leading new dims allowed), as torch.Tensor.repeat;
+        the gradient sums over the copies."""
+        sizes = _shape_args(sizes, "repeat")
+        if len(sizes) < self.data.ndim:
+            raise ValueError(f"repeat: {len(sizes)} sizes {sizes} for a tensor of shape {self.shape}: give at "
+                             f"least one per dim")
+        if any(r < 0 for r in sizes):
+            raise ValueError(f"repeat: sizes must be >= 0, got {sizes}")
+        return _ops().Repeat.apply(self, reps=sizes)
+
+    def split(self, split_size_or_sections, dim=0):
+        """Pieces of split_size along dim (the last may be smaller), or of the given section sizes; each
+        piece is differentiable."""
+        n = self.data.shape[_dim(dim, self.data.ndim, "split")]
+        d = _dim(dim, self.data.ndim, "split")
+        if isinstance(split_size_or_sections, (list, tuple)):
+            sizes = [operator.index(k) for k in split_size_or_sections]
+            if sum(sizes) != n:
+                raise ValueError(f"split: sections {sizes} sum to {sum(sizes)}, but dim {dim} of a tensor of shape "
+                                 f"{self.shape} has size {n}")
+        else:
+            k = operator.index(split_size_or_sections)
+            if k <= 0:
+                raise ValueError(f"split: split_size must be > 0, got {k}")
+            sizes = [min(k, n - i) for i in range(0, n, k)] or [0]
+        out, start = [], 0
+        lead = (slice(None),) * d
+        for k in sizes:
+            out.append(self[lead + (slice(start, start + k),)])
+            start += k
+        return tuple(out)
+
+    def chunk(self, chunks, dim=0):
+        """At most `chunks` pieces of equal size ceil(n / chunks) along dim, as torch.chunk."""
+        chunks = operator.index(chunks)
+        if chunks <= 0:
+            raise ValueError(f"chunk: chunks must be > 0, got {chunks}")
+        n = self.data.shape[_dim(dim, self.data.ndim, "chunk")]
+        return self.split(max(-(-n // chunks), 1), dim)
 
     # ----- dtype and device -------------------------------------------------------------------------
     def astype(self, dtype):
@@ -962,6 +1085,18 @@ def _max_min(self, dim, keepdim, minimum):
     values = ops.Gather.apply(self, index=idx, dim=d, keepdim=keepdim)
     indices = np.asarray(idx if keepdim else idx.squeeze(d), dtype=np.int64)
     return getattr(return_types, what)(values, _wrap(indices))
+
+
+def _var(t, dim, unbiased, keepdim, correction, what):
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{what}: pass unbiased or correction, not both")
+    c = correction if correction is not None else (0 if unbiased is False else 1)
+    if t.data.dtype.kind != "f":
+        raise TypeError(f"{what}(): input dtype must be floating point, got {t.dtype}")
+    axes = _axes(dim, t.data.ndim, what)
+    n = t.data.size if axes is None else int(np.prod([t.data.shape[a] for a in np.atleast_1d(axes)]))
+    centred = t - t.mean(dim=axes, keepdim=True)
+    return (centred * centred).sum(dim=axes, keepdim=keepdim) / max(n - c, 0)
 
 
 def _cast(t, dtype):

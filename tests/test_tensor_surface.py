@@ -111,6 +111,18 @@ UNARY_BINARY = [
     ("nn_log_softmax", lambda x: nn.LogSoftmax(dim=0)(x), lambda x: _torch().nn.LogSoftmax(dim=0)(x),
      [(3, 4)], None),
     ("sign", lambda x: x.sign() * x, lambda x: x.sign() * x, [(3, 4)], None),
+    ("var", lambda x: x.var(), lambda x: x.var(), [(3, 4)], None),
+    ("var_dim", lambda x: x.var(1, keepdim=True), lambda x: x.var(1, keepdim=True), [(3, 4)], None),
+    ("var_biased", lambda x: x.var(dim=(0, 2), unbiased=False), lambda x: x.var(dim=(0, 2), unbiased=False),
+     [(2, 3, 4)], None),
+    ("std", lambda x: x.std(0), lambda x: x.std(0), [(5, 3)], None),
+    ("std_correction", lambda x: x.std(-1, correction=0), lambda x: x.std(-1, correction=0), [(5, 3)], None),
+    ("repeat", lambda x: x.repeat(2, 1, 3), lambda x: x.repeat(2, 1, 3), [(3, 2)], None),
+    ("split", lambda x: x.split(2, dim=1)[1] * x.split(2, dim=1)[0], lambda x: x.split(2, dim=1)[1] *
+     x.split(2, dim=1)[0], [(3, 4)], None),
+    ("split_sections", lambda x: x.split([1, 3], 1)[1], lambda x: x.split([1, 3], 1)[1], [(3, 4)], None),
+    ("chunk", lambda x: x.chunk(3, 0)[-1], lambda x: x.chunk(3, 0)[-1], [(5, 2)], None),
+    ("masked_fill", lambda x: x.masked_fill(x > 0.2, 0.5), lambda x: x.masked_fill(x > 0.2, 0.5), [(3, 4)], None),
 ]
 
 
@@ -449,6 +461,40 @@ def test_in_place_methods_change_data_only_where_safe():
     assert [t.item() for t in fastbp.arange(3)] == [0, 1, 2]
     with pytest.raises(TypeError, match="0-d"):
         iter(fastbp.tensor(1.0))
+
+
+def test_grad_mode_switches():
+    x = fastbp.ones(2, requires_grad=True)
+    with fastbp.set_grad_enabled(False):
+        assert not (x * 2).requires_grad
+        with fastbp.enable_grad():
+            assert (x * 2).requires_grad
+    assert fastbp.is_grad_enabled()
+    fastbp.set_grad_enabled(False)
+    try:
+        assert not fastbp.is_grad_enabled()
+    finally:
+        fastbp.set_grad_enabled(True)
+    with fastbp.inference_mode():
+        assert not (x * 2).requires_grad
+    with fastbp.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @fastbp.set_grad_enabled(False)
+    def f(t):
+        return t * 2
+    assert fastbp.is_grad_enabled() and not f(x).requires_grad
+
+
+def test_split_chunk_repeat_errors():
+    x = T(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"sum to 4.*\(2, 5\)"):
+        x.split([1, 3], dim=1)
+    with pytest.raises(ValueError, match="> 0"):
+        x.chunk(0)
+    with pytest.raises(ValueError, match=r"\(2, 5\)"):
+        x.repeat(2)
+    assert [p.shape for p in x.chunk(2, dim=1)] == [(2, 3), (2, 2)]
 
 
 def test_backward_gradient_and_retain_graph_keywords():

@@ -510,3 +510,21 @@ class Clone(Function):
     @staticmethod
     def backward(ctx, g):
         return (g,)
+
+
+class Repeat(Function):
+    """np.tile with PyTorch's repeat semantics (len(reps) >= ndim); the gradient sums over the tiles."""
+
+    @staticmethod
+    def forward(ctx, a, reps):
+        shape = (1,) * (len(reps) - a.ndim) + a.shape
+        ctx.shape, ctx.padded, ctx.reps = a.shape, shape, reps
+        return np.tile(a.reshape(shape), reps)
+
+    @staticmethod
+    def backward(ctx, g):
+        split = []
+        for r, s in zip(ctx.reps, ctx.padded):
+            split += [r, s]
+        g = g.reshape(split).sum(axis=tuple(range(0, len(split), 2)))
+        return (g.reshape(ctx.shape),)
