@@ -46,6 +46,8 @@ def _pos(a):
     return np.abs(a) + 0.5
 
 
+_LO = np.linspace(-1.0, 0.5, 5)  # constant clamp bounds, one per column
+
 UNARY_BINARY = [
     ("sqrt", lambda x: x.sqrt(), lambda x: x.sqrt(), [(3, 4)], _pos),
     ("exp", lambda x: x.exp(), lambda x: x.exp(), [(3, 4)], None),
@@ -64,6 +66,9 @@ UNARY_BINARY = [
     ("clamp", lambda x: x.clamp(-0.5, 0.7), lambda x: x.clamp(-0.5, 0.7), [(4, 5)], None),
     ("clamp_min", lambda x: x.clamp_min(0.1), lambda x: x.clamp_min(0.1), [(4, 5)], None),
     ("clamp_max", lambda x: fastbp.clamp(x, max=0.1), lambda x: x.clamp(max=0.1), [(4, 5)], None),
+    ("clamp_tensor_bounds", lambda x: x.clamp(fastbp.tensor(_LO), fastbp.tensor(_LO + 0.5)),
+     lambda x: x.clamp(_torch().tensor(_LO), _torch().tensor(_LO + 0.5)), [(4, 5)], None),
+    ("cat_one", lambda x: fastbp.cat([x]) * 2, lambda x: _torch().cat([x]) * 2, [(2, 3)], None),
     ("where", lambda x, y: fastbp.where(x > y, x, y * 2), lambda x, y: x.where(x > y, y * 2), [(3, 4), (4,)], None),
     ("tensor_where", lambda x, y: x.where(y > 0, y), lambda x, y: x.where(y > 0, y), [(3, 4), (3, 4)], None),
     ("sum_dim", lambda x: x.sum(dim=1), lambda x: x.sum(dim=1), [(3, 4, 2)], None),

@@ -352,8 +352,8 @@ class Clamp(Function):
         a = ctx.a
         mask = np.ones(a.shape, dtype=bool) if ctx.lo is None else (a >= ctx.lo)
         if ctx.hi is not None:
-            mask &= a <= ctx.hi
-        return (_nd(np.where(mask, g, 0).astype(g.dtype, copy=False)),)
+            mask = mask & (a <= ctx.hi)
+        return (unbroadcast(_nd(np.where(mask, g, 0).astype(g.dtype, copy=False)), a.shape),)
 
 
 class Maximum(Function):
