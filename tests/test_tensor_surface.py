@@ -549,6 +549,7 @@ def test_creation_functions_shapes_dtypes_and_requires_grad():
     # randint: (high, size) and (low, high, size), int64
     r = fastbp.randint(10, (100,))
     assert r.dtype == np.int64 and r.shape == (100,) and 0 <= r.data.min() and r.data.max() < 10
+    assert fastbp.randint(4, size=(3,)).shape == (3,) and fastbp.randint(high=4, size=(2,)).data.max() < 4
     r = fastbp.randint(-3, 3, (4, 5))
     assert r.shape == (4, 5) and -3 <= r.data.min() and r.data.max() < 3
     with pytest.raises(ValueError, match="greater"):
