@@ -19,7 +19,8 @@ from .gradcheck import GradcheckError, gradcheck
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace, ones,
                        ones_like, rand, rand_like, randint, randint_like, randn, randn_like, randperm, zeros,
                        zeros_like)
-from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, clip, concat, concatenate, eq,  # noqa: A004
+# torch-style functions; abs, max, min, pow, sum shadow the builtins only as fastbp.abs, fastbp.max, ...
+from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, clip, concat, concatenate, eq,
                         equal, exp, flatten, ge, gt, is_tensor, isnan, le, log, log_softmax, lt, matmul, max,
                         maximum, mean, min, minimum, mm, ne, neg, numel, permute, pow, relu, reshape, sigmoid, sign,
                         softmax, sqrt, squeeze, stack, sum, tanh, transpose, unsqueeze, where)
