@@ -601,6 +601,49 @@ class Tensor:
         """sqrt(var(...)), as torch.std."""
         return _var(self, dim, unbiased, keepdim, correction, "std").sqrt()
 
+    def sort(self, dim=-1, descending=False, stable=False):
+        """(values, indices) sorted along dim (NaN sorts as the largest value); equal values keep their order
+        (a stable sort, whatever `stable` says). Values are differentiable (the gradient goes back to the
+        source positions); indices are int64."""
+        from . import return_types
+        idx = _sort_index(self.data, dim, descending, "sort")
+        return return_types.sort(_take(self, idx, dim), _wrap(idx))
+
+    def argsort(self, dim=-1, descending=False, stable=False):
+        return _wrap(_sort_index(self.data, dim, descending, "argsort"))
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """(values, indices) of the k largest (or smallest) along dim, in order, as torch.topk."""
+        from . import return_types
+        d = _dim(dim, self.data.ndim, "topk")
+        n = self.data.shape[d] if self.data.ndim else 1
+        k = operator.index(k)
+        if not 0 <= k <= n:
+            raise ValueError(f"topk: k={k} is out of range for dim {dim} of size {n} (tensor of shape {self.shape})")
+        idx = _sort_index(self.data, dim, largest, "topk")
+        if self.data.ndim:
+            idx = np.ascontiguousarray(np.take(idx, np.arange(k), axis=d))
+        return return_types.topk(_take(self, idx, dim), _wrap(idx))
+
+    def gather(self, dim, index):
+        """Values at `index` along dim (torch.gather): index (int64) has self's number of dims and, outside
+        dim, sizes no larger than self's. Differentiable in self."""
+        ix = np.asarray(_data(index))
+        if ix.dtype.kind not in "iu":
+            raise TypeError(f"gather: index must be an integer tensor, got dtype {ix.dtype}")
+        if ix.ndim != self.data.ndim:
+            raise ValueError(f"gather: index of shape {ix.shape} must have as many dims as the input of shape "
+                             f"{self.shape}")
+        d = _dim(dim, self.data.ndim, "gather")
+        if any(ix.shape[i] > self.data.shape[i] for i in range(ix.ndim) if i != d):
+            raise ValueError(f"gather: index of shape {ix.shape} is larger than the input of shape {self.shape} "
+                             f"outside dim {dim}")
+        n = self.data.shape[d] if self.data.ndim else 1
+        if ix.size and (ix.min() < -n or ix.max() >= n):
+            raise IndexError(f"gather: index values must lie in [0, {n}) for dim {dim} of the input of shape "
+                             f"{self.shape}")
+        return _ops().TakeAlong.apply(self, index=ix % n if ix.size else ix, dim=d)
+
     # ----- elementwise math -------------------------------------------------------------------------
     def exp(self):
         return _ops().Exp.apply(self)
@@ -1097,6 +1140,24 @@ def _var(t, dim, unbiased, keepdim, correction, what):
     n = t.data.size if axes is None else int(np.prod([t.data.shape[a] for a in np.atleast_1d(axes)]))
     centred = t - t.mean(dim=axes, keepdim=True)
     return (centred * centred).sum(dim=axes, keepdim=keepdim) / max(n - c, 0)
+
+
+def _sort_index(a, dim, descending, what):
+    d = _dim(dim, a.ndim, what)
+    if a.ndim == 0:
+        return np.zeros((), dtype=np.int64)
+    if descending:
+        # a stable ascending sort of the reversed line, reversed back: largest first, NaN first (as the
+        # largest), equal values in their original order, no negation (so no integer overflow)
+        n = a.shape[d]
+        return (n - 1 - np.flip(np.argsort(np.flip(a, d), axis=d, kind="stable"), d)).astype(np.int64)
+    return np.argsort(a, axis=d, kind="stable").astype(np.int64)
+
+
+def _take(t, idx, dim):
+    if t.data.ndim == 0:
+        return t.clone() if t.requires_grad else _wrap(t.data.copy())
+    return _ops().TakeAlong.apply(t, index=idx, dim=_dim(dim, t.data.ndim, "sort"))
 
 
 def _cast(t, dtype):

@@ -46,6 +46,7 @@ def _pos(a):
     return np.abs(a) + 0.5
 
 
+_IDX = np.array([[0, 0, 4], [2, 1, 2]])  # repeated indices: their gradients add up
 _LO = np.linspace(-1.0, 0.5, 5)  # constant clamp bounds, one per column
 
 UNARY_BINARY = [
@@ -127,6 +128,13 @@ UNARY_BINARY = [
      x.split(2, dim=1)[0], [(3, 4)], None),
     ("split_sections", lambda x: x.split([1, 3], 1)[1], lambda x: x.split([1, 3], 1)[1], [(3, 4)], None),
     ("chunk", lambda x: x.chunk(3, 0)[-1], lambda x: x.chunk(3, 0)[-1], [(5, 2)], None),
+    ("sort", lambda x: x.sort(dim=1).values, lambda x: x.sort(dim=1).values, [(3, 5)], None),
+    ("sort_desc", lambda x: x.sort(0, descending=True)[0], lambda x: x.sort(0, descending=True)[0], [(4, 3)], None),
+    ("topk", lambda x: x.topk(2).values, lambda x: x.topk(2).values, [(3, 5)], None),
+    ("topk_smallest", lambda x: x.topk(3, dim=0, largest=False)[0], lambda x: x.topk(3, dim=0, largest=False)[0],
+     [(4, 3)], None),
+    ("gather", lambda x: x.gather(1, fastbp.tensor(_IDX)), lambda x: x.gather(1, _torch().tensor(_IDX)), [(3, 5)],
+     None),
     ("masked_fill", lambda x: x.masked_fill(x > 0.2, 0.5), lambda x: x.masked_fill(x > 0.2, 0.5), [(3, 4)], None),
 ]
 
@@ -466,6 +474,51 @@ def test_in_place_methods_change_data_only_where_safe():
     assert [t.item() for t in fastbp.arange(3)] == [0, 1, 2]
     with pytest.raises(TypeError, match="0-d"):
         iter(fastbp.tensor(1.0))
+
+
+def test_sort_topk_indices_and_imagenet_accuracy_snippet():
+    torch = _torch()
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((5, 7))
+    a[1, 2], a[3, :4], a[4, 0] = np.nan, 1.0, np.inf
+    x, t = T(a), torch.tensor(a)
+    for kw in ({}, {"dim": 0}, {"descending": True}, {"dim": 0, "descending": True}):
+        v, i = x.sort(**kw)
+        tv, ti = t.sort(stable=True, **kw)
+        np.testing.assert_array_equal(v.data, tv.numpy())
+        np.testing.assert_array_equal(i.data, ti.numpy())
+        np.testing.assert_array_equal(x.argsort(**kw).data, ti.numpy())
+        assert i.dtype == np.int64
+    for k in (1, 3, 7):
+        np.testing.assert_array_equal(x.topk(k, 1).values.data, t.topk(k, 1).values.numpy())
+    with pytest.raises(ValueError, match="out of range"):
+        x.topk(8)
+    with pytest.raises(IndexError, match=r"\[0, 7\)"):
+        x.gather(1, fastbp.tensor([[7]]))
+    with pytest.raises(ValueError, match="dims"):
+        x.gather(1, fastbp.tensor([1]))
+
+    # pytorch/examples imagenet's accuracy(), written as there
+    def accuracy(output, target, topk=(1,)):
+        with fastbp.no_grad():
+            maxk = max(topk)
+            batch_size = target.size(0)
+            _, pred = output.topk(maxk, 1, True, True)
+            pred = pred.t()
+            correct = pred.eq(target.view(1, -1).expand_as(pred))
+            res = []
+            for k in topk:
+                correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+                res.append(correct_k.mul_(100.0 / batch_size))
+            return res
+
+    out = rng.standard_normal((16, 10))
+    target = rng.integers(0, 10, 16)
+    got = accuracy(fastbp.tensor(out), fastbp.tensor(target), topk=(1, 5))
+    order = np.argsort(-out, axis=1)
+    for k, acc in zip((1, 5), got):
+        assert acc.shape == (1,)
+        assert acc.item() == pytest.approx(100.0 * np.mean([target[n] in order[n, :k] for n in range(16)]))
 
 
 def test_grad_mode_switches():

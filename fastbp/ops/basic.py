@@ -528,3 +528,23 @@ class Repeat(Function):
             split += [r, s]
         g = g.reshape(split).sum(axis=tuple(range(0, len(split), 2)))
         return (g.reshape(ctx.shape),)
+
+
+class TakeAlong(Function):
+    """out[i][j][k] = a[i][index[i][j][k]][k] for dim 1 (and so on), as torch.gather: index has a's number of
+    dims and, outside dim, sizes no larger than a's. The gradient adds into the gathered positions (repeated
+    indices accumulate)."""
+
+    @staticmethod
+    def forward(ctx, a, index, dim):
+        ctx.shape, ctx.index, ctx.dim = a.shape, index, dim
+        sl = tuple(slice(None) if d == dim else slice(0, index.shape[d]) for d in range(a.ndim))
+        return np.take_along_axis(a[sl], index, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        out = np.zeros(ctx.shape, dtype=g.dtype)
+        idx = list(np.indices(ctx.index.shape, sparse=True))
+        idx[ctx.dim] = ctx.index
+        np.add.at(out, tuple(idx), g)
+        return (out,)
