@@ -333,9 +333,14 @@ class Tensor:
         return self.data
 
     def __array__(self, dtype=None, copy=None):
+        """np.asarray(t) is t.data (no copy); NumPy 2's copy= protocol is followed."""
         if copy:
             return np.array(self.data, dtype=dtype, copy=True)
-        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+        if dtype is None or np.dtype(dtype) == self.data.dtype:
+            return self.data
+        if copy is False:
+            raise ValueError(f"converting a {self.dtype} tensor to {np.dtype(dtype)} needs a copy (copy=False given)")
+        return self.data.astype(dtype)
 
     def item(self):
         if self.data.size != 1:

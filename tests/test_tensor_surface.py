@@ -302,6 +302,12 @@ def test_comparisons_are_elementwise_bool_tensors():
     np.testing.assert_array_equal(m.data, [True, True, False])
     np.testing.assert_array_equal((~m).data, [False, False, True])
     assert (x > 1).any().item() and not (x > 5).any().item() and (x > 0).all().item()
+    rows, = fastbp.where(x > 1.5)
+    assert rows.dtype == np.int64 and rows.tolist() == [1, 2]
+    assert fastbp.is_tensor(x) and not fastbp.is_tensor(x.data) and fastbp.allclose(x, x.data + 1e-9)
+    assert np.asarray(x, dtype=np.float32).dtype == np.float32 and np.asarray(x, dtype=np.float64) is x.data
+    with pytest.raises(ValueError, match="copy"):
+        np.asarray(x, dtype=np.float32, copy=False)
 
 
 # ----- shapes -------------------------------------------------------------------------------------------
