@@ -139,8 +139,8 @@ def randint(low=0, high=None, size=None, generator=None, dtype=None, requires_gr
         if high is None or not isinstance(high, (tuple, list)):
             raise TypeError("randint: call randint(high, size) or randint(low, high, size) with size a tuple")
         low, high, size = 0, low, high
-    if high is None:
-        raise TypeError("randint: missing high")
+    if high is None:  # randint(high, size=...)
+        low, high = 0, low
     if high <= low:
         raise ValueError(f"randint: high ({high}) must be greater than low ({low})")
     rng = generator if generator is not None else get_rng()

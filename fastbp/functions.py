@@ -40,8 +40,6 @@ def cat(tensors, dim=0, *, axis=None, out=None):
         if s[:d] + s[d + 1:] != shapes[0][:d] + shapes[0][d + 1:]:
             raise ValueError(f"cat: sizes must match except in dim {dim}; tensor 0 has shape {shapes[0]} but "
                              f"tensor {i} has shape {s}")
-    if len(ts) == 1:
-        return ts[0]
     return Cat.apply(*ts, dim=d)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _device
 from ._dtype import ALIASES as _ALIASES, as_dtype, get_default_dtype
+from .random import get_rng as _get_rng
 
 _counter = itertools.count()
 _ndarray = np.ndarray
@@ -38,6 +39,73 @@ class no_grad:
     def __call__(self, fn):
         def wrapper(*args, **kwargs):
             with no_grad():
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class set_grad_enabled(no_grad):
+    """set_grad_enabled(mode): turns recording on or off at once (as a function) or for a block (as a context
+    manager or decorator), as torch.set_grad_enabled."""
+
+    def __init__(self, mode):
+        self.mode = bool(mode)
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = self.mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _GradMode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        mode = self.mode
+        _GradMode.enabled = self._prev  # used as a decorator: the call above must not have changed anything
+
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(mode):
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Context manager (and decorator) that turns recording back on inside a no_grad block."""
+
+    def __enter__(self):
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = True
+        return self
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with enable_grad():
+                return fn(*args, **kwargs)
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class inference_mode(no_grad):
+    """inference_mode(mode=True): as no_grad (fastbp has no separate inference tensors)."""
+
+    def __init__(self, mode=True):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = _GradMode.enabled and not self.mode
+        return self
+
+    def __call__(self, fn):
+        mode = self.mode
+
+        def wrapper(*args, **kwargs):
+            with inference_mode(mode):
                 return fn(*args, **kwargs)
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
         wrapper.__doc__ = fn.__doc__
@@ -338,9 +406,14 @@ class Tensor:
         return self.data
 
     def __array__(self, dtype=None, copy=None):
+        """np.asarray(t) is t.data (no copy); NumPy 2's copy= protocol is followed."""
         if copy:
             return np.array(self.data, dtype=dtype, copy=True)
-        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+        if dtype is None or np.dtype(dtype) == self.data.dtype:
+            return self.data
+        if copy is False:
+            raise ValueError(f"converting a {self.dtype} tensor to {np.dtype(dtype)} needs a copy (copy=False given)")
+        return self.data.astype(dtype)
 
     def item(self):
         if self.data.size != 1:
@@ -610,6 +683,58 @@ class Tensor:
             return _ops().MaxAll.apply(self, minimum=True)
         return _max_min(self, dim, keepdim, True).values
 
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """Variance over dim (all elements when None) with Bessel's correction by default (correction=1;
+        unbiased=False or correction=0 divides by n), as torch.var; differentiable."""
+        return _var(self, dim, unbiased, keepdim, correction, "var")
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """sqrt(var(...)), as torch.std."""
+        return _var(self, dim, unbiased, keepdim, correction, "std").sqrt()
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        """(values, indices) sorted along dim (NaN sorts as the largest value); equal values keep their order
+        (a stable sort, whatever `stable` says). Values are differentiable (the gradient goes back to the
+        source positions); indices are int64."""
+        from . import return_types
+        idx = _sort_index(self.data, dim, descending, "sort")
+        return return_types.sort(_take(self, idx, dim), _wrap(idx))
+
+    def argsort(self, dim=-1, descending=False, stable=False):
+        return _wrap(_sort_index(self.data, dim, descending, "argsort"))
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """(values, indices) of the k largest (or smallest) along dim, in order, as torch.topk."""
+        from . import return_types
+        d = _dim(dim, self.data.ndim, "topk")
+        n = self.data.shape[d] if self.data.ndim else 1
+        k = operator.index(k)
+        if not 0 <= k <= n:
+            raise ValueError(f"topk: k={k} is out of range for dim {dim} of size {n} (tensor of shape {self.shape})")
+        idx = _sort_index(self.data, dim, largest, "topk")
+        if self.data.ndim:
+            idx = np.ascontiguousarray(np.take(idx, np.arange(k), axis=d))
+        return return_types.topk(_take(self, idx, dim), _wrap(idx))
+
+    def gather(self, dim, index):
+        """Values at `index` along dim (torch.gather): index (int64) has self's number of dims and, outside
+        dim, sizes no larger than self's. Differentiable in self."""
+        ix = np.asarray(_data(index))
+        if ix.dtype.kind not in "iu":
+            raise TypeError(f"gather: index must be an integer tensor, got dtype {ix.dtype}")
+        if ix.ndim != self.data.ndim:
+            raise ValueError(f"gather: index of shape {ix.shape} must have as many dims as the input of shape "
+                             f"{self.shape}")
+        d = _dim(dim, self.data.ndim, "gather")
+        if any(ix.shape[i] > self.data.shape[i] for i in range(ix.ndim) if i != d):
+            raise ValueError(f"gather: index of shape {ix.shape} is larger than the input of shape {self.shape} "
+                             f"outside dim {dim}")
+        n = self.data.shape[d] if self.data.ndim else 1
+        if ix.size and (ix.min() < -n or ix.max() >= n):
+            raise IndexError(f"gather: index values must lie in [0, {n}) for dim {dim} of the input of shape "
+                             f"{self.shape}")
+        return _ops().TakeAlong.apply(self, index=ix % n if ix.size else ix, dim=d)
+
     # ----- elementwise math -------------------------------------------------------------------------
     def exp(self):
         return _ops().Exp.apply(self)
@@ -650,6 +775,12 @@ class Tensor:
     def where(self, condition, other):
         """self where condition, else other (as torch.Tensor.where)."""
         return _ops().Where.apply(condition, self, other)
+
+    def masked_fill(self, mask, value):
+        """value where mask (a bool tensor broadcasting to self), else self; the gradient flows where mask is
+        False."""
+        v = np.asarray(_data(value), dtype=self.data.dtype)
+        return _ops().Where.apply(_data(mask), v, self)
 
     def relu(self):
         from .ops import nn as _nnops
@@ -787,6 +918,47 @@ class Tensor:
     def expand_as(self, other):
         return self.expand(other.shape)
 
+    def repeat(self, *sizes):
+        """Tile self sizes[i] times along each dim (leading new dims allowed), as torch.Tensor.repeat;
+        the gradient sums over the copies."""
+        sizes = _shape_args(sizes, "repeat")
+        if len(sizes) < self.data.ndim:
+            raise ValueError(f"repeat: {len(sizes)} sizes {sizes} for a tensor of shape {self.shape}: give at "
+                             f"least one per dim")
+        if any(r < 0 for r in sizes):
+            raise ValueError(f"repeat: sizes must be >= 0, got {sizes}")
+        return _ops().Repeat.apply(self, reps=sizes)
+
+    def split(self, split_size_or_sections, dim=0):
+        """Pieces of split_size along dim (the last may be smaller), or of the given section sizes; each
+        piece is differentiable."""
+        n = self.data.shape[_dim(dim, self.data.ndim, "split")]
+        d = _dim(dim, self.data.ndim, "split")
+        if isinstance(split_size_or_sections, (list, tuple)):
+            sizes = [operator.index(k) for k in split_size_or_sections]
+            if sum(sizes) != n:
+                raise ValueError(f"split: sections {sizes} sum to {sum(sizes)}, but dim {dim} of a tensor of shape "
+                                 f"{self.shape} has size {n}")
+        else:
+            k = operator.index(split_size_or_sections)
+            if k <= 0:
+                raise ValueError(f"split: split_size must be > 0, got {k}")
+            sizes = [min(k, n - i) for i in range(0, n, k)] or [0]
+        out, start = [], 0
+        lead = (slice(None),) * d
+        for k in sizes:
+            out.append(self[lead + (slice(start, start + k),)])
+            start += k
+        return tuple(out)
+
+    def chunk(self, chunks, dim=0):
+        """At most `chunks` pieces of equal size ceil(n / chunks) along dim, as torch.chunk."""
+        chunks = operator.index(chunks)
+        if chunks <= 0:
+            raise ValueError(f"chunk: chunks must be > 0, got {chunks}")
+        n = self.data.shape[_dim(dim, self.data.ndim, "chunk")]
+        return self.split(max(-(-n // chunks), 1), dim)
+
     # ----- dtype and device -------------------------------------------------------------------------
     def astype(self, dtype):
         return _cast(self, as_dtype(dtype))
@@ -835,6 +1007,81 @@ class Tensor:
 
     def cuda(self, *args, **kwargs):
         raise ValueError("cuda(): fastbp is a CPU library, the only device is 'cpu'")
+
+    # ----- in place (data only: on leaves, or under no_grad for a leaf that requires grad) ---------------
+    def _writable(self, what):
+        if self._node is not None or (self.requires_grad and _GradMode.enabled):
+            raise RuntimeError(f"{what}: in-place change of a tensor that requires grad; fastbp records no in-place "
+                               f"ops: use the out-of-place form, or fastbp.no_grad() for a leaf (e.g. a parameter)")
+        if not self.data.flags.writeable:
+            raise ValueError(f"{what}: the tensor's data is a read-only view (from expand()); clone() it first")
+        return self.data
+
+    def __setitem__(self, index, value):
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple) and any(isinstance(i, Tensor) for i in index):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        self._writable("item assignment")[index] = _data(value)
+
+    def zero_(self):
+        self._writable("zero_")[...] = 0
+        return self
+
+    def fill_(self, value):
+        self._writable("fill_")[...] = _data(value)
+        return self
+
+    def copy_(self, src):
+        np.copyto(self._writable("copy_"), _data(src), casting="unsafe")
+        return self
+
+    def add_(self, other, alpha=1):
+        d = self._writable("add_")
+        o = _data(other)
+        np.add(d, o if alpha == 1 else np.multiply(o, alpha), out=d, casting="unsafe")
+        return self
+
+    def sub_(self, other, alpha=1):
+        d = self._writable("sub_")
+        o = _data(other)
+        np.subtract(d, o if alpha == 1 else np.multiply(o, alpha), out=d, casting="unsafe")
+        return self
+
+    def mul_(self, other):
+        d = self._writable("mul_")
+        np.multiply(d, _data(other), out=d, casting="unsafe")
+        return self
+
+    def div_(self, other):
+        d = self._writable("div_")
+        np.divide(d, _data(other), out=d, casting="unsafe")
+        return self
+
+    def clamp_(self, min=None, max=None):
+        d = self._writable("clamp_")
+        if min is None and max is None:
+            raise ValueError("clamp_: at least one of min and max must not be None")
+        if min is not None:
+            np.maximum(d, _data(min), out=d, casting="unsafe")
+        if max is not None:
+            np.minimum(d, _data(max), out=d, casting="unsafe")
+        return self
+
+    def uniform_(self, a=0.0, b=1.0):
+        d = self._writable("uniform_")
+        d[...] = _get_rng().uniform(a, b, d.shape)
+        return self
+
+    def normal_(self, mean=0.0, std=1.0):
+        d = self._writable("normal_")
+        d[...] = _get_rng().normal(mean, std, d.shape)
+        return self
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
 
     # ----- creation from this tensor (dtype follows self unless given) --------------------------------
     def new_zeros(self, *size, dtype=None, requires_grad=False, device=None):
@@ -974,6 +1221,36 @@ def _max_min(self, dim, keepdim, minimum):
     return getattr(return_types, what)(values, _wrap(indices))
 
 
+def _var(t, dim, unbiased, keepdim, correction, what):
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{what}: pass unbiased or correction, not both")
+    c = correction if correction is not None else (0 if unbiased is False else 1)
+    if t.data.dtype.kind != "f":
+        raise TypeError(f"{what}(): input dtype must be floating point, got {t.dtype}")
+    axes = _axes(dim, t.data.ndim, what)
+    n = t.data.size if axes is None else int(np.prod([t.data.shape[a] for a in np.atleast_1d(axes)]))
+    centred = t - t.mean(dim=axes, keepdim=True)
+    return (centred * centred).sum(dim=axes, keepdim=keepdim) / max(n - c, 0)
+
+
+def _sort_index(a, dim, descending, what):
+    d = _dim(dim, a.ndim, what)
+    if a.ndim == 0:
+        return np.zeros((), dtype=np.int64)
+    if descending:
+        # a stable ascending sort of the reversed line, reversed back: largest first, NaN first (as the
+        # largest), equal values in their original order, no negation (so no integer overflow)
+        n = a.shape[d]
+        return (n - 1 - np.flip(np.argsort(np.flip(a, d), axis=d, kind="stable"), d)).astype(np.int64)
+    return np.argsort(a, axis=d, kind="stable").astype(np.int64)
+
+
+def _take(t, idx, dim):
+    if t.data.ndim == 0:
+        return t.clone() if t.requires_grad else _wrap(t.data.copy())
+    return _ops().TakeAlong.apply(t, index=idx, dim=_dim(dim, t.data.ndim, "sort"))
+
+
 def _cast(t, dtype):
     """t converted to dtype: t itself when it already has it; float -> float stays in the graph; a cast to
     a non-float dtype gives a tensor without gradient."""
@@ -1004,10 +1281,21 @@ def tensor(data, requires_grad=False, dtype=None, *, device=None):
     """Make a Tensor from data (a copy, as torch.tensor): Python floats become the default dtype (float32),
     NumPy arrays and scalars keep their dtype, integer data stays integer (for labels), bools stay bool.
     To share an ndarray's memory use fastbp.from_numpy or fastbp.as_tensor."""
-    _device.check_device(device)
-    if isinstance(data, Tensor):
-        data = data.data
-    arr = _as_array(data, None if dtype is None else as_dtype(dtype))
-    if arr is data or (isinstance(data, np.ndarray) and np.may_share_memory(arr, data)):
-        arr = arr.copy()
-    return Tensor(arr, requires_grad=requires_grad)
+    if device is not None:
+        _device.check_device(device)
+    if type(data) is _ndarray and dtype is None and data.dtype.kind in "fiub":
+        arr = data.copy()  # the common case (a batch of NumPy data), kept cheap
+    else:
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = _as_array(data, None if dtype is None else as_dtype(dtype))
+        if arr is data or (isinstance(data, np.ndarray) and np.may_share_memory(arr, data)):
+            arr = arr.copy()
+    if requires_grad and arr.dtype.kind != "f":
+        raise TypeError(f"only floating-point tensors can require gradients, got dtype {arr.dtype}")
+    t = Tensor.__new__(Tensor)
+    t.data = arr
+    t.grad = None
+    t.requires_grad = bool(requires_grad)
+    t._node = None
+    return t

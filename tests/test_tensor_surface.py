@@ -46,6 +46,9 @@ def _pos(a):
     return np.abs(a) + 0.5
 
 
+_IDX = np.array([[0, 0, 4], [2, 1, 2]])  # repeated indices: their gradients add up
+_LO = np.linspace(-1.0, 0.5, 5)  # constant clamp bounds, one per column
+
 UNARY_BINARY = [
     ("sqrt", lambda x: x.sqrt(), lambda x: x.sqrt(), [(3, 4)], _pos),
     ("exp", lambda x: x.exp(), lambda x: x.exp(), [(3, 4)], None),
@@ -64,6 +67,9 @@ UNARY_BINARY = [
     ("clamp", lambda x: x.clamp(-0.5, 0.7), lambda x: x.clamp(-0.5, 0.7), [(4, 5)], None),
     ("clamp_min", lambda x: x.clamp_min(0.1), lambda x: x.clamp_min(0.1), [(4, 5)], None),
     ("clamp_max", lambda x: fastbp.clamp(x, max=0.1), lambda x: x.clamp(max=0.1), [(4, 5)], None),
+    ("clamp_tensor_bounds", lambda x: x.clamp(fastbp.tensor(_LO), fastbp.tensor(_LO + 0.5)),
+     lambda x: x.clamp(_torch().tensor(_LO), _torch().tensor(_LO + 0.5)), [(4, 5)], None),
+    ("cat_one", lambda x: fastbp.cat([x]) * 2, lambda x: _torch().cat([x]) * 2, [(2, 3)], None),
     ("where", lambda x, y: fastbp.where(x > y, x, y * 2), lambda x, y: x.where(x > y, y * 2), [(3, 4), (4,)], None),
     ("tensor_where", lambda x, y: x.where(y > 0, y), lambda x, y: x.where(y > 0, y), [(3, 4), (3, 4)], None),
     ("sum_dim", lambda x: x.sum(dim=1), lambda x: x.sum(dim=1), [(3, 4, 2)], None),
@@ -111,6 +117,25 @@ UNARY_BINARY = [
     ("nn_log_softmax", lambda x: nn.LogSoftmax(dim=0)(x), lambda x: _torch().nn.LogSoftmax(dim=0)(x),
      [(3, 4)], None),
     ("sign", lambda x: x.sign() * x, lambda x: x.sign() * x, [(3, 4)], None),
+    ("var", lambda x: x.var(), lambda x: x.var(), [(3, 4)], None),
+    ("var_dim", lambda x: x.var(1, keepdim=True), lambda x: x.var(1, keepdim=True), [(3, 4)], None),
+    ("var_biased", lambda x: x.var(dim=(0, 2), unbiased=False), lambda x: x.var(dim=(0, 2), unbiased=False),
+     [(2, 3, 4)], None),
+    ("std", lambda x: x.std(0), lambda x: x.std(0), [(5, 3)], None),
+    ("std_correction", lambda x: x.std(-1, correction=0), lambda x: x.std(-1, correction=0), [(5, 3)], None),
+    ("repeat", lambda x: x.repeat(2, 1, 3), lambda x: x.repeat(2, 1, 3), [(3, 2)], None),
+    ("split", lambda x: x.split(2, dim=1)[1] * x.split(2, dim=1)[0], lambda x: x.split(2, dim=1)[1] *
+     x.split(2, dim=1)[0], [(3, 4)], None),
+    ("split_sections", lambda x: x.split([1, 3], 1)[1], lambda x: x.split([1, 3], 1)[1], [(3, 4)], None),
+    ("chunk", lambda x: x.chunk(3, 0)[-1], lambda x: x.chunk(3, 0)[-1], [(5, 2)], None),
+    ("sort", lambda x: x.sort(dim=1).values, lambda x: x.sort(dim=1).values, [(3, 5)], None),
+    ("sort_desc", lambda x: x.sort(0, descending=True)[0], lambda x: x.sort(0, descending=True)[0], [(4, 3)], None),
+    ("topk", lambda x: x.topk(2).values, lambda x: x.topk(2).values, [(3, 5)], None),
+    ("topk_smallest", lambda x: x.topk(3, dim=0, largest=False)[0], lambda x: x.topk(3, dim=0, largest=False)[0],
+     [(4, 3)], None),
+    ("gather", lambda x: x.gather(1, fastbp.tensor(_IDX)), lambda x: x.gather(1, _torch().tensor(_IDX)), [(3, 5)],
+     None),
+    ("masked_fill", lambda x: x.masked_fill(x > 0.2, 0.5), lambda x: x.masked_fill(x > 0.2, 0.5), [(3, 4)], None),
 ]
 
 
@@ -277,6 +302,12 @@ def test_comparisons_are_elementwise_bool_tensors():
     np.testing.assert_array_equal(m.data, [True, True, False])
     np.testing.assert_array_equal((~m).data, [False, False, True])
     assert (x > 1).any().item() and not (x > 5).any().item() and (x > 0).all().item()
+    rows, = fastbp.where(x > 1.5)
+    assert rows.dtype == np.int64 and rows.tolist() == [1, 2]
+    assert fastbp.is_tensor(x) and not fastbp.is_tensor(x.data) and fastbp.allclose(x, x.data + 1e-9)
+    assert np.asarray(x, dtype=np.float32).dtype == np.float32 and np.asarray(x, dtype=np.float64) is x.data
+    with pytest.raises(ValueError, match="copy"):
+        np.asarray(x, dtype=np.float32, copy=False)
 
 
 # ----- shapes -------------------------------------------------------------------------------------------
@@ -418,6 +449,118 @@ def test_to_cpu_device_and_dtypes():
     assert nn.Linear(2, 3, dtype=fastbp.float64).weight.dtype == np.float64
 
 
+def test_in_place_methods_change_data_only_where_safe():
+    x = fastbp.zeros(4)
+    x[x == 0] = 2.0
+    x[fastbp.tensor([0])] = 7.0
+    assert x.add_(fastbp.ones(4), alpha=3) is x
+    np.testing.assert_array_equal(x.data, [10.0, 5.0, 5.0, 5.0])
+    x.sub_(1).mul_(2).div_(4).clamp_(max=4.0)
+    np.testing.assert_array_equal(x.data, [4.0, 2.0, 2.0, 2.0])
+    x.copy_(np.arange(4.0))
+    np.testing.assert_array_equal(x.zero_().fill_(3).data, [3.0] * 4)
+    p = fastbp.zeros(2, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        p.fill_(1.0)
+    with pytest.raises(RuntimeError, match="in-place"):
+        p[0] = 1.0
+    with fastbp.no_grad():
+        fastbp.manual_seed(5)
+        p.uniform_(-1, 1)
+        a = p.data.copy()
+        p.normal_(0, 2)
+    fastbp.manual_seed(5)
+    np.testing.assert_array_equal(a, np.random.default_rng(5).uniform(-1, 1, (2, 3)).astype(np.float32))
+    assert np.all(np.abs(a) <= 1)
+    q = p * 2  # a non-leaf: its data may be saved by the graph, so it stays unchanged even under no_grad
+    with pytest.raises(RuntimeError, match="in-place"), fastbp.no_grad():
+        q.add_(1)
+    with pytest.raises(ValueError, match="read-only"):
+        fastbp.ones(2, 1).expand(2, 3).zero_()
+    assert [t.item() for t in fastbp.arange(3)] == [0, 1, 2]
+    with pytest.raises(TypeError, match="0-d"):
+        iter(fastbp.tensor(1.0))
+
+
+def test_sort_topk_indices_and_imagenet_accuracy_snippet():
+    torch = _torch()
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((5, 7))
+    a[1, 2], a[3, :4], a[4, 0] = np.nan, 1.0, np.inf
+    x, t = T(a), torch.tensor(a)
+    for kw in ({}, {"dim": 0}, {"descending": True}, {"dim": 0, "descending": True}):
+        v, i = x.sort(**kw)
+        tv, ti = t.sort(stable=True, **kw)
+        np.testing.assert_array_equal(v.data, tv.numpy())
+        np.testing.assert_array_equal(i.data, ti.numpy())
+        np.testing.assert_array_equal(x.argsort(**kw).data, ti.numpy())
+        assert i.dtype == np.int64
+    for k in (1, 3, 7):
+        np.testing.assert_array_equal(x.topk(k, 1).values.data, t.topk(k, 1).values.numpy())
+    with pytest.raises(ValueError, match="out of range"):
+        x.topk(8)
+    with pytest.raises(IndexError, match=r"\[0, 7\)"):
+        x.gather(1, fastbp.tensor([[7]]))
+    with pytest.raises(ValueError, match="dims"):
+        x.gather(1, fastbp.tensor([1]))
+
+    # pytorch/examples imagenet's accuracy(), written as there
+    def accuracy(output, target, topk=(1,)):
+        with fastbp.no_grad():
+            maxk = max(topk)
+            batch_size = target.size(0)
+            _, pred = output.topk(maxk, 1, True, True)
+            pred = pred.t()
+            correct = pred.eq(target.view(1, -1).expand_as(pred))
+            res = []
+            for k in topk:
+                correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+                res.append(correct_k.mul_(100.0 / batch_size))
+            return res
+
+    out = rng.standard_normal((16, 10))
+    target = rng.integers(0, 10, 16)
+    got = accuracy(fastbp.tensor(out), fastbp.tensor(target), topk=(1, 5))
+    order = np.argsort(-out, axis=1)
+    for k, acc in zip((1, 5), got):
+        assert acc.shape == (1,)
+        assert acc.item() == pytest.approx(100.0 * np.mean([target[n] in order[n, :k] for n in range(16)]))
+
+
+def test_grad_mode_switches():
+    x = fastbp.ones(2, requires_grad=True)
+    with fastbp.set_grad_enabled(False):
+        assert not (x * 2).requires_grad
+        with fastbp.enable_grad():
+            assert (x * 2).requires_grad
+    assert fastbp.is_grad_enabled()
+    fastbp.set_grad_enabled(False)
+    try:
+        assert not fastbp.is_grad_enabled()
+    finally:
+        fastbp.set_grad_enabled(True)
+    with fastbp.inference_mode():
+        assert not (x * 2).requires_grad
+    with fastbp.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @fastbp.set_grad_enabled(False)
+    def f(t):
+        return t * 2
+    assert fastbp.is_grad_enabled() and not f(x).requires_grad
+
+
+def test_split_chunk_repeat_errors():
+    x = T(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"sum to 4.*\(2, 5\)"):
+        x.split([1, 3], dim=1)
+    with pytest.raises(ValueError, match="> 0"):
+        x.chunk(0)
+    with pytest.raises(ValueError, match=r"\(2, 5\)"):
+        x.repeat(2)
+    assert [p.shape for p in x.chunk(2, dim=1)] == [(2, 3), (2, 2)]
+
+
 def test_backward_gradient_and_retain_graph_keywords():
     x = fastbp.tensor(np.array([1.0, 2.0]), requires_grad=True)
     y = x * x
@@ -465,6 +608,7 @@ def test_creation_functions_shapes_dtypes_and_requires_grad():
     # randint: (high, size) and (low, high, size), int64
     r = fastbp.randint(10, (100,))
     assert r.dtype == np.int64 and r.shape == (100,) and 0 <= r.data.min() and r.data.max() < 10
+    assert fastbp.randint(4, size=(3,)).shape == (3,) and fastbp.randint(high=4, size=(2,)).data.max() < 4
     r = fastbp.randint(-3, 3, (4, 5))
     assert r.shape == (4, 5) and -3 <= r.data.min() and r.data.max() < 3
     with pytest.raises(ValueError, match="greater"):

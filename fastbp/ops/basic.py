@@ -352,8 +352,8 @@ class Clamp(Function):
         a = ctx.a
         mask = np.ones(a.shape, dtype=bool) if ctx.lo is None else (a >= ctx.lo)
         if ctx.hi is not None:
-            mask &= a <= ctx.hi
-        return (_nd(np.where(mask, g, 0).astype(g.dtype, copy=False)),)
+            mask = mask & (a <= ctx.hi)
+        return (unbroadcast(_nd(np.where(mask, g, 0).astype(g.dtype, copy=False)), a.shape),)
 
 
 class Maximum(Function):
@@ -510,3 +510,41 @@ class Clone(Function):
     @staticmethod
     def backward(ctx, g):
         return (g,)
+
+
+class Repeat(Function):
+    """np.tile with PyTorch's repeat semantics (len(reps) >= ndim); the gradient sums over the tiles."""
+
+    @staticmethod
+    def forward(ctx, a, reps):
+        shape = (1,) * (len(reps) - a.ndim) + a.shape
+        ctx.shape, ctx.padded, ctx.reps = a.shape, shape, reps
+        return np.tile(a.reshape(shape), reps)
+
+    @staticmethod
+    def backward(ctx, g):
+        split = []
+        for r, s in zip(ctx.reps, ctx.padded):
+            split += [r, s]
+        g = g.reshape(split).sum(axis=tuple(range(0, len(split), 2)))
+        return (g.reshape(ctx.shape),)
+
+
+class TakeAlong(Function):
+    """out[i][j][k] = a[i][index[i][j][k]][k] for dim 1 (and so on), as torch.gather: index has a's number of
+    dims and, outside dim, sizes no larger than a's. The gradient adds into the gathered positions (repeated
+    indices accumulate)."""
+
+    @staticmethod
+    def forward(ctx, a, index, dim):
+        ctx.shape, ctx.index, ctx.dim = a.shape, index, dim
+        sl = tuple(slice(None) if d == dim else slice(0, index.shape[d]) for d in range(a.ndim))
+        return np.take_along_axis(a[sl], index, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        out = np.zeros(ctx.shape, dtype=g.dtype)
+        idx = list(np.indices(ctx.index.shape, sparse=True))
+        idx[ctx.dim] = ctx.index
+        np.add.at(out, tuple(idx), g)
+        return (out,)
