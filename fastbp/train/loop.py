@@ -176,8 +176,9 @@ class History:
         n = len(d[keys[0]]) if keys else 0
         return cls([{k: d[k][i] for k in keys} for i in range(n)])
 
-    def plot(self, path, title=None):
-        """Write the loss curves (and, in a second panel, the metrics) to a PNG. Needs matplotlib."""
+    def plot(self, path, title=None, mark_epoch=None):
+        """Write the loss curves (and, in a second panel, the metrics) to a PNG; `mark_epoch` draws a dashed
+        line at that epoch (e.g. the best one). Needs matplotlib."""
         try:
             import matplotlib
             matplotlib.use("Agg", force=False)
@@ -204,6 +205,13 @@ class History:
             axes[1].set_xlabel("epoch")
             axes[1].legend()
             axes[1].grid(alpha=0.3)
+        from matplotlib.ticker import MaxNLocator
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if mark_epoch is not None:
+                ax.axvline(mark_epoch, color="gray", linestyle="--", linewidth=1)
+        if mark_epoch is not None:
+            axes[0].text(mark_epoch, axes[0].get_ylim()[1], f" epoch {mark_epoch}", va="top", color="gray")
         if title:
             fig.suptitle(title)
         fig.tight_layout()
