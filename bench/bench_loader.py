@@ -5,8 +5,8 @@ slices the arrays itself. Target: the loader costs <= 5% of the epoch.
     python bench/bench_loader.py [--rounds 8] [--batch 64]
 
 Two figures:
-- epoch ratio: median over alternating rounds of (loader epoch time / hand-written epoch time) - 1. Direct,
-  but on a shared machine it moves by several percent either way.
+- epoch ratio: median over alternating rounds of (loader epoch time / hand-written epoch time) - 1, in wall
+  time and in process CPU time. Direct, but on a shared machine it moves by several percent either way.
 - iteration share: the time to iterate the epoch's batches alone (no training), loader minus hand-written,
   as a share of the training epoch. The difference the loader makes, measured where noise is small.
 Writes bench/results/loader.json."""
@@ -40,13 +40,14 @@ def hand_batches(X, y, batch, rng):
 
 
 def train_epoch(batches, model, opt, loss_fn):
-    t0 = time.perf_counter()
+    """(wall seconds, CPU seconds of the process) of one epoch."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for xb, yb in batches:
         opt.zero_grad()
         loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def iterate(batches):
@@ -70,24 +71,29 @@ def main(argv=None):
     for _ in range(1):  # warm-up
         train_epoch(loader, model, opt, loss_fn)
         train_epoch(hand_batches(X, y, args.batch, rng), model, opt, loss_fn)
-    t_loader, t_hand, it_loader, it_hand = [], [], [], []
+    t_loader, t_hand, it_loader, it_hand, c_loader, c_hand = [], [], [], [], [], []
     for r in range(args.rounds):
         pair = [("loader", lambda: loader), ("hand", lambda: hand_batches(X, y, args.batch, rng))]
         if r % 2:
             pair.reverse()
         for name, make in pair:
-            t = train_epoch(make(), model, opt, loss_fn)
+            t, c = train_epoch(make(), model, opt, loss_fn)
             (t_loader if name == "loader" else t_hand).append(t)
+            (c_loader if name == "loader" else c_hand).append(c)
         for name, make in pair:
             t = min(iterate(make()) for _ in range(3))
             (it_loader if name == "loader" else it_hand).append(t)
     ratios = [a / b - 1 for a, b in zip(t_loader, t_hand)]
+    cpu_ratios = [a / b - 1 for a, b in zip(c_loader, c_hand)]
     epoch = statistics.median(t_hand)
     shares = [(a - b) / epoch for a, b in zip(it_loader, it_hand)]
     res = {
         "batch": args.batch, "rounds": args.rounds, "threads": _common.THREADS,
         "epoch_hand_ms_median": 1e3 * epoch, "epoch_loader_ms_median": 1e3 * statistics.median(t_loader),
         "epoch_ratio_minus_1": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+        "epoch_cpu_hand_ms_median": 1e3 * statistics.median(c_hand),
+        "epoch_cpu_ratio_minus_1": {"median": statistics.median(cpu_ratios), "min": min(cpu_ratios),
+                                    "max": max(cpu_ratios)},
         "iterate_hand_ms_median": 1e3 * statistics.median(it_hand),
         "iterate_loader_ms_median": 1e3 * statistics.median(it_loader),
         "iteration_share_of_epoch": {"median": statistics.median(shares), "min": min(shares), "max": max(shares)},
@@ -98,6 +104,9 @@ def main(argv=None):
           f"{res['epoch_loader_ms_median']:.1f} ms (medians)")
     e = res["epoch_ratio_minus_1"]
     print(f"epoch ratio - 1: median {100 * e['median']:+.1f}%  (range {100 * e['min']:+.1f}% .. {100 * e['max']:+.1f}%)")
+    e = res["epoch_cpu_ratio_minus_1"]
+    print(f"same in process CPU time (epoch {res['epoch_cpu_hand_ms_median']:.1f} ms): median "
+          f"{100 * e['median']:+.1f}%  (range {100 * e['min']:+.1f}% .. {100 * e['max']:+.1f}%)")
     s = res["iteration_share_of_epoch"]
     print(f"batches alone: hand-written {res['iterate_hand_ms_median']:.2f} ms, DataLoader "
           f"{res['iterate_loader_ms_median']:.2f} ms per epoch; the difference is {100 * s['median']:+.2f}% of the "
