@@ -15,7 +15,7 @@ validation data in eval() mode under no_grad, records the epoch in the History, 
 
 Logged names per epoch: "loss" (mean training loss over the epoch's samples), each metric (computed on
 the training batches' outputs as they went by), "val_loss" and "val_<metric>" with validation data,
-"lr" (the first parameter group's learning rate used during the epoch) and "seconds". A metric is
+"lr" (the first parameter group's learning rate as the epoch began) and "seconds". A metric is
 "accuracy" or a callable `f(outputs, targets) -> float` over NumPy arrays (name: the callable's
 __name__, or pass a dict {name: callable}).
 
