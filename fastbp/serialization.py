@@ -196,15 +196,25 @@ def _bad(path, what):
 
 
 def _read_header(f, path, size):
-    head = f.read(8)
-    if len(head) < 8:
+    head = f.read(9)
+    # a safetensors header (JSON) starts with "{" right after the 8-byte length; without it, name what the
+    # file looks like (the length's low bytes alone can equal a pickle's opening bytes)
+    if head[8:9] != b"{":
+        kind = None
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            kind = "a pickle"
+        elif head[:2] == b"PK":
+            kind = "a zip archive (torch.save / numpy .npz)"
+        if kind is not None:
+            raise _bad(path, f"this is {kind}, not a safetensors file; fastbp.load never unpickles (loading a "
+                             f"pickle can run arbitrary code). Save it again as safetensors")
+    if len(head) < 9:
         raise _bad(path, f"truncated or empty file ({size} bytes; a safetensors file starts with an 8-byte "
-                         f"header length)")
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        kind = "a pickle" if head[:1] == b"\x80" else "a zip archive (torch.save / numpy .npz)"
-        raise _bad(path, f"this is {kind}, not a safetensors file; fastbp.load never unpickles (loading a pickle "
-                         f"can run arbitrary code). Save it again as safetensors")
-    (n,) = struct.unpack("<Q", head)
+                         f"header length and a JSON header)")
+    if head[8:9] != b"{":
+        raise _bad(path, "not a safetensors file (no JSON header after the 8-byte length)")
+    f.seek(8)
+    (n,) = struct.unpack("<Q", head[:8])
     if n > _MAX_HEADER:
         raise _bad(path, f"not a safetensors file (header length {n} is implausible)")
     if 8 + n > size:

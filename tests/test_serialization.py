@@ -224,3 +224,17 @@ def test_a_writer_killed_at_random_points_always_leaves_a_loadable_checkpoint(tm
         assert (ck["w"] == k).all() and ck["w"].shape == (1_000_000,) and (ck["b"] == k).all()
         versions.append(k)
     assert max(versions) > 0  # the kills did land after later saves, not only after the first
+
+
+def test_header_lengths_that_look_like_a_pickle_opcode_still_load(tmp_path):
+    """A header of 640 bytes starts the file with 0x80 0x02, a pickle's first two bytes: still safetensors."""
+    path = tmp_path / "x.safetensors"
+    for n in range(1, 2000, 4):
+        obj = {"k" * n: np.arange(3), "v": 1}
+        fastbp.save(obj, path)
+        head = path.read_bytes()[:2]
+        _same(obj, fastbp.load(path))
+        if head in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+            break
+    else:
+        pytest.fail("no header length of the form 0x0?80 was produced")

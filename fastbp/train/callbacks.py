@@ -153,6 +153,9 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, state):
         if self.save_best_only:
             _check_monitor("ModelCheckpoint", self.monitor, state)
+        if state.epoch == 0:  # a new run (not a resume): forget an earlier run's best
+            self.best = math.inf if self.mode == "min" else -math.inf
+            self.last_path = self.best_path = None
 
     def on_epoch_end(self, state, logs):
         improved = False

@@ -42,11 +42,11 @@ class CVResult:
 
     def table(self):
         keys = list(self.mean)
-        head = "fold  " + "  ".join(f"{k:>14}" for k in keys)
+        head = "fold  " + "  ".join(f"{k:>16}" for k in keys)
         rows = [head]
         for i, s in enumerate(self.scores):
-            rows.append(f"{i + 1:>4}  " + "  ".join(f"{s[k]:>14.4f}" for k in keys))
-        rows.append("mean  " + "  ".join(f"{self.mean[k]:>7.4f} +-{self.std[k]:.4f}".rjust(14) for k in keys))
+            rows.append(f"{i + 1:>4}  " + "  ".join(f"{s[k]:>16.4f}" for k in keys))
+        rows.append("mean  " + "  ".join(f"{self.mean[k]:.4f} +- {self.std[k]:.4f}".rjust(16) for k in keys))
         return "\n".join(rows)
 
     def __repr__(self):

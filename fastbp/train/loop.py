@@ -15,7 +15,7 @@ validation data in eval() mode under no_grad, records the epoch in the History, 
 
 Logged names per epoch: "loss" (mean training loss over the epoch's samples), each metric (computed on
 the training batches' outputs as they went by), "val_loss" and "val_<metric>" with validation data,
-"lr" (the first parameter group's learning rate used during the epoch) and "seconds". A metric is
+"lr" (the first parameter group's learning rate as the epoch began) and "seconds". A metric is
 "accuracy" or a callable `f(outputs, targets) -> float` over NumPy arrays (name: the callable's
 __name__, or pass a dict {name: callable}).
 
@@ -176,8 +176,9 @@ class History:
         n = len(d[keys[0]]) if keys else 0
         return cls([{k: d[k][i] for k in keys} for i in range(n)])
 
-    def plot(self, path, title=None):
-        """Write the loss curves (and, in a second panel, the metrics) to a PNG. Needs matplotlib."""
+    def plot(self, path, title=None, mark_epoch=None):
+        """Write the loss curves (and, in a second panel, the metrics) to a PNG; `mark_epoch` draws a dashed
+        line at that epoch (e.g. the best one). Needs matplotlib."""
         try:
             import matplotlib
             matplotlib.use("Agg", force=False)
@@ -204,6 +205,13 @@ class History:
             axes[1].set_xlabel("epoch")
             axes[1].legend()
             axes[1].grid(alpha=0.3)
+        from matplotlib.ticker import MaxNLocator
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if mark_epoch is not None:
+                ax.axvline(mark_epoch, color="gray", linestyle="--", linewidth=1)
+        if mark_epoch is not None:
+            axes[0].text(mark_epoch, axes[0].get_ylim()[1], f" epoch {mark_epoch}", va="top", color="gray")
         if title:
             fig.suptitle(title)
         fig.tight_layout()
