@@ -21,12 +21,13 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
-from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_expm1, r_abs, r_tanh)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 cdef enum:
     RELU = 0

@@ -82,8 +82,8 @@
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
-from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
-                     omp_get_max_threads, int_pair, valid_range)
+from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
+                     num_threads, int_pair, valid_range)
 
 cdef extern from "fastbp_clones.h":
     const char* fastbp_clone_variant()
@@ -119,6 +119,7 @@ import threading
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 DEFAULT_WORKSPACE_LIMIT = 64 * 1024 * 1024
 cdef Py_ssize_t _workspace_limit = DEFAULT_WORKSPACE_LIMIT
@@ -969,7 +970,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     pl.nt = 1
     if pl.par:
         if threads_for(n * g.K * g.P) > 1:
-            pl.nt = omp_get_max_threads()
+            pl.nt = num_threads()
         cap = n if per == 0 else _workspace_limit // per
         if pl.nt > cap:
             pl.nt = cap if cap > 1 else 1

@@ -3,11 +3,12 @@
 # (out, in) as in PyTorch, y = x @ weight.T + bias. The bias is written into y before GEMM accumulates
 # into it (beta = 1), and the bias gradient is summed in the same call as the weight gradient.
 cimport numpy as cnp
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size
+from _common cimport bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,

@@ -18,12 +18,13 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
-from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_log, r_log1p, r_abs)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 cdef enum:
     RED_NONE = 0

@@ -24,13 +24,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport FLT_MIN, DBL_MIN
 from libc.math cimport fabs, fabsf
-from _common cimport real, as_float_array, check_same_dtype, threads_for, r_sqrt
+from _common cimport bind_threading, real, as_float_array, check_same_dtype, threads_for, r_sqrt
 
 import math
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef inline real _flush(real x) noexcept nogil:
