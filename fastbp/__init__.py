@@ -9,7 +9,7 @@
 from ._version import __version__
 from ._backend import backend, get_backend, set_backend
 from ._dtype import get_default_dtype, set_default_dtype
-from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from .random import manual_seed
 from ._config import get_num_threads, set_num_threads, show_config
 from .gradcheck import GradcheckError, gradcheck
@@ -18,6 +18,7 @@ from . import nn, optim, data
 float32 = "float32"
 float64 = "float64"
 
-__all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "manual_seed",
+__all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "enable_grad", "set_grad_enabled",
+           "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError"]
