@@ -2,7 +2,8 @@
 #   * `real` is the fused float/double type every kernel is written over.
 #   * `gemm_rm` is a row-major GEMM on top of scipy's Fortran BLAS (operands swapped: a row-major
 #     C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T).
-#   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop.
+#   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop;
+#     `aligned_c` gives any input array (labels, indices) as C-contiguous and aligned, copying if needed.
 #   * `threads_for` / `bind_threading`: the process-wide thread settings (csrc/fastbp_omp.h).
 # Everything here is `inline` so cimporting this file adds no runtime module import (bind_threading, run
 # once when a kernel module loads, imports fastbp._C._runtime).
@@ -119,8 +120,19 @@ cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, real a
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline object aligned_c(object x):
+    """The ndarray x as C-contiguous and aligned to its item size: x itself when it is, else a copy. The
+    kernels read arrays through typed pointers, and a misaligned one (a view into a byte buffer at an odd
+    offset, say) is undefined behaviour in C (UBSan aborts; some CPUs fault or slow down)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        return np.array(arr, order="C", copy=True)
+    return x
+
+
 cdef inline object as_float_array(object x, str name, int ndim=-1):
-    """Return x as a C-contiguous float32/float64 ndarray, or raise TypeError/ValueError naming `name`."""
+    """Return x as a C-contiguous, aligned float32/float64 ndarray (a copy when x is not), or raise
+    TypeError/ValueError naming `name`."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>x
@@ -129,9 +141,7 @@ cdef inline object as_float_array(object x, str name, int ndim=-1):
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if ndim >= 0 and cnp.PyArray_NDIM(arr) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        arr = np.ascontiguousarray(arr)
-    return arr
+    return aligned_c(arr)
 
 
 cdef inline void check_same_dtype(object a, str aname, object b, str bname) except *:

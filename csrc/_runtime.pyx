@@ -11,9 +11,13 @@
 #     the parallel branches: `_set_parallel_min(n)`, or FASTBP_PARALLEL_MIN=n in the environment at import.
 import os
 
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
 from cython.parallel cimport prange
 from _common cimport (omp_get_max_threads, omp_get_num_threads, FASTBP_HAVE_OPENMP, fastbp_threading,
-                      PARALLEL_MIN, threads_for, fastbp_bind_threading)
+                      PARALLEL_MIN, threads_for, fastbp_bind_threading, as_float_array, aligned_c)
 from cpython.pycapsule cimport PyCapsule_New
 
 cdef fastbp_threading _state
@@ -64,6 +68,12 @@ def _threads_used(Py_ssize_t work):
         for i in prange(1, schedule="static", num_threads=threads_for(work)):
             used = omp_get_num_threads()
     return used
+
+
+def _kernel_input(x, floating=True):
+    """Test probe: the array a kernel wrapper would read for input x (as_float_array for float inputs,
+    aligned_c for integer ones such as labels and indices)."""
+    return as_float_array(x, "x") if floating else aligned_c(x)
 
 
 def _set_parallel_min(Py_ssize_t n):

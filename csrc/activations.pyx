@@ -21,7 +21,7 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
-from _common cimport (bind_threading, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_expm1, r_abs, r_tanh)
 
 import numpy as np
@@ -361,7 +361,7 @@ def maxout_backward(grad_out, argmax, pieces):
         raise TypeError(f"argmax must be an integer numpy.ndarray, got {got}")
     if argmax.shape != grad_out.shape:
         raise ValueError(f"argmax has shape {argmax.shape} but grad_out has shape {grad_out.shape}")
-    arg = np.ascontiguousarray(argmax, dtype=np.intp).reshape(-1)
+    arg = aligned_c(np.ascontiguousarray(argmax, dtype=np.intp)).reshape(-1)
     if arg.size and (arg.min() < 0 or arg.max() >= k):
         raise ValueError(f"argmax values must lie in [0, {k}), got range [{arg.min()}, {arg.max()}]")
     dx = np.empty(grad_out.shape[:grad_out.ndim - 1] + (grad_out.shape[grad_out.ndim - 1] * k,), dtype=grad_out.dtype)

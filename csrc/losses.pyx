@@ -18,7 +18,7 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
-from _common cimport (bind_threading, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_log, r_log1p, r_abs)
 
 import numpy as np
@@ -77,7 +77,7 @@ cdef object _check_labels(object labels, Py_ssize_t n, Py_ssize_t c):
         # unsigned values too large for intp would wrap negative on conversion
         bad_u = int(np.flatnonzero(labels >= c)[0])
         raise ValueError(f"label {labels[bad_u]} at position {bad_u} is out of range for {c} classes")
-    labels = np.ascontiguousarray(labels, dtype=np.intp)
+    labels = aligned_c(np.ascontiguousarray(labels, dtype=np.intp))
     cdef const Py_ssize_t[::1] lv = labels
     cdef Py_ssize_t i, bad = -1
     with nogil:
@@ -121,7 +121,7 @@ cdef object _grad_scale(object grad_out, int red, object reduction, tuple shape,
     if red == RED_NONE:
         if g.shape != shape:
             raise ValueError(f"grad_out must have shape {shape} for reduction='none', got {g.shape}")
-        return np.ascontiguousarray(g).reshape(-1)
+        return aligned_c(g).reshape(-1)
     if g.size != 1:
         raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
     cdef double gv
@@ -510,7 +510,7 @@ cdef object _elementwise_weight(object weight, object x, str name):
         full = np.broadcast_to(weight, x.shape)
     except ValueError:
         raise ValueError(f"{name} of shape {weight.shape} cannot be broadcast to the input shape {x.shape}") from None
-    return np.ascontiguousarray(full).reshape(-1)
+    return aligned_c(np.ascontiguousarray(full)).reshape(-1)
 
 
 cdef tuple _elem_prepare(object pred, object target, int kind, str what, str pname, object weight,

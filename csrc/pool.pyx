@@ -21,7 +21,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from _common cimport bind_threading, real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
+from _common cimport bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
 
 import operator
 
@@ -275,7 +275,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
         raise TypeError(f"max_pool2d_backward: indices must be an int64 numpy.ndarray (from "
                         f"max_pool2d_forward), got {getattr(indices, 'dtype', type(indices).__name__)}")
-    indices = np.ascontiguousarray(indices)
+    indices = aligned_c(indices)
     if indices.shape != grad_out.shape:
         raise ValueError(f"max_pool2d_backward: indices have shape {indices.shape} but grad_out has shape "
                          f"{grad_out.shape}")

@@ -260,3 +260,59 @@ def test_multiprocessing_fork_workers_run_kernels(restore_threads, big_input):
         results = [pool.apply_async(_pool_check, (big_input,)) for _ in range(2)]
         got = [res.get(timeout=60) for res in results]
     assert [g[0] for g in got] == [expected, expected]
+
+
+# ----- misaligned buffers ---------------------------------------------------------------------------------
+def _misaligned(a):
+    """A copy of a whose data starts one byte past an aligned address (a view into a byte buffer)."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    v = buf[1:].view(a.dtype).reshape(a.shape)
+    v[...] = a
+    assert not v.flags.aligned or a.itemsize == 1
+    return v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_kernels_read_misaligned_inputs_through_an_aligned_copy(dtype):
+    x = _misaligned(np.arange(12, dtype=dtype).reshape(3, 4))
+    got = _runtime._kernel_input(x, floating=np.dtype(dtype).kind == "f")
+    assert got.flags.aligned and got.flags.c_contiguous
+    assert not np.shares_memory(got, x)
+    np.testing.assert_array_equal(got, x)
+    ok = np.arange(12, dtype=dtype)
+    assert _runtime._kernel_input(ok, floating=np.dtype(dtype).kind == "f") is ok  # aligned: no copy
+
+
+def _registry_ops():
+    from fastbp.registry import REGISTRY
+    return [s for s in REGISTRY if s.kind == "op"]
+
+
+@pytest.mark.parametrize("spec", _registry_ops(), ids=lambda s: s.name)
+def test_every_op_gives_the_same_results_on_misaligned_inputs(spec):
+    rng = np.random.default_rng(5)
+    case = spec.samples(rng, np.dtype(np.float32))[0]
+    bad = tuple(_misaligned(x) if isinstance(x, np.ndarray) and x.itemsize > 1 else x for x in case.inputs)
+    out = spec.forward(C, *case.inputs, **case.params)
+    out_bad = spec.forward(C, *bad, **case.params)
+    outs = [out] if not isinstance(out, tuple) else list(out)
+    outs_bad = [out_bad] if not isinstance(out_bad, tuple) else list(out_bad)
+    if spec.backward is not None:
+        first = outs[0]
+        g = rng.standard_normal(np.shape(first)).astype(np.float32)
+        outs += list(spec.backward(C, g, out, *case.inputs, **case.params))
+        outs_bad += list(spec.backward(C, _misaligned(g), out_bad, *bad, **case.params))
+    for a, b in zip(outs, outs_bad):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_optimizer_steps_reject_misaligned_state_updated_in_place():
+    p = _misaligned(np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="aligned"):
+        C.sgd_step(p, np.ones(5, np.float32), None, 0.1)
+    m = _misaligned(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="aligned"):
+        C.adam_step(np.ones(5, np.float32), np.ones(5, np.float32), m, np.zeros(5, np.float32), None, 1, 1e-3)
+    q = np.ones(5, np.float32)
+    C.sgd_step(q, _misaligned(np.ones(5, np.float32)), None, 0.5)  # a misaligned gradient is only read
+    np.testing.assert_array_equal(q, np.full(5, 0.5, np.float32))
