@@ -259,6 +259,15 @@ def test_reference_mirrors_compiled_names_and_signatures():
                 assert sc.parameters[p].default == sr.parameters[p].default, f"{fam}.{name}({p}) default differs"
 
 
+def test_entries_running_the_same_kernels_share_tolerances():
+    """Tolerances follow from a kernel's arithmetic, so entries that call the same kernels (conv2d and
+    conv2d_nobias, linear and linear_nobias) must use the same ones."""
+    for a in REGISTRY:
+        for b in REGISTRY:
+            if a.name < b.name and set(a.kernels) & set(b.kernels):
+                assert a.tol == b.tol, f"{a.name} {a.tol} vs {b.name} {b.tol}"
+
+
 def test_every_csrc_family_is_built_and_listed():
     csrc = os.path.join(os.path.dirname(__file__), os.pardir, "csrc")
     if not os.path.isdir(csrc):
