@@ -20,6 +20,14 @@ from _common cimport (omp_get_max_threads, omp_get_num_threads, FASTBP_HAVE_OPEN
                       PARALLEL_MIN, threads_for, fastbp_bind_threading, as_float_array, aligned_c)
 from cpython.pycapsule cimport PyCapsule_New
 
+cdef extern from *:
+    """
+    #ifndef FASTBP_DEBUG
+    #define FASTBP_DEBUG 0
+    #endif
+    """
+    int FASTBP_DEBUG
+
 cdef fastbp_threading _state
 _state.num_threads = omp_get_max_threads() if omp_get_max_threads() >= 1 else 1
 _state.parallel_min = PARALLEL_MIN
@@ -32,6 +40,11 @@ fastbp_bind_threading(&_state)
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
     return bool(FASTBP_HAVE_OPENMP)
+
+
+def debug_build():
+    """True for a FASTBP_DEBUG=1 build (bounds checks on; errors in kernel helpers abort)."""
+    return bool(FASTBP_DEBUG)
 
 
 def get_num_threads():

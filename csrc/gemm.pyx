@@ -26,6 +26,9 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
             for j in range(fout):
                 y[i, j] = b[j]
         beta = 1
+    # empty dimensions before any pointer is taken (&w[0, 0] of an empty array is out of bounds)
+    if n == 0 or fout == 0:
+        return
     if fin == 0:
         if not has_bias:
             for i in range(n):
@@ -47,14 +50,17 @@ cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, con
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
                                  bint need_dx, bint need_dw, bint need_db) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
-    if need_dx and fin > 0:
+    # empty dimensions are settled before any pointer is taken (&g[0, 0] of an empty array is out of bounds)
+    if need_dx and fin > 0 and n > 0:
         if fout > 0:
             # dx[n, in] = g[n, out] @ w[out, in]
             gemm_rm(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
                     &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
         else:
             dx[:, :] = 0
-    if need_dw and fout > 0 and fin > 0:
+    if need_dw and fout > 0 and fin > 0 and n == 0:
+        dw[:, :] = 0
+    elif need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
         gemm_rm(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
                 &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)

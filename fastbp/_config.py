@@ -158,6 +158,27 @@ def _after_fork_in_child():
         _runtime()._after_fork_in_child()
 
 
+def _install_debug_abort():
+    """FASTBP_DEBUG=1 builds only: an exception raised inside a kernel's noexcept helper (a bounds check)
+    cannot propagate, and Cython would only print "Exception ignored in ..." and carry on with whatever the
+    helper left behind. In a debug build that is a bug to stop at: print it, then abort the process."""
+    if _backend.compiled is None or not _runtime().debug_build():
+        return False
+    import sys
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        previous(unraisable)
+        if "fastbp._C." in str(getattr(unraisable, "object", "")):
+            sys.stderr.write("fastbp debug build: error inside a compiled kernel (see above); aborting\n")
+            sys.stderr.flush()
+            os.abort()
+
+    sys.unraisablehook = hook
+    return True
+
+
 _install_blas_thread_hooks()
+_install_debug_abort()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
