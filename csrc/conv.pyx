@@ -22,9 +22,12 @@
 #     then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
 # The project rule "no threaded BLAS inside prange" (oversubscription) holds on both: the BLAS thread hook is
 # the setter/getter of the thread count of scipy's OpenBLAS (resolved once at import by fastbp._config via
-# threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around a parallel region with > 1 OpenMP
-# thread the wrapper saves the BLAS count, sets 1 and restores it afterwards (overlapping calls from several
-# Python threads share one such section). Without the hook the chunked path is used.
+# threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around every call on the sample-parallel
+# path (also one that runs on one thread: OpenBLAS's threaded sgemm rounds differently from its
+# single-threaded one, so a threaded GEMM would make results depend on the thread count) the wrapper saves
+# the BLAS count, sets 1 and restores it afterwards (overlapping calls from several Python threads share
+# one such section). Cost: one large sample alone runs its GEMMs on one core. Without the hook the chunked
+# path is used, with the BLAS's own threading (its rounding may then change with its thread count).
 # Determinism: dweight is accumulated per block of bs consecutive samples (at most 16 blocks; blocks depend
 # only on N and the weight size, never on the thread count or the workspace limit) into per-block partials
 # that are summed in block order, on both paths; so results are bit-identical for any thread count and on
@@ -1123,7 +1126,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     cdef void* pb = _ptr(bias) if bias is not None else NULL
     cdef void* py = _ptr(y)
     cdef void* pws
-    cdef bint single = pl.par and pl.nt > 1
+    # BLAS single-threaded on the whole sample-parallel path, also when the loop runs on one thread (small
+    # work, or one sample): OpenBLAS's threaded sgemm rounds differently from its single-threaded one
+    # (measured: 288x16x144, 256^3, 100x10x784 differ in the last bits), so a threaded GEMM here made
+    # the result depend on the thread count
+    cdef bint single = pl.par
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
     try:
         pws = _ptr(ws)
@@ -1186,7 +1193,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
-    cdef bint single = pl.par and pl.nt > 1 and (ndx or ndw)
+    cdef bint single = pl.par and (ndx or ndw)  # BLAS single-threaded on this path (see conv2d_forward)
     # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
