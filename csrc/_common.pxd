@@ -75,11 +75,19 @@ cdef extern from "fastbp_omp.h":
     int omp_get_max_threads() noexcept nogil
     int omp_get_num_threads() noexcept nogil
     int FASTBP_HAVE_OPENMP
+    ctypedef void (*fastbp_blas_set_fn)(int) noexcept nogil
+    ctypedef int (*fastbp_blas_get_fn)() noexcept nogil
     ctypedef struct fastbp_threading:
         int num_threads
         Py_ssize_t parallel_min
+        fastbp_blas_set_fn blas_set
+        fastbp_blas_get_fn blas_get
+        int blas_depth
+        int blas_prev
     fastbp_threading* fastbp_thr
     void fastbp_bind_threading(void* state)
+    int fastbp_blas_single_enter()
+    void fastbp_blas_single_exit()
 
 # Below this many elements an elementwise loop runs serially: waking threads costs more than it saves.
 # Measured on 2 cores (ReLU, float32, idle workers sleeping): 200k elements 28 us serial vs 34 us on 2

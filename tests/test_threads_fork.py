@@ -75,6 +75,37 @@ def test_large_elementwise_softmax_loss_and_step_match_reference_and_one_thread(
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+@TWO_THREADS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_products_do_not_depend_on_thread_count(restore_threads, dtype):
+    """linear and matmul above the BLAS's own threading threshold: OpenBLAS's threaded sgemm rounds
+    differently from its single-threaded one, so the kernels split large products themselves into blocks
+    fixed by the shape and run BLAS single-threaded (when the BLAS thread hook is found)."""
+    from fastbp._C import conv
+    if not conv._blas_thread_hooks_set():
+        pytest.skip("no BLAS thread hook: products use the BLAS's own threads")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((256, 784)).astype(dtype)
+    w = rng.standard_normal((300, 784)).astype(dtype)
+    b = rng.standard_normal(300).astype(dtype)
+    g = rng.standard_normal((256, 300)).astype(dtype)
+    a2 = rng.standard_normal((40, 1500)).astype(dtype)  # few rows: split by columns
+    b2 = rng.standard_normal((1500, 600)).astype(dtype)
+    runs = {}
+    for n in (1, 2):
+        fastbp.set_num_threads(n)
+        runs[n] = [C.linear_forward(x, w, b), *C.linear_backward(g, x, w), C.matmul(a2, b2),
+                   C.matmul(b2, a2, trans_a=True, trans_b=True)]
+    for one, two in zip(runs[1], runs[2]):
+        np.testing.assert_array_equal(two, one)
+    from fastbp import _config
+    assert [p["num_threads"] for p in _config._scipy_blas_pools()] == [2] * len(_config._scipy_blas_pools())
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(runs[2][0], R.linear_forward(x, w, b), rtol=tol, atol=tol * 30)
+    np.testing.assert_allclose(runs[2][4], a2.astype(np.float64) @ b2, rtol=tol, atol=tol * 40)
+    np.testing.assert_allclose(runs[2][5], (a2.astype(np.float64) @ b2).T, rtol=tol, atol=tol * 40)
+
+
 # ----- one thread count for the whole process -------------------------------------------------------------
 @TWO_THREADS
 def test_set_num_threads_holds_in_other_python_threads(restore_threads):
