@@ -5,7 +5,9 @@ directives (set once), and an OpenMP probe. We never pass -march=native or -ffas
 any x86-64 and must not change the process's floating-point mode.
 
 Environment switches:
-  FASTBP_DEBUG=1     build with bounds checking and wraparound checks on (slow; for hunting bugs).
+  FASTBP_DEBUG=1     build with bounds checking and wraparound checks on (slow; for hunting bugs). An error
+                     inside a kernel's noexcept helper (which Cython can only print as "Exception
+                     ignored") then aborts the process (fastbp._config installs the check).
   FASTBP_OPENMP=0    build without OpenMP even if the compiler supports it.
   FASTBP_BUILD_ONLY=conv,pool   development only: build just these csrc families (with --inplace).
   FASTBP_NO_CLONES=1 build the Winograd transforms for the baseline instruction set only (no AVX2 /
@@ -81,6 +83,7 @@ class BuildExt(build_ext):
             ext.define_macros = list(ext.define_macros or []) + [
                 ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                 ("FASTBP_OPENMP", "1" if openmp else "0"),
+                ("FASTBP_DEBUG", "1" if DEBUG else "0"),
             ]
             if os.environ.get("FASTBP_NO_CLONES", "0") == "1":
                 ext.define_macros.append(("FASTBP_NO_CLONES", "1"))

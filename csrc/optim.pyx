@@ -24,13 +24,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport FLT_MIN, DBL_MIN
 from libc.math cimport fabs, fabsf
-from _common cimport real, as_float_array, check_same_dtype, threads_for, r_sqrt
+from _common cimport bind_threading, real, as_float_array, check_same_dtype, threads_for, r_sqrt
 
 import math
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef inline real _flush(real x) noexcept nogil:
@@ -51,8 +52,8 @@ cdef object _check_state(object arr, str name, object param):
         raise TypeError(f"{name} has dtype {arr.dtype} but param has dtype {param.dtype}")
     if not cnp.PyArray_SAMESHAPE(a, p):
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{name} must be a writeable, aligned C-contiguous array (it is updated in place)")
     return arr.reshape(-1)
 
 

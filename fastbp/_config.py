@@ -77,7 +77,7 @@ def _conv_transforms_variant():
 
 
 def get_num_threads():
-    """Threads our OpenMP kernels use (1 without OpenMP or the compiled backend)."""
+    """Threads our OpenMP kernels use (1 without OpenMP or the compiled backend, and in a forked child)."""
     if _backend.compiled is None:
         return 1
     return _runtime().get_num_threads()
@@ -86,7 +86,9 @@ def get_num_threads():
 def set_num_threads(n):
     """One setting for both pools: OpenMP threads of our kernels and the BLAS threads behind GEMM.
 
-    Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to change it later."""
+    It holds for every Python thread (the count is passed to each parallel region, not set in the calling
+    thread's OpenMP state). Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to
+    change it later. In a child made by os.fork() the kernels stay on one thread (see _after_fork_in_child)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
@@ -148,4 +150,35 @@ def show_config():
     print(f"  numpy {c['numpy']}, scipy {c['scipy']}")
 
 
+def _after_fork_in_child():
+    """libgomp's thread pool does not survive fork: a child that entered a parallel region with more than
+    one thread after the parent had used the pool would wait forever for threads that do not exist. So the
+    child runs every kernel on one thread (the parent is unaffected)."""
+    if _backend.compiled is not None:
+        _runtime()._after_fork_in_child()
+
+
+def _install_debug_abort():
+    """FASTBP_DEBUG=1 builds only: an exception raised inside a kernel's noexcept helper (a bounds check)
+    cannot propagate, and Cython would only print "Exception ignored in ..." and carry on with whatever the
+    helper left behind. In a debug build that is a bug to stop at: print it, then abort the process."""
+    if _backend.compiled is None or not _runtime().debug_build():
+        return False
+    import sys
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        previous(unraisable)
+        if "fastbp._C." in str(getattr(unraisable, "object", "")):
+            sys.stderr.write("fastbp debug build: error inside a compiled kernel (see above); aborting\n")
+            sys.stderr.flush()
+            os.abort()
+
+    sys.unraisablehook = hook
+    return True
+
+
 _install_blas_thread_hooks()
+_install_debug_abort()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

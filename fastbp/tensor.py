@@ -9,6 +9,7 @@ fans out, and frees each node's saved arrays once it has run.
 """
 import itertools
 import operator
+import threading
 
 import numpy as np
 
@@ -20,100 +21,109 @@ _counter = itertools.count()
 _ndarray = np.ndarray
 
 
-class _GradMode:
-    enabled = True
+class _GradState(threading.local):
+    """Grad mode is per Python thread (as in PyTorch): a no_grad() block in one thread never stops another
+    thread's graph from recording. `saved` holds the values the enclosing blocks restore on exit."""
+
+    def __init__(self):
+        self.enabled = True
+        self.saved = []
 
 
-class no_grad:
-    """Context manager (and decorator) under which ops record nothing."""
+_grad_state = _GradState()
+
+
+class _GradModeContext:
+    """Context manager and decorator that sets grad mode for its block (in the current thread) and restores
+    exactly the value it found on entry. The saved values live on a per-thread stack, so one instance may
+    be entered from several threads, or nested."""
+    _mode = True
 
     def __enter__(self):
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = False
+        _grad_state.saved.append(_grad_state.enabled)
+        _grad_state.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        _GradMode.enabled = self._prev
+        _grad_state.enabled = _grad_state.saved.pop()
         return False
 
     def __call__(self, fn):
+        mode = self._mode
+
         def wrapper(*args, **kwargs):
-            with no_grad():
+            _grad_state.saved.append(_grad_state.enabled)
+            _grad_state.enabled = mode
+            try:
                 return fn(*args, **kwargs)
+            finally:
+                _grad_state.enabled = _grad_state.saved.pop()
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
         wrapper.__doc__ = fn.__doc__
+        wrapper.__wrapped__ = fn
         return wrapper
 
 
-class set_grad_enabled(no_grad):
-    """set_grad_enabled(mode): turns recording on or off at once (as a function) or for a block (as a context
-    manager or decorator), as torch.set_grad_enabled."""
+class no_grad(_GradModeContext):
+    """Context manager (and decorator) under which ops record nothing, in the current thread."""
+    _mode = False
+
+
+class enable_grad(_GradModeContext):
+    """Context manager (and decorator) that turns recording back on inside a no_grad block."""
+    _mode = True
+
+
+class set_grad_enabled(_GradModeContext):
+    """set_grad_enabled(mode): turns recording on or off in the current thread right away (as a call), or
+    for a block (as a context manager, restoring the previous value on exit), as in PyTorch."""
 
     def __init__(self, mode):
-        self.mode = bool(mode)
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = self.mode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        _GradMode.enabled = self._prev
-        return False
+        self._mode = bool(mode)
+        self._prev = _grad_state.enabled
+        _grad_state.enabled = self._mode
 
     def __call__(self, fn):
-        mode = self.mode
-        _GradMode.enabled = self._prev  # used as a decorator: the call above must not have changed anything
-
-        def wrapper(*args, **kwargs):
-            with set_grad_enabled(mode):
-                return fn(*args, **kwargs)
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """Context manager (and decorator) that turns recording back on inside a no_grad block."""
+        # used as a decorator: the mode applies while fn runs, not from the decoration on
+        if "_prev" in self.__dict__:
+            _grad_state.enabled = self.__dict__.pop("_prev")
+        return super().__call__(fn)
 
     def __enter__(self):
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = True
+        # the call already set the mode; the block restores what was there before the call
+        _grad_state.saved.append(getattr(self, "_prev", _grad_state.enabled))
+        self.__dict__.pop("_prev", None)
+        _grad_state.enabled = self._mode
         return self
 
-    def __call__(self, fn):
-        def wrapper(*args, **kwargs):
-            with enable_grad():
-                return fn(*args, **kwargs)
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
 
-
-class inference_mode(no_grad):
-    """inference_mode(mode=True): as no_grad (fastbp has no separate inference tensors)."""
+class inference_mode(_GradModeContext):
+    """inference_mode(mode=True): as no_grad (fastbp has no separate inference tensors); mode=False leaves
+    grad mode as it is."""
 
     def __init__(self, mode=True):
-        self.mode = bool(mode)
+        self._mode = bool(mode)
 
     def __enter__(self):
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = _GradMode.enabled and not self.mode
+        _grad_state.saved.append(_grad_state.enabled)
+        _grad_state.enabled = _grad_state.enabled and not self._mode
         return self
 
     def __call__(self, fn):
-        mode = self.mode
+        mode = self._mode
 
         def wrapper(*args, **kwargs):
             with inference_mode(mode):
                 return fn(*args, **kwargs)
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
         wrapper.__doc__ = fn.__doc__
+        wrapper.__wrapped__ = fn
         return wrapper
 
 
 def is_grad_enabled():
-    return _GradMode.enabled
+    """Whether ops record the graph in the current thread."""
+    return _grad_state.enabled
 
 
 class Function:
@@ -142,7 +152,7 @@ class Function:
             else:
                 datas.append(a)
                 needs.append(False)
-        record = record and _GradMode.enabled
+        record = record and _grad_state.enabled
         ctx.needs_input_grad = needs
         out = cls.forward(ctx, *datas, **kwargs)
         t = Tensor.__new__(Tensor)
@@ -1010,7 +1020,7 @@ class Tensor:
 
     # ----- in place (data only: on leaves, or under no_grad for a leaf that requires grad) ---------------
     def _writable(self, what):
-        if self._node is not None or (self.requires_grad and _GradMode.enabled):
+        if self._node is not None or (self.requires_grad and _grad_state.enabled):
             raise RuntimeError(f"{what}: in-place change of a tensor that requires grad; fastbp records no in-place "
                                f"ops: use the out-of-place form, or fastbp.no_grad() for a leaf (e.g. a parameter)")
         if not self.data.flags.writeable:

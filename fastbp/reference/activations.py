@@ -93,6 +93,7 @@ def _check_axis(a, axis, name):
         raise ValueError(f"softmax over an empty axis {axis}, {name} of shape {a.shape}")
 
 
+@np.errstate(invalid="ignore")  # NaN/inf lines give NaN, as in the kernel; no warning
 def softmax_forward(x, axis=-1):
     """softmax(x)_j = exp(x_j - m) / sum_k exp(x_k - m), m = max_k x_k, along `axis` (sums in float64)."""
     as_float_array(x, "x")
@@ -109,6 +110,7 @@ def softmax_backward(grad_out, y, axis=-1):
     return (y * (grad_out - s)).astype(y.dtype)
 
 
+@np.errstate(invalid="ignore")  # NaN/inf lines give NaN, as in the kernel; no warning
 def log_softmax_forward(x, axis=-1):
     """log_softmax(x)_j = (x_j - m) - log sum_k exp(x_k - m)."""
     as_float_array(x, "x")

@@ -87,7 +87,9 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
     n, c = logits.shape
     logp, lse = _log_softmax64(logits)
     rows = np.arange(n)
-    per_row = (1 - eps) * w[labels] * -logp[rows, labels] + eps / c * (-logp * w).sum(axis=1)
+    per_row = (1 - eps) * w[labels] * -logp[rows, labels]
+    if eps > 0:  # without smoothing the other classes' terms are absent, not 0 * (-log p) (NaN at p = 0)
+        per_row = per_row + eps / c * (-logp * w).sum(axis=1)
     return _reduce(per_row, reduction, w[labels].sum(), logits.dtype), lse.astype(logits.dtype)
 
 
@@ -150,6 +152,7 @@ def _mm_prepare(scores, labels, p, margin, weight, normalization):
     return labels, int(p), margin, w, norm
 
 
+@np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def _margins(scores, labels, margin):
     """z_{n, j} = margin - s_{n, y_n} + s_{n, j}, with the j = y_n entries masked out (set to 0)."""
     s = scores.astype(np.float64)
@@ -165,7 +168,8 @@ def multi_margin_forward(scores, labels, reduction="mean", p=1, margin=1.0, weig
     _reduction(reduction)
     labels, p, margin, w, norm = _mm_prepare(scores, labels, p, margin, weight, normalization)
     z = _margins(scores, labels, margin)
-    per_row = w[labels] * (np.maximum(z, 0.0) ** p).sum(axis=1) / norm
+    # a term counts only where z > 0 (PyTorch's rule): a NaN score contributes nothing, as in the kernel
+    per_row = w[labels] * (np.where(z > 0, z, 0.0) ** p).sum(axis=1) / norm
     return _reduce(per_row, reduction, scores.shape[0], scores.dtype)
 
 
@@ -283,14 +287,17 @@ def _sigmoid(z):
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
+@np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def bce_with_logits_forward(logits, target, reduction="mean", weight=None, pos_weight=None):
-    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = w (pw t softplus(-x) + (1 - t) softplus(x))."""
+    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))), evaluated as PyTorch does,
+    w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)), so that infinite logits give PyTorch's values
+    (x = +inf, t < 1: +inf; x = +-inf where a 0 multiplies an infinity: NaN)."""
     _reduction(reduction)
     _check_elementwise(logits, target, "binary_cross_entropy_with_logits", "logits")
     w = _broadcast_weight(weight, logits, "weight")
     pw = _broadcast_weight(pos_weight, logits, "pos_weight")
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    return _reduce(w * (pw * t * _softplus(-x) + (1 - t) * _softplus(x)), reduction, logits.size, logits.dtype)
+    return _reduce(w * ((1 - t) * x + (1 + (pw - 1) * t) * _softplus(-x)), reduction, logits.size, logits.dtype)
 
 
 def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=None, pos_weight=None):
