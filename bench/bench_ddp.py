@@ -20,6 +20,7 @@ nothing overlapped it). From those, an estimate for 8 and 64 ranks over a 10 Gb/
 Results go to bench/results/ddp.json. The machine is shared: read the ranges, not one figure."""
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -114,6 +115,7 @@ def worker(args):
                 step(idx[i:i + per_rank])
                 per.append(time.perf_counter() - t0)
         out["compute_ms_per_step"] = 1e3 * dist.all_reduce(statistics.median(per), op="min")
+        out["compute_ms_quietest"] = 1e3 * dist.all_reduce(min(per), op="min")  # closest to an idle machine
         # the bytes of one step reduced alone, blocking: the communication's cost with nothing overlapping it
         buf = np.zeros(sum(p.data.size for p in model.parameters()), dtype=np.float32)
         for _ in range(20):
@@ -150,12 +152,16 @@ def run(ranks, threads, epochs):
 
 
 def estimate(bytes_per_step, compute_ms, ranks, gbit=10.0, latency_us=30.0):
-    """Ring allreduce over `ranks` machines: each sends and receives 2 (N-1)/N of the bytes, in 2 (N-1)
-    messages of latency `latency_us` (TCP on 10 GbE: ~20-50 us). Returns (communication ms, its share of a
-    step whose compute, per rank, takes compute_ms with no overlap)."""
-    bw = gbit * 1e9 / 8
-    comm_ms = 1e3 * (2 * (ranks - 1) / ranks * bytes_per_step / bw + 2 * (ranks - 1) * latency_us * 1e-6)
-    return comm_ms, comm_ms / (comm_ms + compute_ms)
+    """Communication per step for an allreduce of `bytes_per_step` over `ranks` machines on a `gbit` Gb/s
+    network: every algorithm moves 2 (N-1)/N of the bytes through each machine's link; a ring needs 2 (N-1)
+    message latencies, recursive halving/doubling (Rabenseifner) 2 log2 N (TCP on 10 GbE: ~20-50 us each).
+    Returns {algorithm: (communication ms, its share of a step of compute_ms compute with no overlap)}."""
+    bw_ms = 1e3 * 2 * (ranks - 1) / ranks * bytes_per_step / (gbit * 1e9 / 8)
+    out = {}
+    for name, messages in (("ring", 2 * (ranks - 1)), ("halving-doubling", 2 * math.log2(ranks))):
+        comm_ms = bw_ms + messages * latency_us * 1e-3
+        out[name] = (comm_ms, comm_ms / (comm_ms + compute_ms))
+    return out
 
 
 def main():
@@ -212,14 +218,17 @@ def main():
     dd = statistics.median(r["settings"][SETTINGS[0][0]]["epoch_s"] for r in two)
     print(f"2 ranks x 1 thread ({SETTINGS[0][0]}) vs 1 rank x 2 threads: {one / dd:.2f}x the speed (median epochs)")
     bytes_per_step = 4 * two[0]["params"]
-    compute_ms = statistics.median(comp)
     est = []
-    for n in (8, 64):
-        comm_ms, share = estimate(bytes_per_step, compute_ms, n)
-        est.append({"ranks": n, "comm_ms_per_step": comm_ms, "share_of_step": share})
-        print(f"estimate, {n} ranks over 10 Gb/s (ring, 30 us per message): {comm_ms:.2f} ms of communication "
-              f"per step vs {compute_ms:.1f} ms compute (batch 32 per rank) -> {100 * share:.0f}% of the step "
-              f"without overlap")
+    # compute per step: as measured here (under whatever load), and the quietest step of the run's ranks
+    quiet = min(r["compute_ms_quietest"] for r in two)
+    for label, compute_ms in (("median step", statistics.median(comp)), ("quietest step", quiet)):
+        for n in (8, 64):
+            for algo, (comm_ms, share) in estimate(bytes_per_step, compute_ms, n).items():
+                est.append({"ranks": n, "algorithm": algo, "compute": label, "compute_ms": compute_ms,
+                            "comm_ms_per_step": comm_ms, "share_of_step": share})
+                print(f"estimate, {n:2d} ranks over 10 Gb/s, {algo:16s}: {comm_ms:.2f} ms of communication per "
+                      f"step ({bytes_per_step / 1024:.0f} KiB) vs {compute_ms:.1f} ms compute ({label}, batch 32 "
+                      f"per rank) -> {100 * share:.0f}% of the step without overlap")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", "ddp.json")
     with open(path, "w") as f:

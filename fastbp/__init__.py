@@ -14,10 +14,12 @@ from .random import manual_seed
 from ._config import get_num_threads, set_num_threads, show_config
 from .gradcheck import GradcheckError, gradcheck
 from . import nn, optim, data
+from . import distributed  # MPI data parallelism; mpi4py is imported only by distributed.init()
 
 float32 = "float32"
 float64 = "float64"
 
 __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
-           "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError"]
+           "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError",
+           "distributed"]

@@ -317,12 +317,13 @@ def barrier():
         _wait(comm.Ibarrier(), "barrier")
 
 
-def _allgather_i64(values):
+def _allgather_i64(values, comm=None):
     """Every rank's int64 vector (same length on all ranks), as an array of shape (world, len)."""
-    comm = _comm()
+    comm = comm or _comm()
+    size = comm.Get_size()
     mine = np.ascontiguousarray(values, dtype=np.int64)
-    out = np.empty((_State.size, mine.size), dtype=np.int64)
-    if _State.size > 1:
+    out = np.empty((size, mine.size), dtype=np.int64)
+    if size > 1:
         _wait(comm.Iallgather(mine, out), "allgather")
     else:
         out[0] = mine
@@ -349,17 +350,18 @@ def check_same(value, what="value"):
     raise ValueError(f"{what} differs across ranks ({detail})")
 
 
-def _gather_texts(text):
+def _gather_texts(text, comm=None):
     """Every rank's string (only after a cheap check found they differ: used for error messages)."""
-    comm = _comm()
+    comm = comm or _comm()
+    size = comm.Get_size()
     data = np.frombuffer(text.encode(), dtype=np.uint8)
-    sizes = _allgather_i64([data.size])[:, 0]
-    out = np.zeros(int(sizes.max()) * _State.size, dtype=np.uint8)
+    sizes = _allgather_i64([data.size], comm)[:, 0]
+    out = np.zeros(int(sizes.max()) * size, dtype=np.uint8)
     buf = np.zeros(int(sizes.max()), dtype=np.uint8)
     buf[:data.size] = data
     _wait(comm.Iallgather(buf, out), "allgather")
-    out = out.reshape(_State.size, -1)
-    return [bytes(out[r, :sizes[r]]).decode() for r in range(_State.size)]
+    out = out.reshape(size, -1)
+    return [bytes(out[r, :sizes[r]]).decode() for r in range(size)]
 
 
 # ----- DistributedDataParallel --------------------------------------------------------------------------
@@ -454,10 +456,10 @@ class DistributedDataParallel(Module):
         text = "\n".join(lines)
         if self.world_size == 1:
             return
-        digests = self._allgather_digest(_digest(text))
+        digests = _allgather_i64([_digest(text)], self._ddp_comm)[:, 0]
         if np.all(digests == digests[0]):
             return
-        texts = _gather_texts(text)
+        texts = _gather_texts(text, self._ddp_comm)
         odd = next(r for r in range(self.world_size) if digests[r] != digests[0])
         a, b = texts[0].split("\n"), texts[odd].split("\n")
         k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -466,12 +468,6 @@ class DistributedDataParallel(Module):
         raise ValueError(f"DistributedDataParallel: the model differs across ranks (checked at wrap time); "
                          f"rank 0 has {first!r} where rank {odd} has {other!r} "
                          f"({len(params)} parameters on this rank, rank {self.rank})")
-
-    def _allgather_digest(self, d):
-        mine = np.array([d], dtype=np.int64)
-        out = np.empty(self.world_size, dtype=np.int64)
-        _wait(self._ddp_comm.Iallgather(mine, out), "DistributedDataParallel's model check")
-        return out
 
     def _broadcast_arrays(self, arrays):
         if self.world_size == 1 or not arrays:
