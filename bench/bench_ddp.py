@@ -205,8 +205,8 @@ def main():
                 row.update(exposed_ms_min=min(exp), exposed_ms_max=max(exp),
                            bytes_per_step=runs[name][0]["settings"][sname]["bytes"],
                            calls_per_step=runs[name][0]["settings"][sname]["calls"])
-                line += (f"; {row['calls_per_step']:.0f} allreduce(s), {row['bytes_per_step'] / 1024:.1f} KiB per step, "
-                         f"exposed wait {min(exp):.2f}-{max(exp):.2f} ms/step")
+                line += (f"; {row['calls_per_step']:.0f} allreduce(s), {row['bytes_per_step'] / 1024:.1f} KiB "
+                         f"per step, exposed wait {min(exp):.2f}-{max(exp):.2f} ms/step")
             rows.append(row)
             print(line)
     two = runs["2 ranks x 1 thread"]

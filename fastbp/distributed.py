@@ -48,9 +48,9 @@ from .nn.module import Module
 from .tensor import Tensor, _add_backward_end_callback
 
 __all__ = ["init", "init_process_group", "is_initialized", "is_available", "destroy_process_group", "get_rank",
-           "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier", "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0",
-           "check_same", "DistributedDataParallel", "DDP", "DistributedSampler", "save_checkpoint",
-           "load_checkpoint"]
+           "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier",
+           "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0", "check_same",
+           "DistributedDataParallel", "DDP", "DistributedSampler", "save_checkpoint", "load_checkpoint"]
 
 _INSTALL_HINT = ('fastbp.distributed needs mpi4py and an MPI library: pip install "fastbp[mpi]" '
                  '(mpi4py and the Open MPI wheel), or pip install mpi4py built against your system MPI')
@@ -90,11 +90,13 @@ def is_available():
 def init(comm=None, *, timeout=1800.0, abort_on_exception=True):
     """Join the process group: `comm` (an mpi4py communicator) or `MPI.COMM_WORLD`.
 
-    `timeout` (seconds): how long any collective of this module waits for the other ranks before it aborts
+    `timeout` (seconds or a timedelta): how long any collective of this module waits for the other ranks before it aborts
     the job with a message (a rank that died or ran out of batches; never a hang). PyTorch's default, 30 min.
     `abort_on_exception`: install a `sys.excepthook` that prints an uncaught exception with its rank and
     calls `MPI_Abort`, so the whole job exits non-zero at once instead of the other ranks waiting.
     Calling init() again with the same communicator is a no-op; with another one it raises."""
+    if hasattr(timeout, "total_seconds"):  # a datetime.timedelta, as torch.distributed takes
+        timeout = timeout.total_seconds()
     if timeout is None or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     MPI = _load_mpi()
@@ -103,7 +105,7 @@ def init(comm=None, *, timeout=1800.0, abort_on_exception=True):
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         raise TypeError(f"init() expects an mpi4py intra-communicator (e.g. MPI.COMM_WORLD), got {comm!r}")
     if _State.comm is not None:
-        if MPI.Comm.Compare(_State.base, comm) in (MPI.IDENT,):
+        if MPI.Comm.Compare(_State.base, comm) == MPI.IDENT:
             _State.timeout = float(timeout)
             return
         raise RuntimeError("fastbp.distributed is already initialized with another communicator; "
