@@ -45,7 +45,7 @@ import numpy as np
 
 
 from .nn.module import Module
-from .tensor import Tensor, _add_backward_end_callback
+from .tensor import Tensor, _add_backward_end_callback, _current_backward_pass
 
 __all__ = ["init", "init_process_group", "is_initialized", "is_available", "destroy_process_group", "get_rank",
            "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier",
@@ -548,7 +548,14 @@ class DistributedDataParallel(Module):
 
     # ----- the reduction --------------------------------------------------------------------------
     def _start_pass(self):
-        object.__setattr__(self, "_pass", True)
+        if self._pending:
+            # a previous pass stopped part-way (an exception the caller caught): its reductions must
+            # complete before the buffers are reused; the other ranks started them too, or the wait
+            # times out and aborts the job
+            for b in self._pending:
+                _wait(b.req, "the gradient allreduce of an interrupted backward pass")
+            self._pending.clear()
+        object.__setattr__(self, "_pass", _current_backward_pass())
         for b in self._buckets:
             b.ready = 0
             b.req = None
@@ -560,7 +567,7 @@ class DistributedDataParallel(Module):
     def _grad_ready(self, p):
         if not self.require_backward_grad_sync:
             return
-        if not self._pass:
+        if self._pass != _current_backward_pass():
             self._start_pass()
         if id(p) in self._seen:
             return
@@ -606,7 +613,7 @@ class DistributedDataParallel(Module):
     def _backward_done(self):
         if not self.require_backward_grad_sync:
             return
-        if not self._pass:  # this backward pass gave none of the model's parameters a gradient
+        if self._pass != _current_backward_pass():  # this pass gave none of the model's parameters a gradient
             return
         t0 = time.perf_counter()
         while self._next_launch < len(self._buckets):  # the rest, in order (unused parameters included)

@@ -43,7 +43,7 @@ def _env(update=None):
 def run_python(args, env_update=None, timeout=60):
     with tempfile.TemporaryDirectory() as cwd:
         return subprocess.run([sys.executable, *args], env=_env(env_update), cwd=cwd, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 _OPEN_MPI = None
@@ -61,7 +61,7 @@ def mpirun(script, *args, n=2, timeout=60):
     path = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
     with tempfile.TemporaryDirectory() as cwd:
         return subprocess.run([MPIEXEC, "-n", str(n), *extra, sys.executable, path, *args], env=_env(),
-                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 # ----- without MPI --------------------------------------------------------------------------------------
 

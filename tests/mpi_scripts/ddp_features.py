@@ -166,6 +166,38 @@ def main():
     except RuntimeError as exc:
         check("convert the model" in str(exc), "a dtype change after wrapping is named")
 
+    # a backward pass that fails part-way (after some buckets left) and is caught on every rank: the next
+    # pass completes the stale reductions first and averages correctly
+    class Boom(fastbp.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ArithmeticError("boom in backward")
+
+    fastbp.manual_seed(3)
+    seq = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    dseq = dist.DistributedDataParallel(seq, bucket_cap_mb=1e-5)
+    xb = fastbp.tensor(np.random.default_rng(rank).standard_normal((5, 3)).astype(np.float32))
+    try:
+        seq[1](Boom.apply(seq[0](xb))).sum().backward()
+    except ArithmeticError:
+        pass
+    check(world == 1 or len(dseq._pending) > 0, "a failing pass leaves reductions in flight")
+    seq.zero_grad()
+    dseq(xb).sum().backward()
+    clone = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    clone.load_state_dict(seq.state_dict())
+    clone(xb).sum().backward()
+    ok = True
+    for p, q in zip(seq.parameters(), clone.parameters()):
+        want = np.ascontiguousarray(q.grad)
+        dist.all_reduce(want, op="avg")
+        ok = ok and np.allclose(p.grad, want, rtol=1e-5, atol=1e-6)
+    check(ok, "after an interrupted pass the next one averages correctly")
+
     # the sampler's defaults come from the process group
     s = dist.DistributedSampler(11)
     idx = np.asarray(s.indices())
@@ -175,6 +207,21 @@ def main():
         dist.broadcast(every[r], src=r)
     check(len(s) == -(-11 // world) and np.array_equal(np.sort(np.unique(every)), np.arange(11)),
           "DistributedSampler shards cover the data set")
+    # another communicator: each rank alone in its own, so a world of one where nothing is communicated
+    from mpi4py import MPI
+    dist.init()  # again, the same communicator: a no-op
+    try:
+        dist.init(MPI.COMM_SELF)
+        check(False, "init() with another communicator raises")
+    except RuntimeError as exc:
+        check("already initialized" in str(exc), "init() with another communicator raises")
+    dist.destroy_process_group()
+    check(not dist.is_initialized(), "destroy_process_group leaves the group")
+    dist.init(MPI.COMM_WORLD.Split(color=rank, key=0))
+    check(dist.get_world_size() == 1 and dist.get_rank() == 0, "init() on a communicator the user passes")
+    solo = dist.DistributedDataParallel(nn.Linear(2, 2))
+    solo(fastbp.tensor(np.ones((1, 2), np.float32))).sum().backward()
+    check(solo.stats["allreduce_calls"] == 0, "a world of one communicates nothing")
     dist.print0("all checks passed")
 
 
