@@ -37,6 +37,11 @@ def main():
     dist.init(timeout=60)
     rank, world = dist.get_rank(), dist.get_world_size()
     check(dist.is_initialized() and 0 <= rank < world, "rank and world size")
+    local = dist.get_local_world_size()
+    check(0 <= dist.get_local_rank() < local <= world, "local rank and size")
+    n = dist.threads_per_rank()
+    check(1 <= n <= max(1, (os.cpu_count() or 1) // local) or n == len(os.sched_getaffinity(0)),
+          "threads_per_rank fits the cores")
     dist.barrier()
 
     # all_reduce of numbers, arrays and tensors
