@@ -416,7 +416,10 @@ class DistributedDataParallel(Module):
         (True), or reduce all buckets after the backward pass (False). Same results either way.
     broadcast_buffers: also send rank 0's buffers to every rank before each forward pass in training mode
         (PyTorch's default; nothing to do for models without buffers).
-    comm: reduce over this mpi4py communicator instead of the one given to init() (its Dup is used)."""
+    comm: reduce over this mpi4py communicator instead of the one given to init() (its Dup is used).
+
+    `stats` counts the allreduce calls and bytes and the seconds spent waiting for them after backward
+    passes (bench/bench_ddp.py reads it)."""
 
     def __init__(self, module, bucket_cap_mb=25.0, overlap=True, broadcast_buffers=True, comm=None):
         super().__init__()
@@ -433,10 +436,10 @@ class DistributedDataParallel(Module):
         object.__setattr__(self, "overlap", bool(overlap))
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "require_backward_grad_sync", True)
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        named = list(module.named_parameters())  # frozen ones too: every rank must start from rank 0's
         buffers = _named_buffers(module)
-        self._check_models_match(params, buffers)
-        object.__setattr__(self, "_params", [p for _, p in params])
+        self._check_models_match(named, buffers)
+        object.__setattr__(self, "_params", [p for _, p in named if p.requires_grad])
         object.__setattr__(self, "_buckets", self._make_buckets())
         object.__setattr__(self, "_bucket_of", {id(p): b for b in self._buckets for p in b.params})
         object.__setattr__(self, "_pass", None)
@@ -444,7 +447,7 @@ class DistributedDataParallel(Module):
         object.__setattr__(self, "_pending", [])
         object.__setattr__(self, "_seen", set())
         object.__setattr__(self, "stats", {"allreduce_calls": 0, "allreduce_bytes": 0, "wait_seconds": 0.0})
-        self._broadcast_arrays([p.data for p in self._params] + [_buffer_array(b) for _, b in buffers])
+        self._broadcast_arrays([p.data for _, p in named] + [_buffer_array(b) for _, b in buffers])
         object.__setattr__(self, "_handles", [])
         object.__setattr__(self, "_remove_end", None)
         if self.world_size > 1:
@@ -453,7 +456,8 @@ class DistributedDataParallel(Module):
     # ----- wrap time ------------------------------------------------------------------------------
     def _check_models_match(self, params, buffers):
         lines = [f"bucket_cap_mb={self.bucket_cap_mb!r}"]
-        lines += [f"parameter {n}: shape {tuple(p.data.shape)}, {p.data.dtype}" for n, p in params]
+        lines += [f"parameter {n}: shape {tuple(p.data.shape)}, {p.data.dtype}"
+                  + ("" if p.requires_grad else ", frozen") for n, p in params]
         lines += [f"buffer {n}: shape {tuple(_buffer_array(b).shape)}, {_buffer_array(b).dtype}" for n, b in buffers]
         text = "\n".join(lines)
         if self.world_size == 1:
