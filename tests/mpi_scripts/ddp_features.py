@@ -55,6 +55,23 @@ def main():
     b = np.arange(3.0) * (rank + 1)
     dist.broadcast(b, src=world - 1)
     check(np.array_equal(b, np.arange(3.0) * world), "broadcast from the last rank")
+    for bad, exc, what in [(True, TypeError, "a bool"), (np.ones(4)[::2], ValueError, "a non-contiguous array"),
+                           ("x", TypeError, "a string"), (np.array(["a"]), TypeError, "a string array")]:
+        try:
+            dist.all_reduce(bad)
+            check(False, f"all_reduce of {what} raises")
+        except exc:
+            check(True, f"all_reduce of {what} raises {exc.__name__}")
+    try:
+        dist.all_reduce(1.0, op="median")
+        check(False, "an unknown op raises")
+    except ValueError as e:
+        check("unknown reduce op" in str(e), "an unknown op raises ValueError")
+    try:
+        dist.broadcast(np.zeros(2), src=world)
+        check(False, "broadcast from a rank that does not exist raises")
+    except ValueError as e:
+        check("src must be a rank" in str(e), "broadcast from a rank that does not exist raises ValueError")
     dist.check_same(7, "a constant")
     try:
         dist.check_same(rank, "the rank")
@@ -67,6 +84,15 @@ def main():
     m = WithBuffer()
     ddp = dist.DistributedDataParallel(m, bucket_cap_mb=1e-5)
     check(np.all(m.stats == 1.0), "rank 0's buffer broadcast at wrap time")
+    m.stats[:] = 10.0 * (rank + 1)  # e.g. running statistics that drifted apart
+    ddp(fastbp.tensor(np.zeros((1, 3), np.float32)))
+    check(np.all(m.stats == 10.0), "buffers follow rank 0's before each training forward pass")
+    ddp.eval()
+    m.stats[:] = 10.0 * (rank + 1)
+    ddp(fastbp.tensor(np.zeros((1, 3), np.float32)))
+    check(np.all(m.stats == 10.0 * (rank + 1)), "not in eval mode")
+    m.stats[:] = 1.0
+    ddp.train()
     w0 = m.fc.weight.data.copy()
     dist.broadcast(w0, src=0)
     check(np.array_equal(w0, m.fc.weight.data), "rank 0's parameters broadcast at wrap time")
