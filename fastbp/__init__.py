@@ -27,6 +27,7 @@ from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, c
 from . import return_types
 from . import nn, optim, data, utils, train
 from .serialization import CheckpointError, load, save
+from . import distributed  # MPI data parallelism; mpi4py is imported only by distributed.init()
 
 # PyTorch's dtype aliases
 float = float32  # noqa: A001
@@ -40,7 +41,7 @@ __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "enable_gra
            "inference_mode", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "utils", "train", "save", "load",
-           "CheckpointError", "gradcheck", "GradcheckError",
+           "CheckpointError", "distributed", "gradcheck", "GradcheckError",
            "device", "return_types", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
            "bool", "float", "double", "half", "long", "int", "short"]
 from . import creation as _creation, functions as _functions  # noqa: E402

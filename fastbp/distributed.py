@@ -45,12 +45,12 @@ import numpy as np
 
 
 from .nn.module import Module
-from .tensor import Tensor, _add_backward_end_callback
+from .tensor import Tensor, _add_backward_end_callback, _current_backward_pass
 
 __all__ = ["init", "init_process_group", "is_initialized", "is_available", "destroy_process_group", "get_rank",
-           "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier", "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0",
-           "check_same", "DistributedDataParallel", "DDP", "DistributedSampler", "save_checkpoint",
-           "load_checkpoint"]
+           "get_world_size", "get_local_rank", "get_local_world_size", "threads_per_rank", "barrier",
+           "all_reduce", "broadcast", "ReduceOp", "is_main_process", "print0", "check_same",
+           "DistributedDataParallel", "DDP", "DistributedSampler", "save_checkpoint", "load_checkpoint"]
 
 _INSTALL_HINT = ('fastbp.distributed needs mpi4py and an MPI library: pip install "fastbp[mpi]" '
                  '(mpi4py and the Open MPI wheel), or pip install mpi4py built against your system MPI')
@@ -90,11 +90,13 @@ def is_available():
 def init(comm=None, *, timeout=1800.0, abort_on_exception=True):
     """Join the process group: `comm` (an mpi4py communicator) or `MPI.COMM_WORLD`.
 
-    `timeout` (seconds): how long any collective of this module waits for the other ranks before it aborts
+    `timeout` (seconds or a timedelta): how long any collective of this module waits for the other ranks before it aborts
     the job with a message (a rank that died or ran out of batches; never a hang). PyTorch's default, 30 min.
     `abort_on_exception`: install a `sys.excepthook` that prints an uncaught exception with its rank and
     calls `MPI_Abort`, so the whole job exits non-zero at once instead of the other ranks waiting.
     Calling init() again with the same communicator is a no-op; with another one it raises."""
+    if hasattr(timeout, "total_seconds"):  # a datetime.timedelta, as torch.distributed takes
+        timeout = timeout.total_seconds()
     if timeout is None or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     MPI = _load_mpi()
@@ -103,7 +105,7 @@ def init(comm=None, *, timeout=1800.0, abort_on_exception=True):
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         raise TypeError(f"init() expects an mpi4py intra-communicator (e.g. MPI.COMM_WORLD), got {comm!r}")
     if _State.comm is not None:
-        if MPI.Comm.Compare(_State.base, comm) in (MPI.IDENT,):
+        if MPI.Comm.Compare(_State.base, comm) == MPI.IDENT:
             _State.timeout = float(timeout)
             return
         raise RuntimeError("fastbp.distributed is already initialized with another communicator; "
@@ -317,12 +319,13 @@ def barrier():
         _wait(comm.Ibarrier(), "barrier")
 
 
-def _allgather_i64(values):
+def _allgather_i64(values, comm=None):
     """Every rank's int64 vector (same length on all ranks), as an array of shape (world, len)."""
-    comm = _comm()
+    comm = comm or _comm()
+    size = comm.Get_size()
     mine = np.ascontiguousarray(values, dtype=np.int64)
-    out = np.empty((_State.size, mine.size), dtype=np.int64)
-    if _State.size > 1:
+    out = np.empty((size, mine.size), dtype=np.int64)
+    if size > 1:
         _wait(comm.Iallgather(mine, out), "allgather")
     else:
         out[0] = mine
@@ -349,17 +352,18 @@ def check_same(value, what="value"):
     raise ValueError(f"{what} differs across ranks ({detail})")
 
 
-def _gather_texts(text):
+def _gather_texts(text, comm=None):
     """Every rank's string (only after a cheap check found they differ: used for error messages)."""
-    comm = _comm()
+    comm = comm or _comm()
+    size = comm.Get_size()
     data = np.frombuffer(text.encode(), dtype=np.uint8)
-    sizes = _allgather_i64([data.size])[:, 0]
-    out = np.zeros(int(sizes.max()) * _State.size, dtype=np.uint8)
+    sizes = _allgather_i64([data.size], comm)[:, 0]
+    out = np.zeros(int(sizes.max()) * size, dtype=np.uint8)
     buf = np.zeros(int(sizes.max()), dtype=np.uint8)
     buf[:data.size] = data
     _wait(comm.Iallgather(buf, out), "allgather")
-    out = out.reshape(_State.size, -1)
-    return [bytes(out[r, :sizes[r]]).decode() for r in range(_State.size)]
+    out = out.reshape(size, -1)
+    return [bytes(out[r, :sizes[r]]).decode() for r in range(size)]
 
 
 # ----- DistributedDataParallel --------------------------------------------------------------------------
@@ -412,7 +416,10 @@ class DistributedDataParallel(Module):
         (True), or reduce all buckets after the backward pass (False). Same results either way.
     broadcast_buffers: also send rank 0's buffers to every rank before each forward pass in training mode
         (PyTorch's default; nothing to do for models without buffers).
-    comm: reduce over this mpi4py communicator instead of the one given to init() (its Dup is used)."""
+    comm: reduce over this mpi4py communicator instead of the one given to init() (its Dup is used).
+
+    `stats` counts the allreduce calls and bytes and the seconds spent waiting for them after backward
+    passes (bench/bench_ddp.py reads it)."""
 
     def __init__(self, module, bucket_cap_mb=25.0, overlap=True, broadcast_buffers=True, comm=None):
         super().__init__()
@@ -429,10 +436,10 @@ class DistributedDataParallel(Module):
         object.__setattr__(self, "overlap", bool(overlap))
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "require_backward_grad_sync", True)
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        named = list(module.named_parameters())  # frozen ones too: every rank must start from rank 0's
         buffers = _named_buffers(module)
-        self._check_models_match(params, buffers)
-        object.__setattr__(self, "_params", [p for _, p in params])
+        self._check_models_match(named, buffers)
+        object.__setattr__(self, "_params", [p for _, p in named if p.requires_grad])
         object.__setattr__(self, "_buckets", self._make_buckets())
         object.__setattr__(self, "_bucket_of", {id(p): b for b in self._buckets for p in b.params})
         object.__setattr__(self, "_pass", None)
@@ -440,7 +447,7 @@ class DistributedDataParallel(Module):
         object.__setattr__(self, "_pending", [])
         object.__setattr__(self, "_seen", set())
         object.__setattr__(self, "stats", {"allreduce_calls": 0, "allreduce_bytes": 0, "wait_seconds": 0.0})
-        self._broadcast_arrays([p.data for p in self._params] + [_buffer_array(b) for _, b in buffers])
+        self._broadcast_arrays([p.data for _, p in named] + [_buffer_array(b) for _, b in buffers])
         object.__setattr__(self, "_handles", [])
         object.__setattr__(self, "_remove_end", None)
         if self.world_size > 1:
@@ -449,15 +456,16 @@ class DistributedDataParallel(Module):
     # ----- wrap time ------------------------------------------------------------------------------
     def _check_models_match(self, params, buffers):
         lines = [f"bucket_cap_mb={self.bucket_cap_mb!r}"]
-        lines += [f"parameter {n}: shape {tuple(p.data.shape)}, {p.data.dtype}" for n, p in params]
+        lines += [f"parameter {n}: shape {tuple(p.data.shape)}, {p.data.dtype}"
+                  + ("" if p.requires_grad else ", frozen") for n, p in params]
         lines += [f"buffer {n}: shape {tuple(_buffer_array(b).shape)}, {_buffer_array(b).dtype}" for n, b in buffers]
         text = "\n".join(lines)
         if self.world_size == 1:
             return
-        digests = self._allgather_digest(_digest(text))
+        digests = _allgather_i64([_digest(text)], self._ddp_comm)[:, 0]
         if np.all(digests == digests[0]):
             return
-        texts = _gather_texts(text)
+        texts = _gather_texts(text, self._ddp_comm)
         odd = next(r for r in range(self.world_size) if digests[r] != digests[0])
         a, b = texts[0].split("\n"), texts[odd].split("\n")
         k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -466,12 +474,6 @@ class DistributedDataParallel(Module):
         raise ValueError(f"DistributedDataParallel: the model differs across ranks (checked at wrap time); "
                          f"rank 0 has {first!r} where rank {odd} has {other!r} "
                          f"({len(params)} parameters on this rank, rank {self.rank})")
-
-    def _allgather_digest(self, d):
-        mine = np.array([d], dtype=np.int64)
-        out = np.empty(self.world_size, dtype=np.int64)
-        _wait(self._ddp_comm.Iallgather(mine, out), "DistributedDataParallel's model check")
-        return out
 
     def _broadcast_arrays(self, arrays):
         if self.world_size == 1 or not arrays:
@@ -550,7 +552,14 @@ class DistributedDataParallel(Module):
 
     # ----- the reduction --------------------------------------------------------------------------
     def _start_pass(self):
-        object.__setattr__(self, "_pass", True)
+        if self._pending:
+            # a previous pass stopped part-way (an exception the caller caught): its reductions must
+            # complete before the buffers are reused; the other ranks started them too, or the wait
+            # times out and aborts the job
+            for b in self._pending:
+                _wait(b.req, "the gradient allreduce of an interrupted backward pass")
+            self._pending.clear()
+        object.__setattr__(self, "_pass", _current_backward_pass())
         for b in self._buckets:
             b.ready = 0
             b.req = None
@@ -562,7 +571,7 @@ class DistributedDataParallel(Module):
     def _grad_ready(self, p):
         if not self.require_backward_grad_sync:
             return
-        if not self._pass:
+        if self._pass != _current_backward_pass():
             self._start_pass()
         if id(p) in self._seen:
             return
@@ -608,7 +617,7 @@ class DistributedDataParallel(Module):
     def _backward_done(self):
         if not self.require_backward_grad_sync:
             return
-        if not self._pass:  # this backward pass gave none of the model's parameters a gradient
+        if self._pass != _current_backward_pass():  # this pass gave none of the model's parameters a gradient
             return
         t0 = time.perf_counter()
         while self._next_launch < len(self._buckets):  # the rest, in order (unused parameters included)

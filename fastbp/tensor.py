@@ -204,6 +204,13 @@ def _acc(a, b):
 # empty unless someone registers: a backward pass then pays one dict test and one list test, nothing more.
 _leaf_hooks = {}             # id(leaf) -> (leaf, [hook(leaf), ...]) run once the leaf's .grad is final
 _backward_end_callbacks = []  # callback() after every backward pass that completed
+_pass_counter = itertools.count(1)
+_pass = [0]                   # the number of the backward pass running (or last run)
+
+
+def _current_backward_pass():
+    """Number of the backward pass running now (or last run): tells hooks of one pass from the next."""
+    return _pass[0]
 
 
 class _HookHandle:
@@ -262,6 +269,7 @@ def _end_of_backward():
 
 
 def _run_backward(root, grad, retain_graph):
+    _pass[0] = next(_pass_counter)
     node = root._node
     if node is None:
         # a leaf: the gradient goes straight to .grad

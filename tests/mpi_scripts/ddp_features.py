@@ -37,6 +37,11 @@ def main():
     dist.init(timeout=60)
     rank, world = dist.get_rank(), dist.get_world_size()
     check(dist.is_initialized() and 0 <= rank < world, "rank and world size")
+    local = dist.get_local_world_size()
+    check(0 <= dist.get_local_rank() < local <= world, "local rank and size")
+    n = dist.threads_per_rank()
+    check(1 <= n <= max(1, (os.cpu_count() or 1) // local) or n == len(os.sched_getaffinity(0)),
+          "threads_per_rank fits the cores")
     dist.barrier()
 
     # all_reduce of numbers, arrays and tensors
@@ -50,6 +55,23 @@ def main():
     b = np.arange(3.0) * (rank + 1)
     dist.broadcast(b, src=world - 1)
     check(np.array_equal(b, np.arange(3.0) * world), "broadcast from the last rank")
+    for bad, exc, what in [(True, TypeError, "a bool"), (np.ones(4)[::2], ValueError, "a non-contiguous array"),
+                           ("x", TypeError, "a string"), (np.array(["a"]), TypeError, "a string array")]:
+        try:
+            dist.all_reduce(bad)
+            check(False, f"all_reduce of {what} raises")
+        except exc:
+            check(True, f"all_reduce of {what} raises {exc.__name__}")
+    try:
+        dist.all_reduce(1.0, op="median")
+        check(False, "an unknown op raises")
+    except ValueError as e:
+        check("unknown reduce op" in str(e), "an unknown op raises ValueError")
+    try:
+        dist.broadcast(np.zeros(2), src=world)
+        check(False, "broadcast from a rank that does not exist raises")
+    except ValueError as e:
+        check("src must be a rank" in str(e), "broadcast from a rank that does not exist raises ValueError")
     dist.check_same(7, "a constant")
     try:
         dist.check_same(rank, "the rank")
@@ -62,9 +84,25 @@ def main():
     m = WithBuffer()
     ddp = dist.DistributedDataParallel(m, bucket_cap_mb=1e-5)
     check(np.all(m.stats == 1.0), "rank 0's buffer broadcast at wrap time")
+    m.stats[:] = 10.0 * (rank + 1)  # e.g. running statistics that drifted apart
+    ddp(fastbp.tensor(np.zeros((1, 3), np.float32)))
+    check(np.all(m.stats == 10.0), "buffers follow rank 0's before each training forward pass")
+    ddp.eval()
+    m.stats[:] = 10.0 * (rank + 1)
+    ddp(fastbp.tensor(np.zeros((1, 3), np.float32)))
+    check(np.all(m.stats == 10.0 * (rank + 1)), "not in eval mode")
+    m.stats[:] = 1.0
+    ddp.train()
     w0 = m.fc.weight.data.copy()
     dist.broadcast(w0, src=0)
     check(np.array_equal(w0, m.fc.weight.data), "rank 0's parameters broadcast at wrap time")
+    fastbp.manual_seed(rank)
+    frozen = nn.Linear(2, 2)
+    frozen.weight.requires_grad_(False)
+    dist.DistributedDataParallel(frozen)
+    wf = frozen.weight.data.copy()
+    dist.broadcast(wf, src=0)
+    check(np.array_equal(wf, frozen.weight.data), "frozen parameters are broadcast at wrap time too")
     check(list(ddp.state_dict())[0].startswith("module."), "state_dict keys carry PyTorch's module. prefix")
     x = np.random.default_rng(rank).standard_normal((4, 3)).astype(np.float32)
     loss = ddp(fastbp.tensor(x)).sum()
@@ -166,6 +204,38 @@ def main():
     except RuntimeError as exc:
         check("convert the model" in str(exc), "a dtype change after wrapping is named")
 
+    # a backward pass that fails part-way (after some buckets left) and is caught on every rank: the next
+    # pass completes the stale reductions first and averages correctly
+    class Boom(fastbp.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ArithmeticError("boom in backward")
+
+    fastbp.manual_seed(3)
+    seq = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    dseq = dist.DistributedDataParallel(seq, bucket_cap_mb=1e-5)
+    xb = fastbp.tensor(np.random.default_rng(rank).standard_normal((5, 3)).astype(np.float32))
+    try:
+        seq[1](Boom.apply(seq[0](xb))).sum().backward()
+    except ArithmeticError:
+        pass
+    check(world == 1 or len(dseq._pending) > 0, "a failing pass leaves reductions in flight")
+    seq.zero_grad()
+    dseq(xb).sum().backward()
+    clone = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    clone.load_state_dict(seq.state_dict())
+    clone(xb).sum().backward()
+    ok = True
+    for p, q in zip(seq.parameters(), clone.parameters()):
+        want = np.ascontiguousarray(q.grad)
+        dist.all_reduce(want, op="avg")
+        ok = ok and np.allclose(p.grad, want, rtol=1e-5, atol=1e-6)
+    check(ok, "after an interrupted pass the next one averages correctly")
+
     # the sampler's defaults come from the process group
     s = dist.DistributedSampler(11)
     idx = np.asarray(s.indices())
@@ -175,6 +245,21 @@ def main():
         dist.broadcast(every[r], src=r)
     check(len(s) == -(-11 // world) and np.array_equal(np.sort(np.unique(every)), np.arange(11)),
           "DistributedSampler shards cover the data set")
+    # another communicator: each rank alone in its own, so a world of one where nothing is communicated
+    from mpi4py import MPI
+    dist.init()  # again, the same communicator: a no-op
+    try:
+        dist.init(MPI.COMM_SELF)
+        check(False, "init() with another communicator raises")
+    except RuntimeError as exc:
+        check("already initialized" in str(exc), "init() with another communicator raises")
+    dist.destroy_process_group()
+    check(not dist.is_initialized(), "destroy_process_group leaves the group")
+    dist.init(MPI.COMM_WORLD.Split(color=rank, key=0))
+    check(dist.get_world_size() == 1 and dist.get_rank() == 0, "init() on a communicator the user passes")
+    solo = dist.DistributedDataParallel(nn.Linear(2, 2))
+    solo(fastbp.tensor(np.ones((1, 2), np.float32))).sum().backward()
+    check(solo.stats["allreduce_calls"] == 0, "a world of one communicates nothing")
     dist.print0("all checks passed")
 
 
