@@ -1,6 +1,7 @@
 /* OpenMP shim: the real omp.h when the build probe enabled -fopenmp, serial stand-ins otherwise. */
 #ifndef FASTBP_OMP_H
 #define FASTBP_OMP_H
+#include "fastbp_compat.h" /* static inline for MSVC C */
 #ifdef _OPENMP
 #include <omp.h>
 #define FASTBP_HAVE_OPENMP 1
