@@ -215,8 +215,10 @@ class BuildExt(build_ext):
         base = compile_args(c, openmp)
         clones, clones_note = probe_clones(c, base) if c.compiler_type != "msvc" else (False, "baseline only (MSVC)")
         user_c = [] if c.compiler_type == "msvc" else _env_flags("CFLAGS")
+        serial_why = ("off (FASTBP_OPENMP=0), building serial kernels" if os.environ.get("FASTBP_OPENMP") == "0"
+                      else "NOT available with this compiler, building serial kernels")
         sys.stderr.write(f"fastbp: compiler {_compiler_version(c)}; OpenMP "
-                         f"{' '.join(openmp['compile']) if openmp else 'NOT available, building serial kernels'}; "
+                         f"{' '.join(openmp['compile']) if openmp else serial_why}; "
                          f"{clones_note}; {self.parallel} parallel jobs\n")
         for ext in self.extensions:
             ext.extra_compile_args = list(base)
