@@ -236,6 +236,9 @@ class BuildExt(build_ext):
             ]
             if not clones:
                 ext.define_macros.append(("FASTBP_NO_CLONES", "1"))
+        # largest generated C first: with few cores the long compiles overlap instead of one running alone
+        # at the end
+        self.extensions.sort(key=lambda e: -sum(os.path.getsize(f) for f in e.sources if os.path.exists(f)))
         self._progress = {"lock": threading.Lock(), "done": 0, "total": len(self.extensions)}
         t0 = time.perf_counter()
         super().build_extensions()
