@@ -8,6 +8,7 @@
    state, so the count is passed to each parallel region explicitly instead). */
 #ifndef FASTBP_OMP_H
 #define FASTBP_OMP_H
+#include "fastbp_compat.h" /* static inline for MSVC C */
 #ifdef _OPENMP
 #include <omp.h>
 #define FASTBP_HAVE_OPENMP 1
