@@ -103,7 +103,7 @@ def test_debug_build_aborts_on_an_error_inside_a_kernel_helper():
     as "Exception ignored in 'fastbp._C...'" (a bounds error in a noexcept helper). Checked by hand on a
     real debug build: linear_forward with out_features == 0 before the fix printed the IndexError and
     aborted."""
-    from conftest import run_python
+    from helpers import run_python
     code = ("import fastbp; from fastbp import _config\n"
             "_config._runtime().debug_build = lambda: True\n"
             "assert _config._install_debug_abort()\n"

@@ -128,7 +128,7 @@ def test_set_num_threads_holds_in_other_python_threads(restore_threads):
 
 @TWO_THREADS
 def test_omp_num_threads_and_parallel_min_read_at_start_up():
-    from conftest import run_python
+    from helpers import run_python
     code = ("import fastbp; from fastbp._C import _runtime as r; "
             "print(fastbp.get_num_threads(), r._threads_used(10**7), r._get_parallel_min(), r._threads_used(0))")
     out = run_python(["-c", code], {"OMP_NUM_THREADS": "1"}, drop=("FASTBP_PARALLEL_MIN",))
