@@ -18,8 +18,8 @@
 # NaN and infinity follow PyTorch (checked against it in tests/test_nonfinite.py): cross-entropy adds the
 # label-smoothing term only when label_smoothing > 0 (a -inf logit off the target then drops out; on the
 # target the loss is +inf); the hinge counts a term only where z > 0, so a NaN score contributes nothing;
-# BCE with logits is (1 - t) x + (1 + (pw - 1) t) softplus(-x) as PyTorch evaluates it (x = +inf, t < 1:
-# +inf; a 0 times an infinity: NaN).
+# BCE with logits takes PyTorch's form (1 - t) x + (1 + (pw - 1) t) softplus(-x) for an infinite logit
+# (x = +inf, t < 1: +inf; a 0 times an infinity: NaN), the more accurate symmetric form otherwise.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
@@ -434,13 +434,18 @@ cdef inline real _elem_value(real x, real t, real pw, int kind) noexcept nogil:
         if l1x < BCE_LOG_MIN:
             l1x = BCE_LOG_MIN
         return -(t * lx + (1 - t) * l1x)
-    # BCE_LOGITS: pw t softplus(-x) + (1 - t) softplus(x), written as PyTorch evaluates it,
-    # (1 - t) x + (1 + (pw - 1) t) softplus(-x), so that infinite logits give PyTorch's values (x = +inf,
-    # t < 1: +inf, where the symmetric form had inf - inf = NaN; a 0 times an infinity: NaN, as PyTorch).
-    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) never overflows (max as a select: 0 at x = +inf)
-    d = -x if x < 0 else 0
-    l = _log1p_small(r_exp(-r_abs(x)))
-    return (1 - t) * x + (1 + (pw - 1) * t) * (d + l)
+    # BCE_LOGITS: pw t softplus(-x) + (1 - t) softplus(x), both terms >= 0 for t in [0, 1], and
+    # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows; max(+-x, 0) = (|x| +- x) / 2 exactly
+    # (this form keeps log1p(e^-20) at x = -20, t = 0, where PyTorch's form cancels to 0 in float32).
+    # An infinite (or NaN) logit takes PyTorch's form, (1 - t) x + (1 + (pw - 1) t) softplus(-x), so that
+    # it gives PyTorch's values: x = +inf, t < 1: +inf (the form above had inf - inf = NaN); a 0 times
+    # an infinity: NaN.
+    if x - x != 0:
+        d = -x if x < 0 else 0
+        return (1 - t) * x + (1 + (pw - 1) * t) * d
+    d = r_abs(x)
+    l = _log1p_small(r_exp(-d))
+    return pw * t * ((d - x) * <real>0.5 + l) + (1 - t) * ((d + x) * <real>0.5 + l)
 
 
 cdef inline real _elem_grad(real x, real t, real pw, int kind) noexcept nogil:

@@ -289,15 +289,19 @@ def _sigmoid(z):
 
 @np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def bce_with_logits_forward(logits, target, reduction="mean", weight=None, pos_weight=None):
-    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))), evaluated as PyTorch does,
-    w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)), so that infinite logits give PyTorch's values
-    (x = +inf, t < 1: +inf; x = +-inf where a 0 multiplies an infinity: NaN)."""
+    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = w (pw t softplus(-x) + (1 - t) softplus(x));
+    an infinite or NaN logit takes PyTorch's form w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)), so that it
+    gives PyTorch's values (x = +inf, t < 1: +inf; a 0 multiplying an infinity: NaN)."""
     _reduction(reduction)
     _check_elementwise(logits, target, "binary_cross_entropy_with_logits", "logits")
     w = _broadcast_weight(weight, logits, "weight")
     pw = _broadcast_weight(pos_weight, logits, "pos_weight")
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    return _reduce(w * ((1 - t) * x + (1 + (pw - 1) * t) * _softplus(-x)), reduction, logits.size, logits.dtype)
+    finite = np.isfinite(x)
+    xf = np.where(finite, x, 0.0)
+    value = np.where(finite, pw * t * _softplus(-xf) + (1 - t) * _softplus(xf),
+                     (1 - t) * x + (1 + (pw - 1) * t) * np.maximum(-x, 0))  # infinite or NaN logits
+    return _reduce(w * value, reduction, logits.size, logits.dtype)
 
 
 def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=None, pos_weight=None):
