@@ -123,8 +123,6 @@ def test_lenet_training_is_bit_identical_when_repeated(lenet_two_threads):
         assert again[k].tobytes() == lenet_two_threads[k].tobytes(), k
 
 
-@pytest.mark.xfail(strict=True, reason="scipy's OpenBLAS sgemm gives different bits on 1 and 2 threads (seen "
-                                       "for (32x400)@(400x120), LeNet's first Linear); fastbp's GEMM calls it as is")
 def test_lenet_training_is_bit_identical_on_one_and_two_threads(lenet_two_threads):
     one = _lenet_run(1)
     for k in one:

@@ -33,6 +33,11 @@ PUBLIC_NAMES = {
     "adagrad_step": ("Adagrad", "fastbp.optim.Adagrad.step", None),
     "rmsprop_step": ("RMSprop", "fastbp.optim.RMSprop.step", None),
     "adam_step": ("Adam", "fastbp.optim.Adam.step", None),
+    "adadelta_step": ("Adadelta", "fastbp.optim.Adadelta.step", None),
+    "batch_norm_train": ("batch_norm", "fastbp.nn.functional.batch_norm", "training=True"),
+    "batch_norm_eval": ("batch_norm", "fastbp.nn.functional.batch_norm", "training=False"),
+    "batch_norm_noaffine": ("batch_norm", "fastbp.nn.functional.batch_norm", "weight=None, bias=None"),
+    "dropout_mask_scale": ("dropout", "fastbp.nn.functional.dropout", None),
     "conv2d_nobias": ("conv2d", "fastbp.nn.functional.conv2d", "bias=None"),
 }
 
