@@ -255,8 +255,23 @@ def _backward(self, gradient=None, retain_graph=None, create_graph=False, inputs
             if before[id(t)] is not None:
                 rec.problem = rec.problem or ("a gradient was accumulated into an existing .grad (call "
                                               "optimizer.zero_grad() with set_to_none=True inside the step)")
-            rec.ops.append(("grad", t, rec.spec(t.grad)))
+            spec = rec.spec(t.grad)
+            if spec[0] == "u":
+                spec = _copy_source(rec, t.grad)
+            if spec is None:
+                rec.problem = rec.problem or "a parameter's gradient was not computed by a kernel"
+            rec.ops.append(("grad", t, spec))
     return out
+
+
+def _copy_source(rec, g):
+    """The engine copies a gradient that is a view (or shared) before storing it in .grad: find the slot
+    (or view of one) that the copy was taken from, else None."""
+    for i in range(len(rec.slot_objs) - 1, -1, -1):
+        a = rec.slot_objs[i]
+        if a.shape == g.shape and a.dtype == g.dtype and a is not g and np.array_equal(a, g, equal_nan=True):
+            return ("s", i)
+    return None
 
 
 def _const(a):
@@ -421,7 +436,7 @@ class _Tape:
         self.input_slots = input_slots
         self.result_spec = result_spec
         self.leaves = list(rec.leaves.values())
-        self.nslots = len(rec.slot_objs)
+        self.slot_objs = rec.slot_objs
         self.resolved = []
         self.untrusted = False
         for ref, snap in rec.unknown:
@@ -432,11 +447,15 @@ class _Tape:
                 self.resolved.append(("c", snap))         # made during the step and dropped: a constant
                 self.untrusted = True
 
-    def build(self):
-        """Generate the straight-line replay function."""
+    def build(self, slot_objs):
+        """Generate the straight-line replay function. Kernels that take `out=` write into the arrays the
+        capture produced (kept as the step's buffers), except the arrays the step returns."""
         ns = {"_Stale": _Stale, "_view": _view}
         lines = []
         counter = [0]
+        escaping = set()
+        _slots_of(self.result_spec[1] if self.result_spec[0] != "n" else ("c", None), escaping)
+        fixed = {}   # slot -> name of its buffer
 
         def const(v):
             name = f"C{counter[0]}"
@@ -447,8 +466,10 @@ class _Tape:
         def expr(s):
             kind = s[0]
             if kind == "s":
-                return f"s{s[1]}"
+                return fixed.get(s[1], f"s{s[1]}")
             if kind == "v":
+                if s[1] in fixed:
+                    return const(_view(slot_objs[s[1]], s[2], s[3], s[4], s[5]))
                 return f"_view(s{s[1]}, {const(s[2])}, {const(s[3])}, {s[4]}, {const(s[5])})"
             if kind == "u":
                 return const(self.resolved[s[1]][1])
@@ -480,6 +501,18 @@ class _Tape:
             if op[0] == "k":
                 _, name, fn, a, k, out = op
                 call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
+                form = _OUT_KERNELS.get(name)
+                outs = set()
+                _slots_of(out, outs)
+                if form is not None and "out" not in k and outs and not outs & escaping:
+                    bufs = [slot_objs[x[1]] if x[0] == "s" else None for x in (out[1] if out[0] == "t" else (out,))]
+                    if form == "tuple" and out[0] == "t" or form == "single" and out[0] == "s":
+                        for x in (out[1] if out[0] == "t" else (out,)):
+                            if x[0] == "s":
+                                fixed[x[1]] = const(slot_objs[x[1]])
+                        arg = const(tuple(bufs) if form == "tuple" else bufs[0])
+                        lines.append(f"    {const(fn)}({call}, out={arg})")
+                        continue
                 if out[0] == "s":
                     lines.append(f"    s{out[1]} = {const(fn)}({call})")
                 elif out[0] == "t":
@@ -501,6 +534,25 @@ class _Tape:
 
 
 _builtin_compile = compile  # the module defines its own `compile` below
+
+
+# kernels with an `out=` parameter: "single" array or a "tuple" matching the result tuple
+_OUT_KERNELS = {"linear_forward": "single", "linear_backward": "tuple", "relu_forward": "single",
+                "relu_backward": "single", "sigmoid_forward": "single", "sigmoid_backward": "single",
+                "tanh_forward": "single", "tanh_backward": "single", "cross_entropy_backward": "single",
+                "conv2d_forward": "single", "conv2d_backward": "tuple", "max_pool2d_forward": "tuple",
+                "max_pool2d_backward": "single"}
+
+
+def _slots_of(spec, acc):
+    if spec[0] in ("s", "v"):
+        acc.add(spec[1])
+    elif spec[0] in ("t", "l"):
+        for x in spec[1]:
+            _slots_of(x, acc)
+    elif spec[0] == "d":
+        for x in spec[1].values():
+            _slots_of(x, acc)
 
 
 def _view(base, shape, strides, offset, dtype):
@@ -643,7 +695,7 @@ class CapturedStep:
             entry.inputs0 = [np.array(a, copy=True) for a in arrays]
             return out_keep
         try:
-            entry.replay = tape.build()
+            entry.replay = tape.build(tape.slot_objs)
         except Exception as exc:  # noqa: BLE001
             self._give_up(entry, f"could not build the replay ({exc})")
             return out_keep
