@@ -380,7 +380,7 @@ def _same_structure(a, b):
         if x[0] != y[0]:
             return False
         if x[0] == "k":
-            if x[2] is not y[2] or not _spec_eq(x[3], y[3], a, b) or x[4].keys() != y[4].keys() or \
+            if x[2] is not y[2] or not _spec_eq(("t", x[3]), ("t", y[3]), a, b) or x[4].keys() != y[4].keys() or \
                     not all(_spec_eq(x[4][k], y[4][k], a, b) for k in x[4]) or x[5] != y[5]:
                 return False
         elif x[0] == "py":
