@@ -259,7 +259,7 @@ def _backward(self, gradient=None, retain_graph=None, create_graph=False, inputs
             if spec[0] == "u":
                 spec = _copy_source(rec, t.grad)
             if spec is None:
-                rec.problem = rec.problem or "a parameter's gradient was not computed by a kernel"
+                rec.problem = rec.problem or "a parameter's gradient could not be traced to one kernel output"
             rec.ops.append(("grad", t, spec))
     return out
 
@@ -267,11 +267,9 @@ def _backward(self, gradient=None, retain_graph=None, create_graph=False, inputs
 def _copy_source(rec, g):
     """The engine copies a gradient that is a view (or shared) before storing it in .grad: find the slot
     (or view of one) that the copy was taken from, else None."""
-    for i in range(len(rec.slot_objs) - 1, -1, -1):
-        a = rec.slot_objs[i]
-        if a.shape == g.shape and a.dtype == g.dtype and a is not g and np.array_equal(a, g, equal_nan=True):
-            return ("s", i)
-    return None
+    found = [i for i, a in enumerate(rec.slot_objs)
+             if a.shape == g.shape and a.dtype == g.dtype and a is not g and np.array_equal(a, g, equal_nan=True)]
+    return ("s", found[0]) if len(found) == 1 else None  # ambiguous (equal arrays): not captured
 
 
 def _const(a):
