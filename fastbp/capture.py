@@ -18,6 +18,7 @@ import collections
 import functools
 import gc
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -26,7 +27,7 @@ import numpy as np
 
 from . import _backend
 
-from .tensor import Tensor, is_grad_enabled
+from .tensor import Function, Tensor, is_grad_enabled
 
 __all__ = ["compile", "capture", "set_compile_enabled", "is_compile_enabled", "CaptureError", "CaptureWarning",
            "CapturedStep"]
@@ -83,6 +84,7 @@ class _Recorder:
         self.trusted = []         # constants known not to depend on data (the backward seed)
         self.leaves = {}          # id(tensor) -> (tensor, its data array)
         self.problem = None
+        self.nctx = 0             # Functions recorded as a whole (their ctx objects are locals of the replay)
 
     # where a value comes from
     def new_slot(self, arr):
@@ -272,6 +274,53 @@ def _copy_source(rec, g):
     return ("s", found[0]) if len(found) == 1 else None  # ambiguous (equal arrays): not captured
 
 
+# Functions whose forward and backward are single kernel calls: recorded through their kernels (which
+# take out= buffers). Every other Function (NumPy arithmetic, reshapes, user-defined ones) is recorded as a
+# whole: its forward and backward are called again at replay.
+_KERNEL_OP_MODULES = ("fastbp.ops.nn", "fastbp.ops.conv")
+_ORIG_APPLY = Function.__dict__["apply"].__func__
+_ORIG_ACC = sys.modules[Tensor.__module__]._acc
+
+
+def _apply(cls, *args, **kwargs):
+    rec = _active
+    if rec is None or rec.depth or rec.thread != threading.get_ident() or cls.__module__ in _KERNEL_OP_MODULES:
+        return _ORIG_APPLY(cls, *args, **kwargs)
+    try:
+        specs = tuple(rec.spec(a.data if isinstance(a, Tensor) else a) for a in args)
+        kspecs = {k: rec.spec(v.data if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
+    except _Unsupported as exc:
+        rec.problem = rec.problem or f"{cls.__name__}: {exc}"
+        return _ORIG_APPLY(cls, *args, **kwargs)
+    needs = [bool(isinstance(a, Tensor) and a.requires_grad) for a in args]
+    rec.depth += 1
+    try:
+        t = _ORIG_APPLY(cls, *args, **kwargs)
+    finally:
+        rec.depth -= 1
+    c = rec.nctx
+    rec.nctx += 1
+    rec.ops.append(("fwd", cls, specs, kspecs, rec.out_spec(t.data), c, needs))
+    if t._node is not None:
+        t._node.backward = _recorded_backward(rec, cls, c)
+    return t
+
+
+def _recorded_backward(rec, cls, c):
+    def backward(ctx, g):
+        if _active is not rec or rec.depth:
+            return cls.backward(ctx, g)
+        gs = rec.spec(g)
+        rec.depth += 1
+        try:
+            res = cls.backward(ctx, g)
+        finally:
+            rec.depth -= 1
+        rec.ops.append(("bwd", cls, c, gs, rec.out_spec(res)))
+        return res
+    return backward
+
+
 def _const(a):
     return a
 
@@ -325,6 +374,9 @@ class _Patches:
         for cls in _all_subclasses(LRScheduler):
             if "step" in vars(cls):
                 self._set(cls, "step", _opaque_method(vars(cls)["step"]))
+        self._set(Function, "apply", classmethod(_apply))
+        tmod = sys.modules[Tensor.__module__]
+        self._set(tmod, "_acc", _wrap_kernel("<accumulate>", _ORIG_ACC))
         _ORIG_MASK = F._keep_mask
         self._set(F, "_keep_mask", _wrap_kernel("<dropout mask>", _draw_mask))
         self.table = _backend.current
@@ -384,6 +436,13 @@ def _same_structure(a, b):
         elif x[0] == "py":
             if x[1] is not y[1] or len(x[2]) != len(y[2]) or \
                     not all(p is q or _plain_eq(p, q) for p, q in zip(x[2], y[2])) or x[3] != y[3]:
+                return False
+        elif x[0] == "fwd":
+            if x[1] is not y[1] or not _spec_eq(("t", x[2]), ("t", y[2]), a, b) or x[3].keys() != y[3].keys() or \
+                    not all(_spec_eq(x[3][k], y[3][k], a, b) for k in x[3]) or x[4:] != y[4:]:
+                return False
+        elif x[0] == "bwd":
+            if x[1] is not y[1] or x[2] != y[2] or not _spec_eq(x[3], y[3], a, b) or x[4] != y[4]:
                 return False
         elif x[0] == "grad":
             if x[1] is not y[1] or not _spec_eq(x[2], y[2], a, b):
@@ -452,7 +511,7 @@ class _Tape:
         lines = []
         counter = [0]
         escaping = set()
-        _slots_of(self.result_spec[1] if self.result_spec[0] != "n" else ("c", None), escaping)
+        _slots_of(self.result_spec, escaping)
         fixed = {}   # slot -> name of its buffer
 
         def const(v):
@@ -518,13 +577,31 @@ class _Tape:
                     bind("t", out)
                 else:
                     lines.append(f"    {const(fn)}({call})")
+            elif op[0] == "fwd":
+                _, cls, a, k, out, c, needs = op
+                call = ", ".join([f"x{c}"] + [expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
+                cname = const(cls)
+                lines.append(f"    x{c} = {cname}.__new__({cname})")
+                lines.append(f"    x{c}.needs_input_grad = {const(needs)}")
+                if out[0] == "s":
+                    lines.append(f"    s{out[1]} = {cname}.forward({call})")
+                else:
+                    lines.append(f"    t = {cname}.forward({call})")
+                    bind("t", out)
+            elif op[0] == "bwd":
+                _, cls, c, g, out = op
+                lines.append(f"    t = {const(cls)}.backward(x{c}, {expr(g)})")
+                if out[0] == "s":
+                    lines.append(f"    s{out[1]} = t")
+                else:
+                    bind("t", out)
             elif op[0] == "py":
                 _, fn, args, kwargs = op
                 lines.append(f"    {const(fn)}(*{const(args)}, **{const(kwargs)})")
             else:
                 _, t, s = op
                 lines.append(f"    {const(t)}.grad = {expr(s)}")
-        lines.append(f"    return {expr(self.result_spec[1]) if self.result_spec[0] != 'n' else 'None'}")
+        lines.append(f"    return {expr(self.result_spec) if self.result_spec[0] != 'n' else 'None'}")
         src = f"def replay({params}):\n" + "\n".join(lines) + "\n"
         exec(_builtin_compile(src, "<fastbp captured step>", "exec"), ns)  # noqa: S102 (generated from the tape)
         self.source = src
@@ -565,10 +642,10 @@ def _result_spec(rec, out):
         s = rec.spec(out.data)
         if s[0] not in ("s", "v"):
             raise _Unsupported("the step returned a tensor not computed by a kernel")
-        return ("tensor", s), ("T",)
+        return s, ("T",)
     if isinstance(out, (tuple, list)):
         parts = [_result_spec(rec, o) for o in out]
-        return ("t", tuple(p[0][1] for p in parts)), (type(out), tuple(p[1] for p in parts))
+        return ("t", tuple(p[0] for p in parts)), (type(out), tuple(p[1] for p in parts))
     raise _Unsupported(f"the step returned a {type(out).__name__}; return tensors (or a tuple of them) or None")
 
 

@@ -451,3 +451,85 @@ def test_bad_out_is_a_clear_error(backend):
         big = np.ones((5, 7), np.float32)
         with pytest.raises(ValueError, match="overlaps"):
             table.linear_forward(big, np.ones((7, 7), np.float32), None, out=big)
+
+
+def test_tuple_return_and_a_constant_made_each_call():
+    """A step returning (loss, logits), whose forward adds an array made afresh (same values) at every call
+    (NumPy arithmetic: recorded as a whole Function): the check capture on other inputs confirms the
+    constant, then the step replays with eager's bits."""
+    data = batches((8, 20), 5, np.float32)
+    results = []
+    for compiled in (False, True):
+        model = mlp(np.float32)
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(x, y):
+            opt.zero_grad()
+            logits = model(x) + fastbp.tensor(np.linspace(0, 1, 5, dtype=np.float32))
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            return loss, logits
+        run = fastbp.compile(step) if compiled else step
+        outs = [run(*data[i % 4]) for i in range(6)]
+        assert all(isinstance(o, tuple) and len(o) == 2 for o in outs)
+        results.append(([o[0].data.copy() for o in outs] + [o[1].data.copy() for o in outs],
+                        [p.data.copy() for p in model.parameters()]))
+        if compiled:
+            states = list(run.captures().values())
+    assert states == ["ready"]
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        assert np.array_equal(a, b)
+
+
+def test_capture_in_one_thread_does_not_disturb_eager_in_another():
+    import threading
+    model, opt, step = make_step()
+    run = fastbp.compile(step)
+    data = batches((8, 20), 5, np.float32)
+    other = mlp(np.float32)
+    errors = []
+
+    def eager():
+        try:
+            for _ in range(50):
+                v = nn.functional.cross_entropy(other(data[0][0]), data[0][1])
+                v.backward()
+                float(v.item())
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    t = threading.Thread(target=eager)
+    t.start()
+    for i in range(10):
+        run(*data[i % 4])
+    t.join()
+    assert not errors
+    assert_replayed(run)
+
+
+def test_residual_block_with_numpy_ops_same_bits():
+    """Residual adds, a mean, a multiplication by a scalar (NumPy-level Functions, recorded whole) and a
+    tensor used twice (its gradients accumulated by the engine) replay with eager's bits."""
+    data = batches((8, 20), 5, np.float64)
+    results = []
+    for compiled in (False, True):
+        fastbp.manual_seed(0)
+        a, b, head = nn.Linear(20, 20).double(), nn.Linear(20, 20).double(), nn.Linear(20, 5).double()
+        params = list(a.parameters()) + list(b.parameters()) + list(head.parameters())
+        opt = optim.RMSprop(params, lr=1e-3)
+
+        def step(x, y):
+            opt.zero_grad()
+            h = nn.functional.relu(a(x))
+            h = h + b(h) * 0.5
+            loss = nn.functional.cross_entropy(head(h), y) + (h * h).mean() * 1e-3
+            loss.backward()
+            opt.step()
+            return loss
+        run = fastbp.compile(step) if compiled else step
+        losses = [run(*data[i % 4]).data.copy() for i in range(6)]
+        results.append(losses + [p.data.copy() for p in params])
+        if compiled:
+            assert_replayed(run)
+    for u, v in zip(*results):
+        assert np.array_equal(u, v)
