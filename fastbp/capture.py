@@ -3,8 +3,10 @@
 The first call for given argument shapes/dtypes runs `step_fn` eagerly while recording every kernel call
 (forward, loss, backward: the functions of the backend table), the random draws of dropout, where each kernel
 argument comes from (an input, the output of an earlier kernel, a view of one, a persistent array such as a
-parameter or a running statistic, a constant) and the optimizer / clipping / scheduler calls. Later calls
-replay that flat sequence from generated straight-line Python: no Tensor, no graph node, no backward engine.
+parameter or a running statistic, a constant) and the optimizer / clipping / scheduler calls. Ops that are not one kernel (NumPy arithmetic,
+reshapes, user Functions) are recorded whole, their forward/backward called again at replay. Later calls
+replay that flat sequence from generated straight-line Python: no Tensor, no graph node, no backward engine;
+kernels that take `out=` write into the arrays of the capture, which become the step's buffers.
 Optimizer steps, `zero_grad`, `clip_grad_norm_`/`clip_grad_value_` and scheduler steps are replayed as calls
 of the same methods on the same objects, so the learning rate and every other hyperparameter of the
 optimizer is read at replay time. The same kernels run on the same values in the same order, so replay gives
