@@ -226,7 +226,7 @@ def main(argv=None):
                     continue
                 res[(w, f)].append(json.loads(p.stdout.strip().splitlines()[-1])["median_ms"])
         print(f"round {r + 1}/{args.rounds} done, load average {os.getloadavg()}", flush=True)
-    print(f"\n| workload | " + " | ".join(frameworks) + " | captured / eager | captured / best(torch, jax) |")
+    print("\n| workload | " + " | ".join(frameworks) + " | captured / eager | captured / best(torch, jax) |")
     print("|---" * (len(frameworks) + 3) + "|")
     for w in workloads:
         cells = []
