@@ -221,3 +221,24 @@ cdef inline double finite_scalar(object value, str name) except? -1:
     if not isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v
+
+
+cdef inline object out_array(object out, tuple shape, object dtype, str name, tuple inputs=()):
+    """The output array of a kernel: a new one when out is None, else `out` after checking that it is an
+    ndarray of exactly `shape` and `dtype`, C-contiguous, aligned and writeable, and shares no memory with
+    `inputs` (the kernels write it while reading those). Raises TypeError/ValueError naming `name`."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>out
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be C-contiguous, aligned and writeable")
+    for x in inputs:
+        if x is not None and np.may_share_memory(out, x):
+            raise ValueError(f"{name} overlaps an input of the kernel")
+    return out

@@ -22,7 +22,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
 from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
-                     r_exp, r_expm1, r_abs, r_tanh)
+                     r_exp, r_expm1, r_abs, r_tanh, out_array)
 
 import numpy as np
 
@@ -87,9 +87,9 @@ cdef void _unary_backward(const real[::1] g, const real[::1] s, real[::1] out, i
         out[i] = _bwd(g[i], s[i], op, a)
 
 
-cdef object _forward(object x, int op, double a=0):
+cdef object _forward(object x, int op, double a=0, object out=None):
     x = as_float_array(x, "x")
-    y = np.empty_like(x)
+    y = np.empty_like(x) if out is None else out_array(out, x.shape, x.dtype, "out")
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     if x.dtype == np.float32:
@@ -99,13 +99,13 @@ cdef object _forward(object x, int op, double a=0):
     return y
 
 
-cdef object _backward(object grad_out, object saved, str saved_name, int op, double a=0):
+cdef object _backward(object grad_out, object saved, str saved_name, int op, double a=0, object out=None):
     grad_out = as_float_array(grad_out, "grad_out")
     saved = as_float_array(saved, saved_name)
     check_same_dtype(grad_out, "grad_out", saved, saved_name)
     if grad_out.shape != saved.shape:
         raise ValueError(f"grad_out has shape {grad_out.shape} but {saved_name} has shape {saved.shape}")
-    out = np.empty_like(grad_out)
+    out = np.empty_like(grad_out) if out is None else out_array(out, grad_out.shape, grad_out.dtype, "out")
     gf = grad_out.reshape(-1)
     sf = saved.reshape(-1)
     of = out.reshape(-1)
@@ -116,14 +116,14 @@ cdef object _backward(object grad_out, object saved, str saved_name, int op, dou
     return out
 
 
-def relu_forward(x):
+def relu_forward(x, out=None):
     """max(x, 0) elementwise; NaN stays NaN."""
-    return _forward(x, RELU)
+    return _forward(x, RELU, 0, out)
 
 
-def relu_backward(grad_out, x):
+def relu_backward(grad_out, x, out=None):
     """grad_out where x > 0, else 0 (the gradient at exactly 0 is 0)."""
-    return _backward(grad_out, x, "x", RELU)
+    return _backward(grad_out, x, "x", RELU, 0, out)
 
 
 def leaky_relu_forward(x, negative_slope=0.01):
@@ -146,24 +146,24 @@ def elu_backward(grad_out, x, alpha=1.0):
     return _backward(grad_out, x, "x", ELU, finite_scalar(alpha, "alpha"))
 
 
-def sigmoid_forward(x):
+def sigmoid_forward(x, out=None):
     """1 / (1 + exp(-x)), evaluated without overflow for any finite x."""
-    return _forward(x, SIGMOID)
+    return _forward(x, SIGMOID, 0, out)
 
 
-def sigmoid_backward(grad_out, y):
+def sigmoid_backward(grad_out, y, out=None):
     """grad_out * y * (1 - y) where y = sigmoid(x)."""
-    return _backward(grad_out, y, "y", SIGMOID)
+    return _backward(grad_out, y, "y", SIGMOID, 0, out)
 
 
-def tanh_forward(x):
+def tanh_forward(x, out=None):
     """tanh(x) elementwise."""
-    return _forward(x, TANH)
+    return _forward(x, TANH, 0, out)
 
 
-def tanh_backward(grad_out, y):
+def tanh_backward(grad_out, y, out=None):
     """grad_out * (1 - y**2) where y = tanh(x)."""
-    return _backward(grad_out, y, "y", TANH)
+    return _backward(grad_out, y, "y", TANH, 0, out)
 
 
 # ----- softmax / log-softmax over one axis ------------------------------------------------------------

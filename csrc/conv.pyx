@@ -87,7 +87,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
 from _common cimport (bind_threading, fastbp_thr, fastbp_blas_set_fn, fastbp_blas_get_fn,
                      fastbp_blas_single_enter, fastbp_blas_single_exit, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
-                     num_threads, int_pair, valid_range)
+                     num_threads, int_pair, valid_range, out_array)
 
 cdef extern from "fastbp_clones.h":
     const char* fastbp_clone_variant()
@@ -1087,10 +1087,11 @@ cdef object _winograd_weight_grad(object du, Py_ssize_t O, Py_ssize_t C):
     return dw
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=None):
     """y = conv2d(x, weight) + bias for x (N, C, H, W), weight (O, C, kH, kW), bias (O,) or None.
 
-    stride, padding (zeros) and dilation are an int or a (height, width) pair. Returns y (N, O, OH, OW)."""
+    stride, padding (zeros) and dilation are an int or a (height, width) pair. Returns y (N, O, OH, OW),
+    written into `out` (C-contiguous, x's dtype) when given."""
     cdef Geom g
     cdef Plan pl
     x = as_float_array(x, "x")
@@ -1104,7 +1105,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
             raise ValueError(f"conv2d: bias has shape {bias.shape} but weight has shape {weight.shape}; "
                              f"bias must have shape ({g.O},)")
     _plan(&g, x.dtype.itemsize, &pl, False)
-    y = np.empty((g.N, g.O, g.OH, g.OW), dtype=x.dtype)
+    y = out_array(out, (g.N, g.O, g.OH, g.OW), x.dtype, "out", (x, weight, bias))
     if g.rows:  # the row layout multiplies by the weight in (O, kH, kW, C) order
         weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1))
     elif g.wino:  # Winograd multiplies by the transformed weight U (16, O, C)
@@ -1151,8 +1152,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_input_grad=True,
-                    need_weight_grad=True, need_bias_grad=True):
-    """Gradients of conv2d_forward: returns (dx, dweight, dbias), None where not needed."""
+                    need_weight_grad=True, need_bias_grad=True, out=None):
+    """Gradients of conv2d_forward: returns (dx, dweight, dbias), None where not needed. out, if given, is
+    a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into."""
     cdef Geom g
     cdef Plan pl
     cdef bint ndx = bool(need_input_grad), ndw = bool(need_weight_grad), ndb = bool(need_bias_grad)
@@ -1167,11 +1169,17 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                          f"{(g.N, g.O, g.OH, g.OW)} for x {x.shape} and weight {weight.shape}")
     _plan(&g, x.dtype.itemsize, &pl, True)
     dt = x.dtype
-    dx = np.empty(x.shape, dtype=dt) if ndx else None
+    if out is not None and (not isinstance(out, tuple) or len(out) != 3):
+        raise TypeError(f"conv2d_backward: out must be a tuple of 3 arrays or None, got {type(out).__name__}")
+    ox, ow, ob = out if out is not None else (None, None, None)
+    ins = (grad_out, x, weight)
+    dx = out_array(ox, x.shape, dt, "out[0]", ins) if ndx else None
+    if ndw and ow is not None:
+        out_array(ow, tuple(weight.shape), dt, "out[1]", ins)
     dwt = np.empty(g.part, dtype=dt) if ndw else None
     if g.wino and ndx:  # Winograd multiplies by the transformed weight U (16, O, C)
         weight = _winograd_weight(weight)
-    db = np.empty(g.O, dtype=dt) if ndb else None
+    db = out_array(ob, (g.O,), dt, "out[2]", ins) if ndb else None
     parts = np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
@@ -1230,6 +1238,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
         dw = _winograd_weight_grad(dwt, g.O, g.C)
     else:
         dw = np.ascontiguousarray(dwt.reshape(g.K, g.O).T).reshape(g.O, g.C, g.kH, g.kW)
+    if ndw and ow is not None:
+        np.copyto(ow, dw)
+        dw = ow
     return dx, dw, db
 
 

@@ -12,7 +12,8 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
-                      threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit)
+                      threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit,
+                      out_array)
 
 import numpy as np
 
@@ -164,10 +165,11 @@ cdef tuple _check_linear(object x, object weight, object bias):
     return x, weight, bias
 
 
-def linear_forward(x, weight, bias=None):
-    """y = x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
+def linear_forward(x, weight, bias=None, out=None):
+    """y = x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None; written into `out`
+    (an (N, out) C-contiguous array of x's dtype) when given."""
     x, weight, bias = _check_linear(x, weight, bias)
-    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    y = out_array(out, (x.shape[0], weight.shape[0]), x.dtype, "out", (x, weight, bias))
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
     if x.dtype == np.float32:
@@ -177,8 +179,10 @@ def linear_forward(x, weight, bias=None):
     return y
 
 
-def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
-    """Gradients of y = x @ weight.T + bias: returns (dx, dweight, dbias), None where not needed."""
+def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True,
+                    out=None):
+    """Gradients of y = x @ weight.T + bias: returns (dx, dweight, dbias), None where not needed. out, if
+    given, is a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into."""
     x, weight, _ = _check_linear(x, weight, None)
     grad_out = as_float_array(grad_out, "grad_out", 2)
     check_same_dtype(x, "x", grad_out, "grad_out")
@@ -187,14 +191,29 @@ def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=
                          f"({x.shape[0]}, {weight.shape[0]}) for x {x.shape} and weight {weight.shape}")
     cdef bint ndx = bool(need_input_grad), ndw = bool(need_weight_grad), ndb = bool(need_bias_grad)
     dt = x.dtype
-    dx = np.empty(x.shape, dtype=dt) if ndx else np.empty((1, 1), dtype=dt)
-    dw = np.empty(weight.shape, dtype=dt) if ndw else np.empty((1, 1), dtype=dt)
-    db = np.empty(weight.shape[0], dtype=dt) if ndb else np.empty(1, dtype=dt)
+    ox, ow, ob = _out3(out, "linear_backward")
+    ins = (grad_out, x, weight)
+    dx = out_array(ox, x.shape, dt, "out[0]", ins) if ndx else _SCRATCH2[dt.num]
+    dw = out_array(ow, weight.shape, dt, "out[1]", ins) if ndw else _SCRATCH2[dt.num]
+    db = out_array(ob, (weight.shape[0],), dt, "out[2]", ins) if ndb else _SCRATCH1[dt.num]
     if dt == np.float32:
         _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
     else:
         _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
     return (dx if ndx else None, dw if ndw else None, db if ndb else None)
+
+
+# unused outputs of linear_backward (never written: the need_* flags skip them)
+_SCRATCH2 = {np.dtype(np.float32).num: np.empty((1, 1), np.float32), np.dtype(np.float64).num: np.empty((1, 1), np.float64)}
+_SCRATCH1 = {np.dtype(np.float32).num: np.empty(1, np.float32), np.dtype(np.float64).num: np.empty(1, np.float64)}
+
+
+def _out3(out, name):
+    if out is None:
+        return None, None, None
+    if not isinstance(out, tuple) or len(out) != 3:
+        raise TypeError(f"{name}: out must be a tuple of 3 arrays or None, got {type(out).__name__}")
+    return out
 
 
 cdef void _matmul(const real* a, const real* b, real* c, bint ta, bint tb, int m, int n, int k,

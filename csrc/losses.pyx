@@ -24,7 +24,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
 from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
-                     r_exp, r_log, r_log1p, r_abs)
+                     r_exp, r_log, r_log1p, r_abs, out_array)
 
 import numpy as np
 
@@ -249,7 +249,8 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
     return _reduced(_ordered_sum(row), red, _mean_denominator(weight, labels), logits.dtype), lse
 
 
-def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0):
+def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0,
+                           out=None):
     """Gradient w.r.t. logits: g (p_k ((1 - eps) w[y] + eps/C sum(w)) - (1 - eps) w[y] [k == y] - eps/C w[k])
     with p = softmax(logits) = exp(logits - lse), g the incoming gradient (divided by the mean's
     denominator for "mean"). Without weights and smoothing this is g (softmax(x) - onehot(y))."""
@@ -263,7 +264,7 @@ def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weig
         raise ValueError(f"lse has shape {lse.shape}, expected ({n},)")
     scale = _grad_scale(grad_out, red, reduction, (n,), _mean_denominator(weight, labels), logits.dtype)
     w = weight if weight is not None else _dummy(logits.dtype)
-    dx = np.empty_like(logits)
+    dx = out_array(out, logits.shape, logits.dtype, "out", (logits, lse))
     if logits.dtype == np.float32:
         _ce_backward[float](scale, red == RED_NONE, logits, labels, w, weight is not None, eps, lse, dx)
     else:

@@ -21,7 +21,8 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from _common cimport bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
+from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, int_pair,
+                     valid_range, out_array)
 
 import operator
 
@@ -248,14 +249,18 @@ cdef inline void* _ptr(object a):
 
 
 # ----- public kernels -------------------------------------------------------------------------------
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, out=None):
     """Max over each window of x (N, C, H, W). Returns (y, indices): y (N, C, OH, OW) and the int64 flat
-    index ih * W + iw of each window's maximum in its input plane (first maximum wins; NaN is a maximum)."""
+    index ih * W + iw of each window's maximum in its input plane (first maximum wins; NaN is a maximum).
+    out, if given, is a tuple (y, indices) of arrays (None entries allocate) the results are written into."""
     cdef PGeom g
     x = as_float_array(x, "x")
     _geometry(&g, "max_pool2d", x.shape, kernel_size, stride, padding, dilation)
-    y = np.empty((g.N, g.C, g.OH, g.OW), dtype=x.dtype)
-    ind = np.empty((g.N, g.C, g.OH, g.OW), dtype=np.int64)
+    if out is not None and (not isinstance(out, tuple) or len(out) != 2):
+        raise TypeError(f"max_pool2d_forward: out must be a tuple of 2 arrays or None, got {type(out).__name__}")
+    oy, oi = out if out is not None else (None, None)
+    y = out_array(oy, (g.N, g.C, g.OH, g.OW), x.dtype, "out[0]", (x,))
+    ind = out_array(oi, (g.N, g.C, g.OH, g.OW), np.dtype(np.int64), "out[1]", (x, y))
     cdef void* px = _ptr(x)
     cdef void* py = _ptr(y)
     cdef int64_t* pi = <int64_t*>_ptr(ind)
@@ -268,8 +273,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
     return y, ind
 
 
-def max_pool2d_backward(grad_out, indices, input_shape):
-    """dx of input_shape (N, C, H, W): zeros plus grad_out added at each window's saved argmax index."""
+def max_pool2d_backward(grad_out, indices, input_shape, out=None):
+    """dx of input_shape (N, C, H, W): zeros plus grad_out added at each window's saved argmax index
+    (written into `out` when given)."""
     shp = _input_shape("max_pool2d_backward", input_shape)
     grad_out = as_float_array(grad_out, "grad_out", 4)
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
@@ -282,7 +288,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     if grad_out.shape[:2] != shp[:2]:
         raise ValueError(f"max_pool2d_backward: grad_out has shape {grad_out.shape} but input_shape is "
                          f"{shp}; the (N, C) dimensions must match")
-    dx = np.empty(shp, dtype=grad_out.dtype)
+    dx = out_array(out, tuple(shp), grad_out.dtype, "out", (grad_out, indices))
     cdef Py_ssize_t planes = shp[0] * shp[1], HW = shp[2] * shp[3]
     cdef Py_ssize_t P = grad_out.shape[2] * grad_out.shape[3], bad
     cdef void* pg = _ptr(grad_out)

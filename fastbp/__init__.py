@@ -27,6 +27,8 @@ from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, c
 from . import return_types
 from . import nn, optim, data, utils, train
 from .serialization import CheckpointError, load, save
+from .capture import (CaptureError, CaptureWarning, capture, compile, is_compile_enabled,  # noqa: A004
+                      set_compile_enabled)
 from . import distributed  # MPI data parallelism; mpi4py is imported only by distributed.init()
 
 # PyTorch's dtype aliases
@@ -43,6 +45,7 @@ __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "enable_gra
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "utils", "train", "save", "load",
            "CheckpointError", "distributed", "gradcheck", "GradcheckError",
            "device", "return_types", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
-           "bool", "float", "double", "half", "long", "int", "short"]
+           "bool", "float", "double", "half", "long", "int", "short", "compile", "capture",
+           "set_compile_enabled", "is_compile_enabled", "CaptureError", "CaptureWarning"]
 from . import creation as _creation, functions as _functions  # noqa: E402
 __all__ += _creation.__all__ + _functions.__all__

@@ -4,6 +4,13 @@ import numpy as np
 from .._dtype import get_default_dtype
 from . import functional as F
 from .module import Module, Parameter
+from .. import capture as _capture
+
+
+@_capture.opaque_call
+def _count_batch(counter):
+    """num_batches_tracked += 1 (a call of its own so that a captured step replays it)."""
+    counter.data += 1
 
 
 class _BatchNorm(Module):
@@ -68,8 +75,12 @@ class _BatchNorm(Module):
         self._check_input(x)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.data += 1
+            _count_batch(self.num_batches_tracked)
             if self.momentum is None:  # cumulative moving average
+                if _capture._recording():
+                    raise _capture.CaptureError(
+                        f"{type(self).__name__}(momentum=None) cannot be captured: its averaging factor changes "
+                        f"every step; give it a momentum or run the step eagerly")
                 factor = 1.0 / float(self.num_batches_tracked.data)
         batch_stats = self.training or self.running_mean is None
         use_running = not self.training or self.track_running_stats

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..capture import opaque_call
 from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "get_total_norm"]
@@ -54,6 +55,7 @@ def get_total_norm(grads, norm_type=2.0):
     return float(np.sum(per ** norm_type) ** (1.0 / norm_type))
 
 
+@opaque_call
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so that their joint `norm_type`-norm is at most `max_norm`.
 
@@ -75,6 +77,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return total
 
 
+@opaque_call
 def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient entry into [-clip_value, clip_value] in place."""
     if not clip_value >= 0:

@@ -63,3 +63,45 @@ def finite_scalar(value, name):
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v
+
+
+def _into(res, out, name):
+    if out is None or res is None:
+        return res
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != res.dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {res.dtype}")
+    if out.shape != res.shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {res.shape}")
+    if not out.flags.c_contiguous or not out.flags.aligned or not out.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous, aligned and writeable")
+    np.copyto(out, res)
+    return out
+
+
+def with_out(fn):
+    """Give a reference kernel the compiled kernel's optional `out` parameter (last, default None): the
+    result (or each array of a result tuple; None entries of `out` allocate) is written into it."""
+    import functools
+    import inspect
+    sig = inspect.signature(fn)
+    nparams = len(sig.parameters)
+
+    @functools.wraps(fn)
+    def wrapper(*args, out=None, **kwargs):
+        if len(args) > nparams:
+            args, out = args[:nparams], args[nparams]
+        res = fn(*args, **kwargs)
+        if out is None:
+            return res
+        if isinstance(res, tuple):
+            if not isinstance(out, tuple) or len(out) != len(res):
+                raise TypeError(f"{fn.__name__}: out must be a tuple of {len(res)} arrays or None, got "
+                                f"{type(out).__name__}")
+            return tuple(_into(r, o, f"out[{k}]") for k, (r, o) in enumerate(zip(res, out)))
+        return _into(res, out, "out")
+
+    wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+        inspect.Parameter("out", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+    return wrapper

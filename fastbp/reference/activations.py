@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ._util import as_float_array, check_same_dtype, finite_scalar
+from ._util import as_float_array, check_same_dtype, finite_scalar, with_out
 
 
 def _check_pair(grad_out, saved, name):
@@ -17,12 +17,14 @@ def _check_pair(grad_out, saved, name):
         raise ValueError(f"grad_out has shape {grad_out.shape} but {name} has shape {saved.shape}")
 
 
+@with_out
 def relu_forward(x):
     """relu(x) = max(x, 0)."""
     as_float_array(x, "x")
     return np.asarray(np.maximum(x, 0))  # a 0-d input gives a 0-d array, not a NumPy scalar
 
 
+@with_out
 def relu_backward(grad_out, x):
     """relu'(x) = 1 for x > 0, 0 for x <= 0 (0 at exactly 0, as PyTorch)."""
     _check_pair(grad_out, x, "x")
@@ -57,6 +59,7 @@ def elu_backward(grad_out, x, alpha=1.0):
     return np.where(x > 0, grad_out, grad_out * a * np.exp(np.minimum(x, 0))).astype(x.dtype)
 
 
+@with_out
 def sigmoid_forward(x):
     """sigmoid(x) = 1 / (1 + exp(-x)), written as exp(x) / (1 + exp(x)) for x < 0 to avoid overflow."""
     as_float_array(x, "x")
@@ -64,18 +67,21 @@ def sigmoid_forward(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
+@with_out
 def sigmoid_backward(grad_out, y):
     """sigmoid'(x) = y (1 - y) with y = sigmoid(x)."""
     _check_pair(grad_out, y, "y")
     return np.asarray(grad_out * y * (1 - y))
 
 
+@with_out
 def tanh_forward(x):
     """tanh(x)."""
     as_float_array(x, "x")
     return np.asarray(np.tanh(x))
 
 
+@with_out
 def tanh_backward(grad_out, y):
     """tanh'(x) = 1 - y^2 with y = tanh(x)."""
     _check_pair(grad_out, y, "y")

@@ -7,7 +7,7 @@ j*sW + b*dW] are read with `as_strided` (no copy) and contracted with the weight
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._util import as_float_array, check_same_dtype, int_pair
+from ._util import as_float_array, check_same_dtype, int_pair, with_out
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -45,6 +45,7 @@ def _pad(x, p):
     return np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
 
 
+@with_out
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """y[n, o] = bias[o] + sum_c (x[n, c] cross-correlated with weight[o, c])."""
     as_float_array(x, "x")
@@ -66,6 +67,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@with_out
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_input_grad=True,
                     need_weight_grad=True, need_bias_grad=True):
     """dweight[o, c, a, b] = sum_{n,i,j} g[n, o, i, j] xpad[n, c, i*sH + a*dH, j*sW + b*dW];

@@ -1,7 +1,7 @@
 """NumPy references for csrc/gemm.pyx: the linear layer y = x W^T + b and the 2-D matrix product."""
 import numpy as np
 
-from ._util import as_float_array, check_same_dtype
+from ._util import as_float_array, check_same_dtype, with_out
 
 
 def _check_linear(x, weight, bias):
@@ -21,6 +21,7 @@ def _check_linear(x, weight, bias):
                              f"bias must have shape ({weight.shape[0]},)")
 
 
+@with_out
 def linear_forward(x, weight, bias=None):
     """y[n, o] = sum_i x[n, i] * weight[o, i] + bias[o]."""
     _check_linear(x, weight, bias)
@@ -30,6 +31,7 @@ def linear_forward(x, weight, bias=None):
     return y
 
 
+@with_out
 def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
     """dL/dx = g W,  dL/dW = g^T x,  dL/db = sum_n g[n, :]."""
     _check_linear(x, weight, None)

@@ -4,7 +4,8 @@ Kink rules: sign(0) = 0 for |d| and the L1 penalty; the hinge max(0, z) has grad
 
 import numpy as np
 
-from ._util import as_float_array, check_labels, check_reduction, check_same_dtype, finite_scalar
+from ._util import (as_float_array, check_labels, check_reduction, check_same_dtype, finite_scalar,
+                    with_out)
 
 BCE_LOG_MIN = -100.0   # PyTorch clamps log(p) and log(1 - p) at -100
 BCE_GRAD_EPS = 1e-12   # and divides the BCE gradient by max(p (1 - p), 1e-12)
@@ -93,6 +94,7 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
     return _reduce(per_row, reduction, w[labels].sum(), logits.dtype), lse.astype(logits.dtype)
 
 
+@with_out
 def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0):
     """dl_n/dx_{n,k} = p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k, times
     the incoming gradient (divided by sum_n w_{y_n} for the mean)."""

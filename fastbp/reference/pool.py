@@ -13,7 +13,7 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._util import as_float_array, int_pair
+from ._util import as_float_array, int_pair, with_out
 
 
 def _geometry(op, shape, kernel_size, stride, padding, dilation):
@@ -54,6 +54,7 @@ def _input_shape(op, input_shape):
     return shp
 
 
+@with_out
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
     """y = max over each window; indices = ih * W + iw of the (first) maximum, int64."""
     as_float_array(x, "x")
@@ -76,6 +77,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
     return y, indices
 
 
+@with_out
 def max_pool2d_backward(grad_out, indices, input_shape):
     """dx.flat[plane][indices] += grad_out (index -1: a padding-only window, no gradient)."""
     shp = _input_shape("max_pool2d_backward", input_shape)
