@@ -2,22 +2,149 @@
 # (sgemm/dgemm via _common.gemm_rm, row-major, GIL released). Layout: x is (N, in), weight is
 # (out, in) as in PyTorch, y = x @ weight.T + bias. The bias is written into y before GEMM accumulates
 # into it (beta = 1), and the bias gradient is summed in the same call as the weight gradient.
+#
+# One thread pool (see "Threads" below): when fastbp._config found the thread setter of the OpenBLAS behind
+# scipy.linalg.cython_blas, GEMMs run that BLAS single-threaded and a large product is split into column
+# (or row) blocks over our own OpenMP threads, one single-threaded GEMM per block. fastbp's work then runs on
+# one pool, libgomp's: the threads that idle-spin after one kernel are the ones that run the next, instead of
+# OpenBLAS's workers and ours taking turns on the cores (measured: one pool's idle workers spinning starved
+# the other's, a 784-256-128-10 MLP step at batch 256 on 2 cores took 2-14 ms instead of 2.2).
 cimport numpy as cnp
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size
+from cython.parallel cimport prange
+from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, omp_get_max_threads
+
+import operator
+import threading
 
 import numpy as np
 
 cnp.import_array()
 
 
+# ----- Threads --------------------------------------------------------------------------------------------
+# Setter/getter of the OpenBLAS thread count (resolved by fastbp._config, as for conv2d). NULL: unknown BLAS;
+# then every GEMM is one BLAS call with the BLAS's own threads, as before. While any GEMM of this module runs,
+# the count is 1; it is restored by the last call to leave, and only if this module changed it (so a
+# concurrent conv2d call, which saves and restores the count itself, never leaves it at 1 for good).
+ctypedef void (*blas_set_fn)(int) noexcept nogil
+ctypedef int (*blas_get_fn)() noexcept nogil
+cdef blas_set_fn _blas_set = NULL
+cdef blas_get_fn _blas_get = NULL
+cdef int _blas_depth = 0
+cdef int _blas_prev = 1
+cdef bint _blas_changed = False
+_blas_lock = threading.Lock()
+
+# A product of at least this many multiply-adds (m n k) is split over the OpenMP threads; smaller ones run
+# on one thread (fork/join of the team costs ~5-20 us, a 2^21 multiply-add sgemm ~20 us on one core).
+cdef enum:
+    GEMM_PARALLEL_MIN = 2097152
+    GEMM_COL_ALIGN = 16
+
+
+cdef int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
+    """0: plain BLAS call (no thread hook); else the number of OpenMP threads to split the product over."""
+    if _blas_set == NULL:
+        return 0
+    if m * n * k < GEMM_PARALLEL_MIN:
+        return 1
+    cdef int nt = omp_get_max_threads()
+    cdef Py_ssize_t big = n if n >= m else m
+    if big < 2 * GEMM_COL_ALIGN:
+        return 1
+    return nt if nt > 1 else 1
+
+
+cdef void _blas_single_enter():
+    global _blas_depth, _blas_prev, _blas_changed
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_prev = _blas_get()
+            _blas_changed = _blas_prev != 1
+            if _blas_changed:
+                _blas_set(1)
+        _blas_depth += 1
+
+
+cdef void _blas_single_exit():
+    global _blas_depth, _blas_changed
+    with _blas_lock:
+        _blas_depth -= 1
+        if _blas_depth == 0 and _blas_changed:
+            _blas_set(_blas_prev)
+            _blas_changed = False
+
+
+cdef void _gemm_part(int part, int parts, bint ta, bint tb, int m, int n, int k, real alpha,
+                     const real* a, int lda, const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
+    """Block `part` of `parts` of C = alpha op(A) op(B) + beta C: columns when n >= m, else rows."""
+    cdef int size = n if n >= m else m
+    cdef int blk = (size + parts - 1) // parts
+    blk = (blk + GEMM_COL_ALIGN - 1) // GEMM_COL_ALIGN * GEMM_COL_ALIGN
+    cdef int lo = part * blk, hi = lo + blk
+    if hi > size:
+        hi = size
+    if lo >= hi:
+        return
+    if n >= m:  # columns lo:hi of C and of op(B)
+        gemm_rm(ta, tb, m, hi - lo, k, alpha, a, lda, (b + <Py_ssize_t>lo * ldb) if tb else (b + lo), ldb,
+                beta, c + lo, ldc)
+    else:       # rows lo:hi of C and of op(A)
+        gemm_rm(ta, tb, hi - lo, n, k, alpha, (a + lo) if ta else (a + <Py_ssize_t>lo * lda), lda, b, ldb,
+                beta, c + <Py_ssize_t>lo * ldc, ldc)
+
+
+cdef void gemm_threads(int nt, bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                       const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
+    """gemm_rm split over nt OpenMP threads (nt <= 1: one call). BLAS must be single-threaded for nt > 1."""
+    cdef int t
+    if nt <= 1 or m == 0 or n == 0:
+        gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _gemm_part(t, nt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def _set_blas_thread_hooks(set_ptr, get_ptr):
+    """Addresses (ints) of the BLAS's void set_num_threads(int) and int get_num_threads(void), or 0/None to
+    clear them (then each GEMM is one BLAS call on the BLAS's own threads). Returns the previous pair."""
+    global _blas_set, _blas_get
+    cdef size_t s = 0 if set_ptr is None else operator.index(set_ptr)
+    cdef size_t q = 0 if get_ptr is None else operator.index(get_ptr)
+    if (s == 0) != (q == 0):
+        raise ValueError("set_ptr and get_ptr must both be given or both be 0")
+    with _blas_lock:
+        if _blas_depth:
+            raise RuntimeError("cannot change the BLAS thread hooks while a GEMM is running")
+        previous = (<size_t>_blas_set, <size_t>_blas_get)
+        _blas_set = <blas_set_fn>s
+        _blas_get = <blas_get_fn>q
+    return previous
+
+
+def _blas_thread_hooks_set():
+    """True when GEMMs run on fastbp's OpenMP threads with the BLAS single-threaded."""
+    return _blas_set != NULL and _blas_get != NULL
+
+
+def _gemm_plan(m, n, k):
+    """Threads a (m, n, k) product is split over: 0 = one BLAS call on the BLAS's own threads."""
+    return _gemm_threads(m, n, k)
+
+
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
                           real[:, ::1] y) noexcept:
+    cdef int nt = _gemm_threads(x.shape[0], w.shape[0], x.shape[1])
+    if nt:
+        _blas_single_enter()
     with nogil:
-        _linear_forward_nogil(x, w, b, has_bias, y)
+        _linear_forward_nogil(x, w, b, has_bias, y, nt)
+    if nt:
+        _blas_single_exit()
 
 
 cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
-                                bint has_bias, real[:, ::1] y) noexcept nogil:
+                                bint has_bias, real[:, ::1] y, int nt) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     cdef real beta = 0
     if has_bias:
@@ -31,32 +158,37 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
                 for j in range(fout):
                     y[i, j] = 0
         return
-    gemm_rm(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
-            beta, &y[0, 0], <int>fout)
+    gemm_threads(nt, False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
+                 beta, &y[0, 0], <int>fout)
 
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                            real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
                            bint need_dx, bint need_dw, bint need_db) noexcept:
+    cdef int nt = _gemm_threads(x.shape[0], w.shape[0], x.shape[1])
+    if nt:
+        _blas_single_enter()
     with nogil:
-        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
+        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db, nt)
+    if nt:
+        _blas_single_exit()
 
 
 cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                                 bint need_dx, bint need_dw, bint need_db) noexcept nogil:
+                                 bint need_dx, bint need_dw, bint need_db, int nt) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     if need_dx and fin > 0:
         if fout > 0:
             # dx[n, in] = g[n, out] @ w[out, in]
-            gemm_rm(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
-                    &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
+            gemm_threads(nt, False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
+                         &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
         else:
             dx[:, :] = 0
     if need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
-        gemm_rm(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
-                &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
+        gemm_threads(nt, True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                     &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
     if need_db and fout > 0:
         db[:] = 0
         for i in range(n):
@@ -118,13 +250,13 @@ def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=
 
 
 cdef void _matmul(const real* a, const real* b, real* c, bint ta, bint tb, int m, int n, int k,
-                  int lda, int ldb) noexcept nogil:
+                  int lda, int ldb, int nt) noexcept nogil:
     cdef Py_ssize_t i
     if k == 0:
         for i in range(<Py_ssize_t>m * n):
             c[i] = 0
         return
-    gemm_rm(ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
+    gemm_threads(nt, ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
@@ -159,12 +291,19 @@ def matmul(a, b, trans_a=False, trans_b=False):
     cdef cnp.ndarray aa = a, bb = b, cc = c
     if m == 0 or n == 0:
         return c
-    if a.dtype == np.float32:
-        with nogil:
-            _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
-                           <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
-    else:
-        with nogil:
-            _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
-                            <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+    cdef int nt = _gemm_threads(m, n, ka)
+    if nt:
+        _blas_single_enter()
+    try:
+        if a.dtype == np.float32:
+            with nogil:
+                _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
+                               <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb, nt)
+        else:
+            with nogil:
+                _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
+                                <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb, nt)
+    finally:
+        if nt:
+            _blas_single_exit()
     return c

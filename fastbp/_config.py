@@ -5,10 +5,28 @@ import os
 
 import numpy as np
 import scipy
-import threadpoolctl
 
 from . import _backend
 from ._version import __version__
+
+
+def _threadpoolctl():
+    """threadpoolctl, imported without its side effect on the environment.
+
+    threadpoolctl sets KMP_DUPLICATE_LIB_OK=True when it is first imported (a setting of Intel's OpenMP
+    runtime, which PyTorch or MKL may load later in the same process). fastbp only uses it to find the BLAS
+    library behind scipy.linalg.cython_blas, so the variable is removed again unless the user had set it
+    (or threadpoolctl was already imported by someone else)."""
+    import sys
+    if "threadpoolctl" in sys.modules:
+        return sys.modules["threadpoolctl"]
+    before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+    import threadpoolctl
+    if before is None:
+        os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    elif os.environ.get("KMP_DUPLICATE_LIB_OK") != before:
+        os.environ["KMP_DUPLICATE_LIB_OK"] = before
+    return threadpoolctl
 
 
 def _runtime():
@@ -19,7 +37,7 @@ def _runtime():
 def _scipy_blas_pools():
     """threadpoolctl entries for the BLAS library behind scipy.linalg.cython_blas (our GEMM)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
-    pools = threadpoolctl.threadpool_info()
+    pools = _threadpoolctl().threadpool_info()
     ours = [p for p in pools if p.get("user_api") == "blas" and "scipy.libs" in p.get("filepath", "")]
     return ours or [p for p in pools if p.get("user_api") == "blas"]
 
@@ -31,7 +49,7 @@ def _scipy_openblas_thread_functions():
     kernels can make BLAS single-threaded around their parallel region. The symbol names carry a
     build-dependent prefix/suffix (scipy_openblas_set_num_threads, openblas_set_num_threads64_, ...)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
-    for lc in threadpoolctl.ThreadpoolController().lib_controllers:
+    for lc in _threadpoolctl().ThreadpoolController().lib_controllers:
         if getattr(lc, "internal_api", None) != "openblas" or "scipy.libs" not in (lc.filepath or ""):
             continue
         if getattr(lc, "threading_layer", None) == "openmp":
@@ -46,23 +64,34 @@ def _scipy_openblas_thread_functions():
     return None
 
 
+def _compiled_module(family):
+    """The compiled kernels of one family, or None on the reference-only backend."""
+    return dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get(family)
+
+
 def _conv_module():
-    """The compiled conv kernels, or None on the reference-only backend."""
-    return dict(zip(_backend.FAMILIES, _backend.compiled_modules)).get("conv")
+    return _compiled_module("conv")
 
 
 def _install_blas_thread_hooks():
-    """Hand the BLAS thread setter/getter to the compiled conv kernels (see csrc/conv.pyx, Design); returns
-    whether they were found. Without them conv2d keeps BLAS calls outside its OpenMP loops."""
-    conv = _conv_module()
-    if conv is None:
+    """Hand the BLAS thread setter/getter to the compiled conv and GEMM kernels (see csrc/conv.pyx and
+    csrc/gemm.pyx, "Threads"); returns whether they were found. Without them conv2d keeps BLAS calls outside
+    its OpenMP loops and each GEMM is one BLAS call on the BLAS's own threads."""
+    mods = [m for m in (_compiled_module("conv"), _compiled_module("gemm")) if m is not None]
+    if not mods:
         return False
     fns = _scipy_openblas_thread_functions()
-    if fns is None:
-        conv._set_blas_thread_hooks(0, 0)
-        return False
-    conv._set_blas_thread_hooks(*(ctypes.cast(f, ctypes.c_void_p).value for f in fns))
-    return True
+    for mod in mods:
+        if fns is None:
+            mod._set_blas_thread_hooks(0, 0)
+        else:
+            mod._set_blas_thread_hooks(*(ctypes.cast(f, ctypes.c_void_p).value for f in fns))
+    return fns is not None
+
+
+def _gemm_on_openmp():
+    gemm = _compiled_module("gemm")
+    return gemm is not None and gemm._blas_thread_hooks_set()
 
 
 def _conv_blas_thread_hook():
@@ -84,7 +113,9 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """One setting for both pools: OpenMP threads of our kernels and the BLAS threads behind GEMM.
+    """One setting for both of fastbp's pools: the OpenMP threads of our kernels and the BLAS threads behind
+    GEMM (the OpenBLAS that scipy.linalg.cython_blas links, shared with scipy.linalg). NumPy's own BLAS and
+    other libraries' thread pools are left alone.
 
     Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to change it later."""
     n = int(n)
@@ -92,18 +123,32 @@ def set_num_threads(n):
         raise ValueError(f"number of threads must be >= 1, got {n}")
     if _backend.compiled is not None:
         _runtime().set_num_threads(n)
-    threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    fns = _scipy_openblas_thread_functions()
+    if fns is not None:
+        fns[0](n)
+        return
+    tpc = _threadpoolctl()
+    for lc in tpc.ThreadpoolController().lib_controllers:
+        if lc.user_api == "blas" and "scipy.libs" in (lc.filepath or ""):
+            lc.set_num_threads(n)
 
 
 def _openblas_timeout():
-    """How long idle OpenBLAS workers spin (OPENBLAS_THREAD_TIMEOUT, read by OpenBLAS when it loads)."""
+    """How long idle OpenBLAS workers spin: OPENBLAS_THREAD_TIMEOUT / GOTO_THREAD_TIMEOUT if the user set
+    one (OpenBLAS reads it when it loads); fastbp never sets it."""
     value = next((f"{v}={os.environ[v]}" for v in _backend.OPENBLAS_TIMEOUT_VARS if v in os.environ), None)
-    if not _backend.openblas_timeout_by_fastbp:
-        return f"{value} (set by the user)"
-    if _backend.openblas_loaded_before:
-        return ("OpenBLAS default: scipy.linalg was imported before fastbp, too late for fastbp's "
-                "OPENBLAS_THREAD_TIMEOUT=4 (set it before starting Python)")
-    return f"{value} (set by fastbp: idle BLAS workers sleep)"
+    if value is None:
+        return "not set (OpenBLAS default; fastbp does not set it)"
+    return f"{value} (set by the user)"
+
+
+def _omp_wait_policy():
+    """OMP_WAIT_POLICY / GOMP_SPINCOUNT as the user set them (libgomp reads them when it loads); fastbp
+    never sets them."""
+    vals = [f"{v}={os.environ[v]}" for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if v in os.environ]
+    if not vals:
+        return "not set (libgomp default; fastbp does not set it)"
+    return ", ".join(vals) + " (set by the user)"
 
 
 def config():
@@ -116,13 +161,14 @@ def config():
         "compiled_kernels_loaded": compiled,
         "openmp": bool(compiled and _runtime().openmp_enabled()),
         "num_threads": get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "omp_wait_policy": _omp_wait_policy(),
         "openblas_thread_timeout": _openblas_timeout(),
         "gemm_blas": [
             {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads"),
              "path": p.get("filepath")} for p in blas
         ],
         "conv_blas_thread_hook": _conv_blas_thread_hook(),
+        "gemm_on_openmp_threads": _gemm_on_openmp(),
         "conv_transforms_variant": _conv_transforms_variant(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
@@ -136,7 +182,8 @@ def show_config():
     print(f"  backend in use:          {c['backend']}")
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
     print(f"  OpenMP:                  {'on' if c['openmp'] else 'off'}")
-    print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
+    print(f"  OpenMP threads:          {c['num_threads']}")
+    print(f"  OpenMP wait policy:      {c['omp_wait_policy']}")
     print(f"  OpenBLAS thread timeout: {c['openblas_thread_timeout']}")
     for b in c["gemm_blas"]:
         print(f"  GEMM BLAS:               {b['library']} {b['version']} ({b['threads']} threads) {b['path']}")
@@ -144,6 +191,7 @@ def show_config():
         print("  GEMM BLAS:               scipy.linalg.cython_blas (library not identified)")
     if c["compiled_kernels_loaded"]:
         print(f"  conv BLAS thread hook:   {'found (conv2d runs samples in parallel, BLAS single-threaded inside)' if c['conv_blas_thread_hook'] else 'not found (conv2d calls threaded BLAS outside its parallel loops)'}")
+        print(f"  GEMM threads:            {'fastbp OpenMP threads, BLAS single-threaded inside (one pool)' if c['gemm_on_openmp_threads'] else 'the BLAS library own threads'}")
         print(f"  conv transforms:         {c['conv_transforms_variant']} variant (Winograd transforms, bias sums)")
     print(f"  numpy {c['numpy']}, scipy {c['scipy']}")
 

@@ -215,24 +215,85 @@ def test_show_config_and_cli(capsys):
     assert f"conv transforms:         {variant} variant" in out.stdout
 
 
-def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_chose():
-    code = ("import os, fastbp; c = fastbp._config.config(); "
-            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT')); print(c['openblas_thread_timeout'])")
-    drop = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+_GUEST_CODE = """
+import json, os, sys
+import numpy as np
+import threadpoolctl  # imported first (its own KMP_DUPLICATE_LIB_OK side effect is not fastbp's)
+
+def numpy_blas_threads():
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+            if p["user_api"] == "blas" and "numpy" in p["filepath"]]
+
+env0, np0 = dict(os.environ), numpy_blas_threads()
+import fastbp
+from fastbp import nn, optim
+env1, np1 = dict(os.environ), numpy_blas_threads()
+fastbp.manual_seed(0)
+rng = np.random.default_rng(0)
+# a conv net and an MLP large enough to reach the OpenMP (prange) and threaded-BLAS paths
+model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(8 * 32 * 32, 512), nn.ReLU(), nn.Linear(512, 10))
+opt = optim.Adam(model.parameters(), lr=1e-3)
+x = rng.random((64, 1, 64, 64)).astype(np.float32)
+y = rng.integers(0, 10, 64)
+for _ in range(2):
+    opt.zero_grad()
+    loss = nn.CrossEntropyLoss()(model(fastbp.tensor(x)), y)
+    loss.backward()
+    opt.step()
+c = fastbp._config.config()
+env2, np2 = dict(os.environ), numpy_blas_threads()
+changed = sorted(k for k in set(env0) | set(env2) if env0.get(k) != env2.get(k))
+print(json.dumps({"changed_at_import": sorted(k for k in set(env0) | set(env1) if env0.get(k) != env1.get(k)),
+                  "changed": changed, "np": [np0, np1, np2], "loss": float(loss.item()),
+                  "omp": c["omp_wait_policy"], "openblas": c["openblas_thread_timeout"]}))
+"""
+
+
+def test_import_and_a_training_step_leave_environment_and_numpy_blas_alone():
+    """A guest in the user's process: importing fastbp and training sets no environment variable (other
+    libraries read OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT, KMP_DUPLICATE_LIB_OK, ... when they load) and
+    does not change NumPy's BLAS thread count."""
+    import json
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT",
+            "KMP_DUPLICATE_LIB_OK", "OMP_NUM_THREADS")
+    out = run_python(["-c", _GUEST_CODE], drop=drop)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert r["changed_at_import"] == [] and r["changed"] == [], r
+    assert r["np"][0] == r["np"][1] == r["np"][2] and r["np"][0], r
+    assert np.isfinite(r["loss"])
+    assert "fastbp does not set it" in r["omp"] and "fastbp does not set it" in r["openblas"]
+    # without threadpoolctl imported first, fastbp's own use of it leaves no KMP_DUPLICATE_LIB_OK behind
+    code = ("import os; e = dict(os.environ); import fastbp; fastbp.show_config(); "
+            "print(sorted(k for k in set(e) | set(os.environ) if e.get(k) != os.environ.get(k)))")
     out = run_python(["-c", code], drop=drop)
     assert out.returncode == 0, out.stderr
-    value, report = out.stdout.splitlines()
-    assert value == "4" and "set by fastbp" in report
-    out = run_python(["-c", code], {"OPENBLAS_THREAD_TIMEOUT": "12"}, drop=drop)
-    value, report = out.stdout.splitlines()
-    assert value == "12" and "set by the user" in report
-    # too late once scipy.linalg (and with it OpenBLAS) is loaded: said, not hidden
-    out = run_python(["-c", "import scipy.linalg; " + code], drop=drop)
-    value, report = out.stdout.splitlines()
-    assert "imported before fastbp" in report
-    out = run_python(["-c", "import scipy.linalg; " + code], {"OPENBLAS_THREAD_TIMEOUT": "6"}, drop=drop)
-    assert out.stdout.splitlines()[1] == "OPENBLAS_THREAD_TIMEOUT=6 (set by the user)"
-    assert "OpenBLAS thread timeout" in run_python(["-m", "fastbp", "info"], drop=drop).stdout
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert "OpenMP wait policy:      not set" in out.stdout
+
+
+def test_info_reports_wait_settings_the_user_chose():
+    code = "import fastbp; c = fastbp._config.config(); print(c['omp_wait_policy']); print(c['openblas_thread_timeout'])"
+    out = run_python(["-c", code], {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"},
+                     drop=("GOMP_SPINCOUNT", "GOTO_THREAD_TIMEOUT"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["OMP_WAIT_POLICY=PASSIVE (set by the user)",
+                                       "OPENBLAS_THREAD_TIMEOUT=4 (set by the user)"]
+
+
+def test_set_num_threads_leaves_numpy_blas_alone():
+    """set_num_threads sets fastbp's pools (OpenMP, scipy's OpenBLAS behind GEMM), not NumPy's BLAS."""
+    import json
+    code = ("import json, threadpoolctl, fastbp\n"
+            "f = lambda: {p['filepath']: p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'}\n"
+            "a = f(); fastbp.set_num_threads(1); b = f(); print(json.dumps([fastbp.get_num_threads(), a, b]))")
+    out = run_python(["-c", code], drop=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    assert out.returncode == 0, out.stderr
+    n, before, after = json.loads(out.stdout.splitlines()[-1])
+    assert n == 1
+    assert any("scipy.libs" in p for p in after) and all(v == 1 for p, v in after.items() if "scipy.libs" in p), after
+    assert {p: v for p, v in before.items() if "scipy.libs" not in p} == {p: v for p, v in after.items() if "scipy.libs" not in p}
 
 
 def test_compare_command_reports_every_requested_op():
