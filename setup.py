@@ -98,7 +98,8 @@ def extensions():
         # in the sdist)
         exts.append(Extension(f"fastbp._C.{name}", [pyx], include_dirs=[np.get_include(), "csrc"],
                               depends=sorted(glob.glob(os.path.join("csrc", "*.h")) +
-                                             glob.glob(os.path.join("csrc", "*.pxd")))))
+                                             glob.glob(os.path.join("csrc", "*.pxd")) +
+                                             glob.glob(os.path.join("csrc", "*.pxi")))))
     return cythonize(exts, compiler_directives=DIRECTIVES, include_path=["csrc"],
                      compile_time_env={"FASTBP_DEBUG": DEBUG})
 

@@ -71,6 +71,11 @@ cdef extern from "fastbp_omp.h":
     int omp_get_max_threads() noexcept nogil
     void omp_set_num_threads(int n) noexcept nogil
     int FASTBP_HAVE_OPENMP
+    int fastbp_max_threads() noexcept nogil
+    int fastbp_machine_busy() noexcept nogil
+    int fastbp_busy_for_load(double load1, long ncpu, int was_busy) noexcept nogil
+    void fastbp_set_adaptive(int on) noexcept nogil
+    int fastbp_get_adaptive() noexcept nogil
 
 # Below this many elements an elementwise loop runs serially: waking threads costs more than it saves.
 # Measured on 2 cores (ReLU, float32, idle workers sleeping): 200k elements 28 us serial vs 34 us on 2
@@ -79,8 +84,9 @@ cdef enum:
     PARALLEL_MIN = 262144
 
 cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
-    """Threads for a loop over `work` elements: 1 below PARALLEL_MIN, else OpenMP's maximum."""
-    return 1 if work < PARALLEL_MIN else omp_get_max_threads()
+    """Threads for a loop over `work` elements: 1 below PARALLEL_MIN, else OpenMP's maximum (1 while other
+    processes oversubscribe the machine: fastbp_max_threads in fastbp_omp.h)."""
+    return 1 if work < PARALLEL_MIN else fastbp_max_threads()
 
 
 cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, real alpha,

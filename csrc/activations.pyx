@@ -369,3 +369,6 @@ def maxout_backward(grad_out, argmax, pieces):
     else:
         _maxout_backward[double](grad_out.reshape(-1), arg, dx.reshape(-1, k))
     return dx
+
+
+include "_threads.pxi"

@@ -968,8 +968,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     pl.nblk = (n + pl.bs - 1) // pl.bs
     pl.nt = 1
     if pl.par:
-        if threads_for(n * g.K * g.P) > 1:
-            pl.nt = omp_get_max_threads()
+        pl.nt = threads_for(n * g.K * g.P)
         cap = n if per == 0 else _workspace_limit // per
         if pl.nt > cap:
             pl.nt = cap if cap > 1 else 1
@@ -1344,3 +1343,6 @@ def _set_blas_thread_hooks(set_ptr, get_ptr):
 def _blas_thread_hooks_set():
     """True when the BLAS thread hooks are set (conv2d then runs sample-parallel)."""
     return _blas_set != NULL and _blas_get != NULL
+
+
+include "_threads.pxi"

@@ -11,7 +11,7 @@
 # the other's, a 784-256-128-10 MLP step at batch 256 on 2 cores took 2-14 ms instead of 2.2).
 cimport numpy as cnp
 from cython.parallel cimport prange
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, omp_get_max_threads
+from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, fastbp_max_threads
 
 import operator
 import threading
@@ -48,7 +48,7 @@ cdef int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
         return 0
     if m * n * k < GEMM_PARALLEL_MIN:
         return 1
-    cdef int nt = omp_get_max_threads()
+    cdef int nt = fastbp_max_threads()
     cdef Py_ssize_t big = n if n >= m else m
     if big < 2 * GEMM_COL_ALIGN:
         return 1
@@ -307,3 +307,6 @@ def matmul(a, b, trans_a=False, trans_b=False):
         if nt:
             _blas_single_exit()
     return c
+
+
+include "_threads.pxi"

@@ -677,3 +677,6 @@ def norm_penalty_backward(grad_out, param, l1=0.0, l2=0.0):
     else:
         _penalty_backward[double](g.reshape(-1)[0], param.reshape(-1), a, b, dp.reshape(-1))
     return dp
+
+
+include "_threads.pxi"

@@ -309,3 +309,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
     else:
         _adam[double](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
                       bool(amsgrad), bool(decoupled_weight_decay))
+
+
+include "_threads.pxi"

@@ -359,3 +359,6 @@ def global_avg_pool2d_backward(grad_out, input_shape):
         with nogil:
             _gap_backward[double](<double*>pg, <double*>pdx, planes, HW)
     return dx
+
+
+include "_threads.pxi"

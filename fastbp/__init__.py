@@ -11,7 +11,7 @@ from ._backend import backend, get_backend, set_backend
 from ._dtype import get_default_dtype, set_default_dtype
 from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor
 from .random import manual_seed
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import get_num_threads, set_num_threads, show_config, set_threads_adaptive, get_threads_adaptive
 from .gradcheck import GradcheckError, gradcheck
 from . import nn, optim, data
 
@@ -20,4 +20,5 @@ float64 = "float64"
 
 __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
+           "set_threads_adaptive", "get_threads_adaptive",
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "gradcheck", "GradcheckError"]

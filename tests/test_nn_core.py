@@ -282,6 +282,29 @@ def test_info_reports_wait_settings_the_user_chose():
                                        "OPENBLAS_THREAD_TIMEOUT=4 (set by the user)"]
 
 
+def test_threads_adaptive_rule_and_switch():
+    """Large kernels drop to one thread while the 1-minute load average is >= 2 x CPUs + 1 (back below
+    2 x CPUs); the switch reaches every compiled module, and the suite runs with it off."""
+    rt = fastbp._config._runtime()
+    assert rt._busy_for_load(5.0, 2, False) and not rt._busy_for_load(4.9, 2, False)
+    assert rt._busy_for_load(4.0, 2, True) and not rt._busy_for_load(3.9, 2, True)   # hysteresis
+    assert rt._busy_for_load(17.0, 8, False) and not rt._busy_for_load(16.5, 8, False)
+    assert fastbp.get_threads_adaptive() is False  # conftest
+    assert rt.effective_threads() == fastbp.get_num_threads()
+    mods = [m for m in fastbp._backend.compiled_modules] + [rt]
+    try:
+        assert fastbp.set_threads_adaptive(True) is False
+        assert all(m._threads_adaptive() for m in mods)
+        assert rt.effective_threads() in (1, fastbp.get_num_threads())
+    finally:
+        fastbp.set_threads_adaptive(False)
+    assert not any(m._threads_adaptive() for m in mods)
+    # adaptive by default in a fresh process, and said by `fastbp info`
+    out = run_python(["-c", "import fastbp; print(fastbp.get_threads_adaptive())"])
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"]).stdout
+
+
 def test_set_num_threads_leaves_numpy_blas_alone():
     """set_num_threads sets fastbp's pools (OpenMP, scipy's OpenBLAS behind GEMM), not NumPy's BLAS."""
     import json
