@@ -7,7 +7,6 @@ variable FASTBP_BACKEND=reference asks for the NumPy backend on purpose. There i
 import contextlib
 import importlib
 import os
-import sys
 import types
 
 from . import reference as _reference
