@@ -35,24 +35,35 @@ cdef int _blas_prev = 1
 cdef bint _blas_changed = False
 _blas_lock = threading.Lock()
 
-# A product of at least this many multiply-adds (m n k) is split over the OpenMP threads; smaller ones run
-# on one thread (fork/join of the team costs ~5-20 us, a 2^21 multiply-add sgemm ~20 us on one core).
+# A product of at least this many multiply-adds (m n k) is computed in blocks (_gemm_parts) shared out over
+# the OpenMP threads; smaller ones are one call on one thread (fork/join of the team costs ~5-20 us, a 2^21
+# multiply-add sgemm ~20 us on one core). The blocks depend on the shape only, not on the thread count.
 cdef enum:
     GEMM_PARALLEL_MIN = 2097152
     GEMM_COL_ALIGN = 16
 
 
+cdef int _gemm_parts(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Blocks a product is computed in: a function of its shape only (never of the thread count), so the
+    result has the same bits on any number of threads. 1 below GEMM_PARALLEL_MIN multiply-adds; else one
+    block per 256 columns (rows when m > n) of C, at least 2 and at most 8."""
+    cdef Py_ssize_t big = n if n >= m else m
+    if m * n * k < GEMM_PARALLEL_MIN or big < 2 * GEMM_COL_ALIGN:
+        return 1
+    big = big // 256
+    return 2 if big < 2 else (8 if big > 8 else <int>big)
+
+
 cdef int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
-    """0: plain BLAS call (no thread hook); else the number of OpenMP threads to split the product over."""
+    """0: plain BLAS call (no thread hook); else the number of OpenMP threads for the blocks of the product
+    (_gemm_parts), BLAS single-threaded inside."""
     if _blas_set == NULL:
         return 0
-    if m * n * k < GEMM_PARALLEL_MIN:
+    cdef int parts = _gemm_parts(m, n, k)
+    if parts == 1:
         return 1
     cdef int nt = fastbp_max_threads()
-    cdef Py_ssize_t big = n if n >= m else m
-    if big < 2 * GEMM_COL_ALIGN:
-        return 1
-    return nt if nt > 1 else 1
+    return 1 if nt < 1 else (parts if nt > parts else nt)
 
 
 cdef void _blas_single_enter():
@@ -96,13 +107,14 @@ cdef void _gemm_part(int part, int parts, bint ta, bint tb, int m, int n, int k,
 
 cdef void gemm_threads(int nt, bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
                        const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
-    """gemm_rm split over nt OpenMP threads (nt <= 1: one call). BLAS must be single-threaded for nt > 1."""
-    cdef int t
-    if nt <= 1 or m == 0 or n == 0:
+    """gemm_rm in _gemm_parts blocks over nt OpenMP threads; nt == 0 (no thread hook): one BLAS call on the
+    BLAS's own threads. With nt >= 1 the caller has made BLAS single-threaded."""
+    cdef int t, parts = _gemm_parts(m, n, k) if nt > 0 else 1
+    if parts <= 1 or m == 0 or n == 0:
         gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        _gemm_part(t, nt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    for t in prange(parts, num_threads=nt, schedule="static"):
+        _gemm_part(t, parts, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
 def _set_blas_thread_hooks(set_ptr, get_ptr):
@@ -128,8 +140,9 @@ def _blas_thread_hooks_set():
 
 
 def _gemm_plan(m, n, k):
-    """Threads a (m, n, k) product is split over: 0 = one BLAS call on the BLAS's own threads."""
-    return _gemm_threads(m, n, k)
+    """(threads, blocks) of a (m, n, k) product; threads 0 = one BLAS call on the BLAS's own threads."""
+    nt = _gemm_threads(m, n, k)
+    return nt, (_gemm_parts(m, n, k) if nt else 1)
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,

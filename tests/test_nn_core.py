@@ -353,6 +353,94 @@ def test_thread_count_does_not_change_results():
         fastbp.set_num_threads(before)
 
 
+def _gemm_module():
+    return dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["gemm"]
+
+
+# (m, n, k): split by columns (n >= m), by rows (m > n), odd sizes not multiples of the 16-column blocks,
+# and one below the split threshold
+GEMM_SHAPES = [(64, 256, 784), (300, 47, 200), (33, 1000, 70), (257, 129, 65), (8, 8, 8)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_gemm_split_over_openmp_threads_matches_reference_and_one_thread(m, n, k, dtype):
+    """matmul / linear forward / linear backward: computed in blocks over 2 OpenMP threads (BLAS
+    single-threaded inside) they give the same bits as on one thread, for every transpose combination and
+    Fortran-ordered inputs, and match a float64 product."""
+    G = _gemm_module()
+    if not G._blas_thread_hooks_set():
+        pytest.skip("BLAS thread setter not found: GEMMs run on the BLAS's own threads")
+    C = fastbp._backend.compiled
+    before = fastbp.get_num_threads()
+    outs = {}
+    try:
+        for nt in (1, 2):
+            fastbp.set_num_threads(nt)
+            threads, blocks = G._gemm_plan(m, n, k)
+            assert blocks == (1 if m * n * k < 2 ** 21 else max(2, min(8, max(m, n) // 256)))
+            assert threads == (1 if blocks == 1 else min(nt, blocks))
+            res = []
+            for ta in (False, True):
+                for tb in (False, True):
+                    r = np.random.default_rng(ta * 2 + tb)
+                    a = r.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                    b = r.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                    c = C.matmul(a, b, trans_a=ta, trans_b=tb)
+                    ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                    np.testing.assert_allclose(c, ref, rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-10)
+                    res.append(c)
+            res.append(C.matmul(np.asfortranarray(a), b, trans_a=True, trans_b=True))  # last a, b: both transposed
+            rng = np.random.default_rng(m + n + k)
+            x = rng.standard_normal((m, k)).astype(dtype)
+            w = rng.standard_normal((n, k)).astype(dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            g = rng.standard_normal((m, n)).astype(dtype)
+            y = C.linear_forward(x, w, bias)
+            np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + bias, rtol=1e-4, atol=1e-3)
+            res.append(y)
+            res.extend(C.linear_backward(g, x, w))
+            outs[nt] = res
+    finally:
+        fastbp.set_num_threads(before)
+    for a1, a2 in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a1, a2)
+
+
+def test_gemm_restores_the_blas_thread_count_under_concurrent_calls():
+    """Several Python threads multiplying at once (the kernels release the GIL): during the calls scipy's
+    OpenBLAS runs single-threaded, afterwards it has the count it had before (2 and 1 tried)."""
+    import threading
+    G = _gemm_module()
+    if not G._blas_thread_hooks_set():
+        pytest.skip("BLAS thread setter not found")
+    fset, fget = fastbp._config._scipy_openblas_thread_functions()
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    expected = a.astype(np.float64) @ a
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(fastbp._backend.compiled.matmul(a, a), expected, rtol=1e-4, atol=1e-3)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    before = fget()
+    try:
+        for count in (2, 1):
+            fset(count)
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert fget() == count
+    finally:
+        fset(before)
+
+
 # ----- bad input -------------------------------------------------------------------------------------------
 BACKENDS = ["compiled", "reference"]
 
