@@ -378,7 +378,7 @@ def test_gemm_split_over_openmp_threads_matches_reference_and_one_thread(m, n, k
         for nt in (1, 2):
             fastbp.set_num_threads(nt)
             threads, blocks = G._gemm_plan(m, n, k)
-            assert blocks == (1 if m * n * k < 2 ** 21 else max(2, min(8, max(m, n) // 256)))
+            assert blocks == (1 if m * n * k < 2 ** 21 else max(2, min(8, max(m, n) // 512)))
             assert threads == (1 if blocks == 1 else min(nt, blocks))
             res = []
             for ta in (False, True):
