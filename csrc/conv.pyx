@@ -1121,7 +1121,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     cdef void* pb = _ptr(bias) if bias is not None else NULL
     cdef void* py = _ptr(y)
     cdef void* pws
-    cdef bint single = pl.par and pl.nt > 1
+    # BLAS single-threaded on the sample-parallel path even when it runs on one thread (small batches, or a
+    # machine oversubscribed by other processes, fastbp_omp.h): OpenBLAS's threaded GEMM rounds differently,
+    # and the result must not depend on the thread count
+    cdef bint single = pl.par
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
     try:
         pws = _ptr(ws)
@@ -1184,7 +1187,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
-    cdef bint single = pl.par and pl.nt > 1 and (ndx or ndw)
+    cdef bint single = pl.par and (ndx or ndw)  # see conv2d_forward
     # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
