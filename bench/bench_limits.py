@@ -41,8 +41,8 @@ def _gemm_worker(lib, n, repeat, single=False):
         sys.path.insert(1, ROOT)
         import fastbp
         gemm = dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["gemm"]
-        if lib == "fastbp-blas-threads":  # one sgemm call on OpenBLAS's own threads (the design before)
-            gemm._set_blas_thread_hooks(0, 0)
+        if lib == "fastbp-blas-threads":  # one sgemm call on OpenBLAS's own threads (hooks are process-wide)
+            dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["conv"]._set_blas_thread_hooks(0, 0)
         if single:
             fastbp.set_num_threads(1)
         mm = gemm.matmul

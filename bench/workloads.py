@@ -479,16 +479,12 @@ def main(argv=None):
     ap.add_argument("--fastbp-gemm-threads", choices=["openmp", "blas"], default="openmp",
                     help="fastbp only, for comparisons: GEMMs on fastbp's OpenMP threads (default) or one BLAS "
                          "call on the BLAS's own threads (the design before the one-pool change)")
-    ap.add_argument("--fastbp-fixed-threads", action="store_true",
-                    help="fastbp only: fastbp.set_threads_adaptive(False), all threads whatever the load")
     args = ap.parse_args(argv)
     env_before = dict(os.environ)
-    if args.framework == "fastbp" and args.fastbp_fixed_threads:
-        import fastbp
-        fastbp.set_threads_adaptive(False)
     if args.framework == "fastbp" and args.fastbp_gemm_threads == "blas":
         import fastbp
-        dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["gemm"]._set_blas_thread_hooks(0, 0)
+        # process-wide: GEMMs and conv2d
+        dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["conv"]._set_blas_thread_hooks(0, 0)
     if args.pre_import:
         import fastbp  # noqa: F401
         if args.pre_import == "fastbp-step":

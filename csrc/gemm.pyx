@@ -1,164 +1,94 @@
 # Design: matrix products for the linear layer and the graph's `@`, all through scipy's BLAS
-# (sgemm/dgemm via _common.gemm_rm, row-major, GIL released). Layout: x is (N, in), weight is
+# (sgemm/dgemm via _common.gemm_rm, row-major, GIL released).
+# Thread count independence: OpenBLAS's threaded sgemm rounds differently from its single-threaded one
+# (measured: 256^3, 100x10x784, 1000x300x500 differ in the last bits between 1 and 2 threads). So when
+# fastbp._config found the BLAS thread hook (scipy's OpenBLAS), every product runs with BLAS
+# single-threaded, split by us into blocks of rows (or columns) of the output that depend only on the
+# shape (_gemm_blocks), the blocks shared among our OpenMP threads: the same single-threaded calls on the
+# same blocks whatever the thread count, so the same bits. Without the hook (unknown BLAS), one call with
+# the BLAS's own threading, as before. Layout: x is (N, in), weight is
 # (out, in) as in PyTorch, y = x @ weight.T + bias. The bias is written into y before GEMM accumulates
 # into it (beta = 1), and the bias gradient is summed in the same call as the weight gradient.
-#
-# One thread pool (see "Threads" below): when fastbp._config found the thread setter of the OpenBLAS behind
-# scipy.linalg.cython_blas, GEMMs run that BLAS single-threaded and a large product is split into column
-# (or row) blocks over our own OpenMP threads, one single-threaded GEMM per block. fastbp's work then runs on
-# one pool, libgomp's: the threads that idle-spin after one kernel are the ones that run the next, instead of
-# OpenBLAS's workers and ours taking turns on the cores (measured: one pool's idle workers spinning starved
-# the other's, a 784-256-128-10 MLP step at batch 256 on 2 cores took 2-14 ms instead of 2.2).
 cimport numpy as cnp
 from cython.parallel cimport prange
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, fastbp_max_threads
-
-import operator
-import threading
+from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
+                      threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
-
-# ----- Threads --------------------------------------------------------------------------------------------
-# Setter/getter of the OpenBLAS thread count (resolved by fastbp._config, as for conv2d). NULL: unknown BLAS;
-# then every GEMM is one BLAS call with the BLAS's own threads, as before. While any GEMM of this module runs,
-# the count is 1; it is restored by the last call to leave, and only if this module changed it (so a
-# concurrent conv2d call, which saves and restores the count itself, never leaves it at 1 for good).
-ctypedef void (*blas_set_fn)(int) noexcept nogil
-ctypedef int (*blas_get_fn)() noexcept nogil
-cdef blas_set_fn _blas_set = NULL
-cdef blas_get_fn _blas_get = NULL
-cdef int _blas_depth = 0
-cdef int _blas_prev = 1
-cdef bint _blas_changed = False
-_blas_lock = threading.Lock()
-
-# A product of at least this many multiply-adds (m n k) is computed in blocks (_gemm_parts) shared out over
-# the OpenMP threads; smaller ones are one call on one thread (fork/join of the team costs ~5-20 us, a 2^21
-# multiply-add sgemm ~20 us on one core). The blocks depend on the shape only, not on the thread count.
+# Splitting a product into blocks: at most GEMM_MAX_BLOCKS blocks, each of at least GEMM_BLOCK_WORK
+# multiply-adds and GEMM_MIN_EDGE rows (or columns). Each block re-packs the shared operand, so blocks are
+# kept large; the count depends only on the shape.
 cdef enum:
-    GEMM_PARALLEL_MIN = 2097152
-    GEMM_COL_ALIGN = 16
+    GEMM_MAX_BLOCKS = 4
+    GEMM_BLOCK_WORK = 1 << 22
+    GEMM_MIN_EDGE = 32
 
 
-cdef int _gemm_parts(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """Blocks a product is computed in: a function of its shape only (never of the thread count), so the
-    result has the same bits on any number of threads. 1 below GEMM_PARALLEL_MIN multiply-adds; else one
-    block per 512 columns (rows when m > n) of C, at least 2 and at most 8 (each block repacks the other
-    operand: at n = 1024 four blocks ran 4-10% slower than two on one core)."""
-    cdef Py_ssize_t big = n if n >= m else m
-    if m * n * k < GEMM_PARALLEL_MIN or big < 2 * GEMM_COL_ALIGN:
-        return 1
-    big = big // 512
-    return 2 if big < 2 else (8 if big > 8 else <int>big)
+cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t nb = m * n * k // GEMM_BLOCK_WORK
+    cdef Py_ssize_t edge = (m if m >= n else n) // GEMM_MIN_EDGE
+    if nb > GEMM_MAX_BLOCKS:
+        nb = GEMM_MAX_BLOCKS
+    if nb > edge:
+        nb = edge
+    return nb if nb > 1 else 1
 
 
-cdef int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
-    """0: plain BLAS call (no thread hook); else the number of OpenMP threads for the blocks of the product
-    (_gemm_parts), BLAS single-threaded inside."""
-    if _blas_set == NULL:
-        return 0
-    cdef int parts = _gemm_parts(m, n, k)
-    if parts == 1:
-        return 1
-    cdef int nt = fastbp_max_threads()
-    return 1 if nt < 1 else (parts if nt > parts else nt)
+cdef void _gemm_block(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                      const real* b, int ldb, real beta, real* c, int ldc, Py_ssize_t blk,
+                      Py_ssize_t nb) noexcept nogil:
+    """Block blk of nb of C = alpha op(A) op(B) + beta C: rows of C when m >= n, else columns."""
+    cdef Py_ssize_t lo, hi, size
+    if m >= n:
+        size = (m + nb - 1) // nb
+        lo = blk * size
+        hi = lo + size if lo + size < m else m
+        if hi > lo:  # rows lo..hi of op(A): columns of A when transposed
+            gemm_rm(ta, tb, <int>(hi - lo), n, k, alpha, a + (lo if ta else lo * lda), lda, b, ldb, beta,
+                    c + lo * ldc, ldc)
+    else:
+        size = (n + nb - 1) // nb
+        lo = blk * size
+        hi = lo + size if lo + size < n else n
+        if hi > lo:  # columns lo..hi of op(B): rows of B when transposed
+            gemm_rm(ta, tb, m, <int>(hi - lo), k, alpha, a, lda, b + (lo * ldb if tb else lo), ldb, beta,
+                    c + lo, ldc)
 
 
-cdef void _blas_single_enter():
-    global _blas_depth, _blas_prev, _blas_changed
-    with _blas_lock:
-        if _blas_depth == 0:
-            _blas_prev = _blas_get()
-            _blas_changed = _blas_prev != 1
-            if _blas_changed:
-                _blas_set(1)
-        _blas_depth += 1
-
-
-cdef void _blas_single_exit():
-    global _blas_depth, _blas_changed
-    with _blas_lock:
-        _blas_depth -= 1
-        if _blas_depth == 0 and _blas_changed:
-            _blas_set(_blas_prev)
-            _blas_changed = False
-
-
-cdef void _gemm_part(int part, int parts, bint ta, bint tb, int m, int n, int k, real alpha,
-                     const real* a, int lda, const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
-    """Block `part` of `parts` of C = alpha op(A) op(B) + beta C: columns when n >= m, else rows."""
-    cdef int size = n if n >= m else m
-    cdef int blk = (size + parts - 1) // parts
-    blk = (blk + GEMM_COL_ALIGN - 1) // GEMM_COL_ALIGN * GEMM_COL_ALIGN
-    cdef int lo = part * blk, hi = lo + blk
-    if hi > size:
-        hi = size
-    if lo >= hi:
+cdef void gemm_fixed(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                     const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
+    """gemm_rm, bit-identical for any thread count when the BLAS thread hook is set (the caller made BLAS
+    single-threaded with fastbp_blas_single_enter): fixed blocks on our threads. Without the hook, one
+    call with the BLAS's own threads."""
+    cdef Py_ssize_t blk, nb
+    if m == 0 or n == 0:
         return
-    if n >= m:  # columns lo:hi of C and of op(B)
-        gemm_rm(ta, tb, m, hi - lo, k, alpha, a, lda, (b + <Py_ssize_t>lo * ldb) if tb else (b + lo), ldb,
-                beta, c + lo, ldc)
-    else:       # rows lo:hi of C and of op(A)
-        gemm_rm(ta, tb, hi - lo, n, k, alpha, (a + lo) if ta else (a + <Py_ssize_t>lo * lda), lda, b, ldb,
-                beta, c + <Py_ssize_t>lo * ldc, ldc)
-
-
-cdef void gemm_threads(int nt, bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
-                       const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
-    """gemm_rm in _gemm_parts blocks over nt OpenMP threads; nt == 0 (no thread hook): one BLAS call on the
-    BLAS's own threads. With nt >= 1 the caller has made BLAS single-threaded."""
-    cdef int t, parts = _gemm_parts(m, n, k) if nt > 0 else 1
-    if parts <= 1 or m == 0 or n == 0:
+    if fastbp_thr.blas_get == NULL:
         gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
-    for t in prange(parts, num_threads=nt, schedule="static"):
-        _gemm_part(t, parts, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-
-
-def _set_blas_thread_hooks(set_ptr, get_ptr):
-    """Addresses (ints) of the BLAS's void set_num_threads(int) and int get_num_threads(void), or 0/None to
-    clear them (then each GEMM is one BLAS call on the BLAS's own threads). Returns the previous pair."""
-    global _blas_set, _blas_get
-    cdef size_t s = 0 if set_ptr is None else operator.index(set_ptr)
-    cdef size_t q = 0 if get_ptr is None else operator.index(get_ptr)
-    if (s == 0) != (q == 0):
-        raise ValueError("set_ptr and get_ptr must both be given or both be 0")
-    with _blas_lock:
-        if _blas_depth:
-            raise RuntimeError("cannot change the BLAS thread hooks while a GEMM is running")
-        previous = (<size_t>_blas_set, <size_t>_blas_get)
-        _blas_set = <blas_set_fn>s
-        _blas_get = <blas_get_fn>q
-    return previous
-
-
-def _blas_thread_hooks_set():
-    """True when GEMMs run on fastbp's OpenMP threads with the BLAS single-threaded."""
-    return _blas_set != NULL and _blas_get != NULL
-
-
-def _gemm_plan(m, n, k):
-    """(threads, blocks) of a (m, n, k) product; threads 0 = one BLAS call on the BLAS's own threads."""
-    nt = _gemm_threads(m, n, k)
-    return nt, (_gemm_parts(m, n, k) if nt else 1)
+    nb = _gemm_blocks(m, n, k)
+    if nb == 1:
+        gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    for blk in prange(nb, schedule="dynamic", num_threads=threads_for(<Py_ssize_t>m * n * k)):
+        _gemm_block(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blk, nb)
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
                           real[:, ::1] y) noexcept:
-    cdef int nt = _gemm_threads(x.shape[0], w.shape[0], x.shape[1])
-    if nt:
-        _blas_single_enter()
+    cdef int single = fastbp_blas_single_enter()
     with nogil:
-        _linear_forward_nogil(x, w, b, has_bias, y, nt)
-    if nt:
-        _blas_single_exit()
+        _linear_forward_nogil(x, w, b, has_bias, y)
+    if single:
+        fastbp_blas_single_exit()
 
 
 cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
-                                bint has_bias, real[:, ::1] y, int nt) noexcept nogil:
+                                bint has_bias, real[:, ::1] y) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     cdef real beta = 0
     if has_bias:
@@ -166,43 +96,47 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
             for j in range(fout):
                 y[i, j] = b[j]
         beta = 1
+    # empty dimensions before any pointer is taken (&w[0, 0] of an empty array is out of bounds)
+    if n == 0 or fout == 0:
+        return
     if fin == 0:
         if not has_bias:
             for i in range(n):
                 for j in range(fout):
                     y[i, j] = 0
         return
-    gemm_threads(nt, False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
-                 beta, &y[0, 0], <int>fout)
+    gemm_fixed(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
+               beta, &y[0, 0], <int>fout)
 
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                            real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
                            bint need_dx, bint need_dw, bint need_db) noexcept:
-    cdef int nt = _gemm_threads(x.shape[0], w.shape[0], x.shape[1])
-    if nt:
-        _blas_single_enter()
+    cdef int single = fastbp_blas_single_enter()
     with nogil:
-        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db, nt)
-    if nt:
-        _blas_single_exit()
+        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
+    if single:
+        fastbp_blas_single_exit()
 
 
 cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                                 bint need_dx, bint need_dw, bint need_db, int nt) noexcept nogil:
+                                 bint need_dx, bint need_dw, bint need_db) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
-    if need_dx and fin > 0:
+    # empty dimensions are settled before any pointer is taken (&g[0, 0] of an empty array is out of bounds)
+    if need_dx and fin > 0 and n > 0:
         if fout > 0:
             # dx[n, in] = g[n, out] @ w[out, in]
-            gemm_threads(nt, False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
-                         &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
+            gemm_fixed(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
+                       &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
         else:
             dx[:, :] = 0
-    if need_dw and fout > 0 and fin > 0:
+    if need_dw and fout > 0 and fin > 0 and n == 0:
+        dw[:, :] = 0
+    elif need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
-        gemm_threads(nt, True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
-                     &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
+        gemm_fixed(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                   &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
     if need_db and fout > 0:
         db[:] = 0
         for i in range(n):
@@ -264,13 +198,13 @@ def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=
 
 
 cdef void _matmul(const real* a, const real* b, real* c, bint ta, bint tb, int m, int n, int k,
-                  int lda, int ldb, int nt) noexcept nogil:
+                  int lda, int ldb) noexcept nogil:
     cdef Py_ssize_t i
     if k == 0:
         for i in range(<Py_ssize_t>m * n):
             c[i] = 0
         return
-    gemm_threads(nt, ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
+    gemm_fixed(ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
@@ -305,22 +239,17 @@ def matmul(a, b, trans_a=False, trans_b=False):
     cdef cnp.ndarray aa = a, bb = b, cc = c
     if m == 0 or n == 0:
         return c
-    cdef int nt = _gemm_threads(m, n, ka)
-    if nt:
-        _blas_single_enter()
+    cdef int single = fastbp_blas_single_enter()
     try:
         if a.dtype == np.float32:
             with nogil:
                 _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
-                               <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb, nt)
+                               <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
         else:
             with nogil:
                 _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
-                                <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb, nt)
+                                <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
     finally:
-        if nt:
-            _blas_single_exit()
+        if single:
+            fastbp_blas_single_exit()
     return c
-
-
-include "_threads.pxi"

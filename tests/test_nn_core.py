@@ -7,7 +7,7 @@ import pytest
 import fastbp
 from fastbp import nn, optim, tensor
 import fastbp.nn.functional as F
-from conftest import run_python
+from helpers import run_python
 
 
 def mlp(dtype=None):
@@ -282,29 +282,6 @@ def test_info_reports_wait_settings_the_user_chose():
                                        "OPENBLAS_THREAD_TIMEOUT=4 (set by the user)"]
 
 
-def test_threads_adaptive_rule_and_switch():
-    """Large kernels drop to one thread while the 1-minute load average is >= 2 x CPUs + 1 (back below
-    2 x CPUs); the switch reaches every compiled module, and the suite runs with it off."""
-    rt = fastbp._config._runtime()
-    assert rt._busy_for_load(5.0, 2, False) and not rt._busy_for_load(4.9, 2, False)
-    assert rt._busy_for_load(4.0, 2, True) and not rt._busy_for_load(3.9, 2, True)   # hysteresis
-    assert rt._busy_for_load(17.0, 8, False) and not rt._busy_for_load(16.5, 8, False)
-    assert fastbp.get_threads_adaptive() is False  # conftest
-    assert rt.effective_threads() == fastbp.get_num_threads()
-    mods = [m for m in fastbp._backend.compiled_modules] + [rt]
-    try:
-        assert fastbp.set_threads_adaptive(True) is False
-        assert all(m._threads_adaptive() for m in mods)
-        assert rt.effective_threads() in (1, fastbp.get_num_threads())
-    finally:
-        fastbp.set_threads_adaptive(False)
-    assert not any(m._threads_adaptive() for m in mods)
-    # adaptive by default in a fresh process, and said by `fastbp info`
-    out = run_python(["-c", "import fastbp; print(fastbp.get_threads_adaptive())"])
-    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
-    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"]).stdout
-
-
 def test_set_num_threads_leaves_numpy_blas_alone():
     """set_num_threads sets fastbp's pools (OpenMP, scipy's OpenBLAS behind GEMM), not NumPy's BLAS."""
     import json
@@ -320,12 +297,118 @@ def test_set_num_threads_leaves_numpy_blas_alone():
 
 
 def test_compare_command_reports_every_requested_op():
-    out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "linear"])
+    # public names (a function, an optimizer class) and registry names ("sgd_step") both select ops
+    out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "nll_loss", "linear"])
     assert out.returncode == 0, out.stderr
-    lines = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "sgd_step", "linear")]
-    assert len(lines) == 6 and all(l.endswith("yes") for l in lines)
-    assert "3 ops, 0 outside tolerance" in out.stdout
+    rows = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "SGD", "nll_loss", "linear")]
+    # linear has two registry entries (with and without bias): 5 ops x float32/float64
+    assert len(rows) == 10 and all(l.endswith("yes") for l in rows), out.stdout
+    assert sum("linear (bias=None)" in l for l in rows) == 2
+    assert "5 ops, 0 outside tolerance" in out.stdout
     assert run_python(["-m", "fastbp", "compare", "no_such_op"]).returncode == 2
+
+
+def test_compare_json_uses_public_names_and_fails_out_of_tolerance(monkeypatch, capsys):
+    import json
+    from fastbp import _backend
+    from fastbp.registry import REGISTRY, compare
+
+    # every op's public name is something a user can call
+    for spec in REGISTRY:
+        op, path, _ = compare.public_name(spec.name)
+        obj = fastbp
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, part)
+        assert callable(obj) and path.rsplit(".", 1)[-1] in (op, "step", "__matmul__"), (spec.name, path)
+    assert compare.main(("relu", "nll_loss"), as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["outside_tolerance"] == 0 and data["ops"] == 2
+    assert {r["op"] for r in data["results"]} == {"relu", "nll_loss"}
+    assert {r["function"] for r in data["results"]} == {"fastbp.nn.functional.relu", "fastbp.nn.functional.nll_loss"}
+    # a kernel that is off by one: reported, and a non-zero exit
+    good = _backend.compiled.relu_forward
+    monkeypatch.setattr(_backend.compiled, "relu_forward", lambda x, *a, **k: good(x, *a, **k) + 1)
+    assert compare.main(("relu",), as_json=True) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert not data["ok"] and data["outside_tolerance"] == 2
+    assert all(not r["ok"] and r["forward_max_abs"] == pytest.approx(1.0) for r in data["results"])
+    assert compare.main(("relu",)) == 1
+    assert "1 ops, 1 outside tolerance" in capsys.readouterr().out
+
+
+def test_version_and_info_json():
+    import json
+    out = run_python(["-m", "fastbp", "--version"])
+    assert out.returncode == 0 and out.stdout.strip() == f"fastbp {fastbp.__version__}", out
+    out = run_python(["-m", "fastbp", "info", "--json"])
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["version"] == fastbp.__version__ and info["compiled_kernels_loaded"] is True
+    assert info["openmp"] == fastbp._config.config()["openmp"]
+    assert info["conv_transforms_variant"] == fastbp._config.config()["conv_transforms_variant"]
+    assert info["gemm_blas"] and all(b["library"] and b["version"] for b in info["gemm_blas"])
+    build = info["build"]  # recorded by setup.py when the modules were built
+    assert build, "no fastbp/_C/_build_info.json: modules not built by this setup.py"
+    assert build["version"] == fastbp.__version__
+    assert build["openmp"] == info["openmp"]
+    assert build["compiler_version"] and build["extra_compile_args"]
+    assert build["instruction_set_clones"] == (not info["conv_transforms_variant"].endswith("without clones)"))
+
+
+def test_info_describes_the_build():
+    out = run_python(["-m", "fastbp", "info"])
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    if fastbp._config.config()["openmp"]:
+        assert "OpenMP:                  on" in text
+    else:  # a serial build claims no parallel work and no OpenMP settings
+        assert "built without OpenMP" in text
+        assert "in parallel" not in text and "OMP_WAIT_POLICY" not in text
+        assert not fastbp._config._conv_blas_thread_hook()
+    assert "built with:" in text and "no build record" not in text
+
+
+def test_blas_hook_recognises_scipy_bundled_libraries_on_every_platform():
+    from fastbp._config import _is_scipy_bundled
+    assert _is_scipy_bundled("/venv/lib/python3.12/site-packages/scipy.libs/libscipy_openblas-68440149.so")
+    assert _is_scipy_bundled("/venv/lib/python3.12/site-packages/scipy/.dylibs/libscipy_openblas.dylib")
+    assert _is_scipy_bundled("C:\\venv\\Lib\\site-packages\\scipy.libs\\libscipy_openblas-5b1ec8b9.dll")
+    assert not _is_scipy_bundled("/venv/lib/python3.12/site-packages/numpy/.dylibs/libscipy_openblas64_.dylib")
+    assert not _is_scipy_bundled("/venv/lib/python3.12/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so")
+    assert not _is_scipy_bundled(None)
+
+
+def test_import_hint_names_a_source_tree_that_shadows_the_installed_package(tmp_path):
+    """A checkout without built modules on sys.path before an installed fastbp: the error says so."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    src = os.path.dirname(os.path.abspath(fastbp.__file__))
+    tree = tmp_path / "checkout"
+    shutil.copytree(src, tree / "fastbp", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    site = tmp_path / "site"  # a minimal installed copy: package dir and dist-info with a RECORD
+    (site / "fastbp").mkdir(parents=True)
+    (site / "fastbp" / "__init__.py").write_text("")
+    info = site / f"fastbp-{fastbp.__version__}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fastbp\nVersion: {fastbp.__version__}\n")
+    (info / "RECORD").write_text("fastbp/__init__.py,,\n")
+    env = {k: v for k, v in os.environ.items() if k != "FASTBP_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(site)])
+    out = subprocess.run([sys.executable, "-c", "import fastbp"], cwd=tree, env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "has no compiled modules" in out.stderr and "hides the installed fastbp" in out.stderr, out.stderr
+    assert str(site / "fastbp") in out.stderr and "Run Python from another directory" in out.stderr
+    # without the fake copy: the message names the real installed fastbp (CI: the wheel), or says there is none
+    env["PYTHONPATH"] = str(tree)
+    out = subprocess.run([sys.executable, "-c", "import fastbp"], cwd=tree, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "has no compiled modules" in out.stderr, out.stderr
+    real = fastbp._backend._installed_copy(str(tree / "fastbp"))
+    if real is None:
+        assert "no installed fastbp was found" in out.stderr, out.stderr
+    else:
+        assert f"hides the installed fastbp in {real}" in out.stderr, out.stderr
 
 
 def test_set_num_threads_controls_openmp():
@@ -353,10 +436,6 @@ def test_thread_count_does_not_change_results():
         fastbp.set_num_threads(before)
 
 
-def _gemm_module():
-    return dict(zip(fastbp._backend.FAMILIES, fastbp._backend.compiled_modules))["gemm"]
-
-
 # (m, n, k): split by columns (n >= m), by rows (m > n), odd sizes not multiples of the 16-column blocks,
 # and one below the split threshold
 GEMM_SHAPES = [(64, 256, 784), (300, 47, 200), (33, 1000, 70), (257, 129, 65), (8, 8, 8)]
@@ -368,18 +447,14 @@ def test_gemm_split_over_openmp_threads_matches_reference_and_one_thread(m, n, k
     """matmul / linear forward / linear backward: computed in blocks over 2 OpenMP threads (BLAS
     single-threaded inside) they give the same bits as on one thread, for every transpose combination and
     Fortran-ordered inputs, and match a float64 product."""
-    G = _gemm_module()
-    if not G._blas_thread_hooks_set():
-        pytest.skip("BLAS thread setter not found: GEMMs run on the BLAS's own threads")
+    if fastbp._config._scipy_openblas_thread_functions() is None or not fastbp._config._runtime().openmp_enabled():
+        pytest.skip("BLAS thread setter not found (or no OpenMP): GEMMs run on the BLAS's own threads")
     C = fastbp._backend.compiled
     before = fastbp.get_num_threads()
     outs = {}
     try:
         for nt in (1, 2):
             fastbp.set_num_threads(nt)
-            threads, blocks = G._gemm_plan(m, n, k)
-            assert blocks == (1 if m * n * k < 2 ** 21 else max(2, min(8, max(m, n) // 512)))
-            assert threads == (1 if blocks == 1 else min(nt, blocks))
             res = []
             for ta in (False, True):
                 for tb in (False, True):
@@ -411,8 +486,7 @@ def test_gemm_restores_the_blas_thread_count_under_concurrent_calls():
     """Several Python threads multiplying at once (the kernels release the GIL): during the calls scipy's
     OpenBLAS runs single-threaded, afterwards it has the count it had before (2 and 1 tried)."""
     import threading
-    G = _gemm_module()
-    if not G._blas_thread_hooks_set():
+    if fastbp._config._scipy_openblas_thread_functions() is None:
         pytest.skip("BLAS thread setter not found")
     fset, fget = fastbp._config._scipy_openblas_thread_functions()
     a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
