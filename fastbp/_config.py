@@ -149,6 +149,22 @@ def set_num_threads(n):
             lc.set_num_threads(n)
 
 
+def set_threads_adaptive(on=True):
+    """Whether fastbp's parallel kernels drop to one thread while other processes oversubscribe the machine
+    (1-minute load average >= 2 x CPUs + 1, back at < 2 x CPUs; checked at most once a second). On by
+    default: on a machine whose cores are all taken, threaded steps spend their time waiting at barriers for
+    descheduled threads (csrc/fastbp_omp.h). Results are the same either way. `set_threads_adaptive(False)`
+    keeps get_num_threads() threads whatever the load (for timing a fixed configuration, or tests that must
+    reach the parallel paths). Returns the previous setting."""
+    if _backend.compiled is None:
+        return False
+    return _runtime().set_threads_adaptive(bool(on))
+
+
+def get_threads_adaptive():
+    return _backend.compiled is not None and _runtime().get_threads_adaptive()
+
+
 def _openblas_timeout():
     """How long idle OpenBLAS workers spin: OPENBLAS_THREAD_TIMEOUT / GOTO_THREAD_TIMEOUT if the user set
     one (OpenBLAS reads it when it loads); fastbp never sets it."""
@@ -178,6 +194,8 @@ def config():
         "compiled_kernels_loaded": compiled,
         "openmp": bool(compiled and _runtime().openmp_enabled()),
         "num_threads": get_num_threads(),
+        "threads_adaptive": get_threads_adaptive(),
+        "effective_threads": _runtime().effective_threads() if compiled else 1,
         "omp_wait_policy": _omp_wait_policy(),
         "openblas_thread_timeout": _openblas_timeout(),
         "gemm_blas": [
@@ -200,7 +218,8 @@ def show_config():
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
     if c["openmp"]:
         print(f"  OpenMP:                  on")
-        print(f"  OpenMP threads:          {c['num_threads']}")
+        print(f"  OpenMP threads:          {c['num_threads']} ({c['effective_threads']} now; "
+              f"{'one while the machine is oversubscribed' if c['threads_adaptive'] else 'fixed, whatever the load'})")
         print(f"  OpenMP wait policy:      {c['omp_wait_policy']}")
     elif c["compiled_kernels_loaded"]:
         print("  OpenMP:                  off (built without OpenMP: the kernels run on one thread; GEMM and "

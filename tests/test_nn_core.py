@@ -282,6 +282,31 @@ def test_info_reports_wait_settings_the_user_chose():
                                        "OPENBLAS_THREAD_TIMEOUT=4 (set by the user)"]
 
 
+def test_threads_adaptive_rule_and_switch():
+    """Parallel regions drop to one thread while the 1-minute load average is >= 2 x CPUs + 1 (back below
+    2 x CPUs); the switch is process-wide, adaptive by default, off for the test suite (conftest)."""
+    rt = fastbp._config._runtime()
+    assert rt._busy_for_load(5.0, 2, False) and not rt._busy_for_load(4.9, 2, False)
+    assert rt._busy_for_load(4.0, 2, True) and not rt._busy_for_load(3.9, 2, True)   # hysteresis
+    assert rt._busy_for_load(17.0, 8, False) and not rt._busy_for_load(16.5, 8, False)
+    assert fastbp.get_threads_adaptive() is False
+    assert rt.effective_threads() == fastbp.get_num_threads()
+    try:
+        assert fastbp.set_threads_adaptive(True) is False
+        assert fastbp.get_threads_adaptive() is True
+        assert rt.effective_threads() in (1, fastbp.get_num_threads())
+    finally:
+        fastbp.set_threads_adaptive(False)
+    code = ("import os, fastbp; print(fastbp.get_threads_adaptive()); "
+            "busy = os.getloadavg()[0] >= 2 * os.cpu_count() + 1; "
+            "print(fastbp._config._runtime().effective_threads() == (1 if busy else fastbp.get_num_threads()) "
+            "or 'borderline')")
+    out = run_python(["-c", code])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "True" and out.stdout.split()[1] in ("True", "borderline"), out.stdout
+    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"]).stdout
+
+
 def test_set_num_threads_leaves_numpy_blas_alone():
     """set_num_threads sets fastbp's pools (OpenMP, scipy's OpenBLAS behind GEMM), not NumPy's BLAS."""
     import json
