@@ -1,7 +1,8 @@
 """Shared benchmark plumbing: thread setup, timing, PyTorch detection, table and JSON output.
 
-Benchmarks are never run by the test suite. Each script measures fastbp compiled, fastbp reference and
-(when installed) PyTorch's CPU build in the same run and reports medians and ratios."""
+Benchmarks are never run by the test suite. Each script here measures fastbp compiled, fastbp reference and
+(when installed) PyTorch's CPU build in the same process and reports medians and ratios -- a secondary view:
+the headline figures come from bench/bench_separate.py (each framework alone in its own process)."""
 import json
 import os
 import platform
@@ -9,30 +10,13 @@ import statistics
 import sys
 import time
 
-# Allocator: every workload allocates its outputs and temporaries (MBs each) anew per call. With glibc's
-# defaults, whether such a block comes back from the heap or is mapped afresh (a page fault per 4 KiB) depends
-# on what ran before: PyTorch's conv forward at the benchmark shape took 2528 page faults per call in one
-# process and none in another, 1.3 vs 3.5 ms. So the harness runs with glibc's thresholds fixed (read at
-# process start: the script re-executes itself with them set): blocks up to 1 GiB come from the heap and
-# freed memory is kept, the steady state of a training loop (a LeNet-5 loop measured 0 page faults per step
-# with the defaults too). It applies to every framework in the process. FASTBP_BENCH_SYSTEM_MALLOC=1 keeps
-# glibc's defaults.
-STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
-                 "MALLOC_TOP_PAD_": str(64 << 20)}
-if (sys.platform.startswith("linux") and os.environ.get("FASTBP_BENCH_SYSTEM_MALLOC") != "1"
-        and any(os.environ.get(k) != v for k, v in STEADY_MALLOC.items())):
-    os.environ.update(STEADY_MALLOC)
-    os.execv(sys.executable, [sys.executable] + sys.argv)
-ALLOCATOR = ("glibc, blocks <= 1 GiB from the heap, freed memory kept (" +
-             ", ".join(f"{k}={os.environ[k]}" for k in STEADY_MALLOC) + ")"
-             if all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items()) else "system default")
-
-THREADS = int(os.environ.get("FASTBP_BENCH_THREADS", "2"))
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-# Before NumPy loads its own OpenBLAS: the reference backend's matrix products would otherwise leave NumPy's
-# BLAS workers spinning for a while after each round, slowing whichever framework runs next (fastbp sets
-# this for scipy's OpenBLAS itself, but NumPy is already loaded when fastbp is imported).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Default environment: the harness sets no environment variable (allocator thresholds, OpenMP wait policy,
+# OpenBLAS thread timeout, thread counts) -- users run with the defaults, and so do the figures. These
+# in-process rounds are the secondary view; bench/bench_separate.py runs each framework alone in its own
+# process (the headline figures). FASTBP_BENCH_THREADS only sets the thread counts through the frameworks'
+# own APIs (fastbp.set_num_threads, torch.set_num_threads) when given.
+ALLOCATOR = "system default"
+THREADS = int(os.environ.get("FASTBP_BENCH_THREADS", os.cpu_count() or 1))
 
 import numpy as np  # noqa: E402
 
@@ -41,9 +25,13 @@ import fastbp  # noqa: E402
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def setup_threads(n=THREADS):
-    fastbp.set_num_threads(n)
+def setup_threads(n=None):
+    """Thread counts through the frameworks' APIs, only if FASTBP_BENCH_THREADS asks for one."""
     torch = import_torch()
+    if n is None and "FASTBP_BENCH_THREADS" not in os.environ:
+        return torch
+    n = n or THREADS
+    fastbp.set_num_threads(n)
     if torch is not None:
         torch.set_num_threads(n)
     return torch

@@ -84,7 +84,13 @@ cdef extern from "fastbp_omp.h":
         fastbp_blas_get_fn blas_get
         int blas_depth
         int blas_prev
+        int adaptive
+        int load_busy
+        long long load_next_ns
     fastbp_threading* fastbp_thr
+    int fastbp_threads_for(Py_ssize_t work) noexcept nogil
+    int fastbp_machine_busy() noexcept nogil
+    int fastbp_busy_for_load(double load1, long ncpu, int was_busy) noexcept nogil
     void fastbp_bind_threading(void* state)
     int fastbp_blas_single_enter()
     void fastbp_blas_single_exit()
@@ -98,8 +104,9 @@ cdef enum:
 
 cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
     """Threads for a loop over `work` elements: 1 below the parallel threshold (PARALLEL_MIN unless a test
-    lowered it), else the process-wide count set by fastbp.set_num_threads (csrc/fastbp_omp.h)."""
-    return 1 if work < fastbp_thr.parallel_min else fastbp_thr.num_threads
+    lowered it), else the process-wide count set by fastbp.set_num_threads, or 1 while other processes
+    oversubscribe the machine (fastbp.set_threads_adaptive; csrc/fastbp_omp.h)."""
+    return fastbp_threads_for(work)
 
 
 cdef inline int num_threads() noexcept nogil:

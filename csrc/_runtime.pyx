@@ -16,6 +16,7 @@ import numpy as np
 
 cnp.import_array()
 from cython.parallel cimport prange
+from _common cimport fastbp_busy_for_load
 from _common cimport (omp_get_max_threads, omp_get_num_threads, FASTBP_HAVE_OPENMP, fastbp_threading,
                       PARALLEL_MIN, threads_for, fastbp_bind_threading, as_float_array, aligned_c)
 from cpython.pycapsule cimport PyCapsule_New
@@ -31,6 +32,9 @@ cdef extern from *:
 cdef fastbp_threading _state
 _state.num_threads = omp_get_max_threads() if omp_get_max_threads() >= 1 else 1
 _state.parallel_min = PARALLEL_MIN
+_state.adaptive = 1
+_state.load_busy = 0
+_state.load_next_ns = 0
 cdef bint _forked = False
 
 _threading_capsule = PyCapsule_New(&_state, b"fastbp._C._runtime.threading", NULL)
@@ -106,3 +110,27 @@ def _get_parallel_min():
 _env_min = os.environ.get("FASTBP_PARALLEL_MIN")
 if _env_min:
     _set_parallel_min(int(_env_min))
+
+
+def set_threads_adaptive(bint on):
+    """Whether parallel regions drop to one thread while other processes oversubscribe the machine
+    (csrc/fastbp_omp.h, fastbp_threads_for). Returns the previous setting."""
+    previous = bool(_state.adaptive)
+    _state.adaptive = 1 if on else 0
+    _state.load_busy = 0
+    _state.load_next_ns = 0
+    return previous
+
+
+def get_threads_adaptive():
+    return bool(_state.adaptive)
+
+
+def effective_threads():
+    """Threads a large parallel region would use now (get_num_threads(), or 1 while oversubscribed)."""
+    return threads_for(PARALLEL_MIN if _state.parallel_min <= PARALLEL_MIN else _state.parallel_min)
+
+
+def _busy_for_load(double load1, long ncpu, bint was_busy):
+    """The oversubscription rule of fastbp_omp.h, for tests."""
+    return bool(fastbp_busy_for_load(load1, ncpu, was_busy))

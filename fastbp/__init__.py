@@ -14,7 +14,7 @@ from ._dtype import bool_ as bool  # noqa: A001  (torch.bool; shadows the builti
 from ._device import device
 from .tensor import Function, Tensor, enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from .random import manual_seed
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import get_num_threads, set_num_threads, show_config, set_threads_adaptive, get_threads_adaptive
 from .gradcheck import GradcheckError, gradcheck
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace, ones,
                        ones_like, rand, rand_like, randint, randint_like, randn, randn_like, randperm, zeros,
@@ -42,6 +42,7 @@ short = int16
 __all__ = ["__version__", "Tensor", "tensor", "Function", "no_grad", "enable_grad", "set_grad_enabled",
            "inference_mode", "is_grad_enabled", "manual_seed",
            "set_backend", "get_backend", "backend", "show_config", "set_num_threads", "get_num_threads",
+           "set_threads_adaptive", "get_threads_adaptive",
            "get_default_dtype", "set_default_dtype", "nn", "optim", "data", "utils", "train", "save", "load",
            "CheckpointError", "distributed", "gradcheck", "GradcheckError",
            "device", "return_types", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",

@@ -7,7 +7,6 @@ variable FASTBP_BACKEND=reference asks for the NumPy backend on purpose. There i
 import contextlib
 import importlib
 import os
-import sys
 import types
 
 from . import reference as _reference
@@ -73,25 +72,13 @@ def _rebuild_hint(err):
                 f"the modules in the source tree: `python setup.py build_ext --inplace`.{tail}")
     return f"{head}{here} has no compiled modules and no installed fastbp was found. {rebuild}{tail}"
 
-# Our OpenMP threads and the BLAS threads behind GEMM share the cores. libgomp's default keeps idle
-# workers spinning after each parallel region, which starves the next GEMM's threads: measured on 2 cores,
-# an MLP forward at batch 256 took 10.8 ms instead of 0.14 ms. Unless the user chose a policy, idle
-# OpenMP workers sleep instead. This must happen before fastbp._C loads libgomp (it reads it once).
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-# The same for OpenBLAS (the library behind scipy.linalg.cython_blas, our GEMM): after each threaded call
-# its workers spin for 2^28 cycles before sleeping. A network step calls threaded GEMM every few
-# milliseconds, so a worker never sleeps and keeps one of the cores busy: measured on 2 cores, a LeNet-5
-# training step ran 4.7-5.4 ms with the worker spinning 96% of the time, 3.7-4.3 ms with it sleeping
-# (2^4 cycles, OpenBLAS's minimum). OpenBLAS reads the variable once, when it loads: this must happen before
-# fastbp._C imports scipy.linalg.cython_blas, and it has no effect if the program loaded scipy.linalg first
-# (fastbp.show_config() says which).
+# A guest in its user's process: importing fastbp sets no environment variable and no thread count that
+# other libraries read. (Earlier versions set OMP_WAIT_POLICY=PASSIVE and OPENBLAS_THREAD_TIMEOUT=4 here; the
+# first slowed PyTorch's own OpenMP runtime, loaded later in the same process, by 2-3x.) Users who want idle
+# OpenMP or OpenBLAS workers to sleep set those variables themselves before starting Python; `fastbp info`
+# shows what is in effect. How fastbp keeps its OpenMP and BLAS threads from starving each other without
+# them: see fastbp/_config.py (BLAS single-threaded inside our parallel regions, prange only on large work).
 OPENBLAS_TIMEOUT_VARS = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
-openblas_timeout_by_fastbp = not any(v in os.environ for v in OPENBLAS_TIMEOUT_VARS)
-openblas_loaded_before = any(m == "scipy.linalg" or m.startswith("scipy.linalg.") for m in sys.modules)
-if openblas_timeout_by_fastbp:
-    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
 
 reference = _namespace("reference", [getattr(_reference, f) for f in FAMILIES])
 compiled_modules = ()

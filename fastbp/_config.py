@@ -6,10 +6,28 @@ import os
 
 import numpy as np
 import scipy
-import threadpoolctl
 
 from . import _backend
 from ._version import __version__
+
+
+def _threadpoolctl():
+    """threadpoolctl, imported without its side effect on the environment.
+
+    threadpoolctl sets KMP_DUPLICATE_LIB_OK=True when it is first imported (a setting of Intel's OpenMP
+    runtime, which PyTorch or MKL may load later in the same process). fastbp only uses it to find the BLAS
+    library behind scipy.linalg.cython_blas, so the variable is removed again unless the user had set it
+    (or threadpoolctl was already imported by someone else)."""
+    import sys
+    if "threadpoolctl" in sys.modules:
+        return sys.modules["threadpoolctl"]
+    before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+    import threadpoolctl
+    if before is None:
+        os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    elif os.environ.get("KMP_DUPLICATE_LIB_OK") != before:
+        os.environ["KMP_DUPLICATE_LIB_OK"] = before
+    return threadpoolctl
 
 
 def _runtime():
@@ -28,7 +46,7 @@ def _is_scipy_bundled(path):
 def _scipy_blas_pools():
     """threadpoolctl entries for the BLAS library behind scipy.linalg.cython_blas (our GEMM)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
-    pools = threadpoolctl.threadpool_info()
+    pools = _threadpoolctl().threadpool_info()
     ours = [p for p in pools if p.get("user_api") == "blas" and _is_scipy_bundled(p.get("filepath"))]
     return ours or [p for p in pools if p.get("user_api") == "blas"]
 
@@ -40,7 +58,7 @@ def _scipy_openblas_thread_functions():
     kernels can make BLAS single-threaded around their parallel region. The symbol names carry a
     build-dependent prefix/suffix (scipy_openblas_set_num_threads, openblas_set_num_threads64_, ...)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
-    for lc in threadpoolctl.ThreadpoolController().lib_controllers:
+    for lc in _threadpoolctl().ThreadpoolController().lib_controllers:
         if getattr(lc, "internal_api", None) != "openblas" or not _is_scipy_bundled(lc.filepath):
             continue
         if getattr(lc, "threading_layer", None) == "openmp":
@@ -110,7 +128,9 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """One setting for both pools: OpenMP threads of our kernels and the BLAS threads behind GEMM.
+    """One setting for both of fastbp's pools: the OpenMP threads of our kernels and the BLAS threads behind
+    GEMM (the OpenBLAS that scipy.linalg.cython_blas links, shared with scipy.linalg). NumPy's own BLAS and
+    other libraries' thread pools are left alone.
 
     It holds for every Python thread (the count is passed to each parallel region, not set in the calling
     thread's OpenMP state). Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to
@@ -120,18 +140,47 @@ def set_num_threads(n):
         raise ValueError(f"number of threads must be >= 1, got {n}")
     if _backend.compiled is not None:
         _runtime().set_num_threads(n)
-    threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    fns = _scipy_openblas_thread_functions()
+    if fns is not None:
+        fns[0](n)
+        return
+    for lc in _threadpoolctl().ThreadpoolController().lib_controllers:
+        if lc.user_api == "blas" and _is_scipy_bundled(lc.filepath):
+            lc.set_num_threads(n)
+
+
+def set_threads_adaptive(on=True):
+    """Whether fastbp's parallel kernels drop to one thread while other processes oversubscribe the machine
+    (1-minute load average >= 2 x CPUs + 1, back at < 2 x CPUs; checked at most once a second). On by
+    default: on a machine whose cores are all taken, threaded steps spend their time waiting at barriers for
+    descheduled threads (csrc/fastbp_omp.h). Results are the same either way. `set_threads_adaptive(False)`
+    keeps get_num_threads() threads whatever the load (for timing a fixed configuration, or tests that must
+    reach the parallel paths). Returns the previous setting."""
+    if _backend.compiled is None:
+        return False
+    return _runtime().set_threads_adaptive(bool(on))
+
+
+def get_threads_adaptive():
+    return _backend.compiled is not None and _runtime().get_threads_adaptive()
 
 
 def _openblas_timeout():
-    """How long idle OpenBLAS workers spin (OPENBLAS_THREAD_TIMEOUT, read by OpenBLAS when it loads)."""
+    """How long idle OpenBLAS workers spin: OPENBLAS_THREAD_TIMEOUT / GOTO_THREAD_TIMEOUT if the user set
+    one (OpenBLAS reads it when it loads); fastbp never sets it."""
     value = next((f"{v}={os.environ[v]}" for v in _backend.OPENBLAS_TIMEOUT_VARS if v in os.environ), None)
-    if not _backend.openblas_timeout_by_fastbp:
-        return f"{value} (set by the user)"
-    if _backend.openblas_loaded_before:
-        return ("OpenBLAS default: scipy.linalg was imported before fastbp, too late for fastbp's "
-                "OPENBLAS_THREAD_TIMEOUT=4 (set it before starting Python)")
-    return f"{value} (set by fastbp: idle BLAS workers sleep)"
+    if value is None:
+        return "not set (OpenBLAS default; fastbp does not set it)"
+    return f"{value} (set by the user)"
+
+
+def _omp_wait_policy():
+    """OMP_WAIT_POLICY / GOMP_SPINCOUNT as the user set them (libgomp reads them when it loads); fastbp
+    never sets them."""
+    vals = [f"{v}={os.environ[v]}" for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if v in os.environ]
+    if not vals:
+        return "not set (libgomp default; fastbp does not set it)"
+    return ", ".join(vals) + " (set by the user)"
 
 
 def config():
@@ -145,7 +194,9 @@ def config():
         "compiled_kernels_loaded": compiled,
         "openmp": bool(compiled and _runtime().openmp_enabled()),
         "num_threads": get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "threads_adaptive": get_threads_adaptive(),
+        "effective_threads": _runtime().effective_threads() if compiled else 1,
+        "omp_wait_policy": _omp_wait_policy(),
         "openblas_thread_timeout": _openblas_timeout(),
         "gemm_blas": [
             {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads"),
@@ -167,7 +218,9 @@ def show_config():
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
     if c["openmp"]:
         print(f"  OpenMP:                  on")
-        print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
+        print(f"  OpenMP threads:          {c['num_threads']} ({c['effective_threads']} now; "
+              f"{'one while the machine is oversubscribed' if c['threads_adaptive'] else 'fixed, whatever the load'})")
+        print(f"  OpenMP wait policy:      {c['omp_wait_policy']}")
     elif c["compiled_kernels_loaded"]:
         print("  OpenMP:                  off (built without OpenMP: the kernels run on one thread; GEMM and "
               "conv2d's matrix products use BLAS threads)")

@@ -4,6 +4,15 @@ import pytest
 import fastbp
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fixed_thread_count():
+    """The suite must reach the parallel (OpenMP) paths even when it runs on a loaded machine: no dropping to
+    one thread under load (fastbp.set_threads_adaptive) while tests run."""
+    previous = fastbp.set_threads_adaptive(False)
+    yield
+    fastbp.set_threads_adaptive(previous)
+
+
 @pytest.fixture(autouse=True)
 def _restore_backend():
     """Every test starts on the compiled backend with a fixed seed, whatever the previous test did."""

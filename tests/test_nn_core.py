@@ -215,24 +215,110 @@ def test_show_config_and_cli(capsys):
     assert f"conv transforms:         {variant} variant" in out.stdout
 
 
-def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_chose():
-    code = ("import os, fastbp; c = fastbp._config.config(); "
-            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT')); print(c['openblas_thread_timeout'])")
-    drop = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+_GUEST_CODE = """
+import json, os, sys
+import numpy as np
+import threadpoolctl  # imported first (its own KMP_DUPLICATE_LIB_OK side effect is not fastbp's)
+
+def numpy_blas_threads():
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+            if p["user_api"] == "blas" and "numpy" in p["filepath"]]
+
+env0, np0 = dict(os.environ), numpy_blas_threads()
+import fastbp
+from fastbp import nn, optim
+env1, np1 = dict(os.environ), numpy_blas_threads()
+fastbp.manual_seed(0)
+rng = np.random.default_rng(0)
+# a conv net and an MLP large enough to reach the OpenMP (prange) and threaded-BLAS paths
+model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(8 * 32 * 32, 512), nn.ReLU(), nn.Linear(512, 10))
+opt = optim.Adam(model.parameters(), lr=1e-3)
+x = rng.random((64, 1, 64, 64)).astype(np.float32)
+y = rng.integers(0, 10, 64)
+for _ in range(2):
+    opt.zero_grad()
+    loss = nn.CrossEntropyLoss()(model(fastbp.tensor(x)), y)
+    loss.backward()
+    opt.step()
+c = fastbp._config.config()
+env2, np2 = dict(os.environ), numpy_blas_threads()
+changed = sorted(k for k in set(env0) | set(env2) if env0.get(k) != env2.get(k))
+print(json.dumps({"changed_at_import": sorted(k for k in set(env0) | set(env1) if env0.get(k) != env1.get(k)),
+                  "changed": changed, "np": [np0, np1, np2], "loss": float(loss.item()),
+                  "omp": c["omp_wait_policy"], "openblas": c["openblas_thread_timeout"]}))
+"""
+
+
+def test_import_and_a_training_step_leave_environment_and_numpy_blas_alone():
+    """A guest in the user's process: importing fastbp and training sets no environment variable (other
+    libraries read OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT, KMP_DUPLICATE_LIB_OK, ... when they load) and
+    does not change NumPy's BLAS thread count."""
+    import json
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT",
+            "KMP_DUPLICATE_LIB_OK", "OMP_NUM_THREADS")
+    out = run_python(["-c", _GUEST_CODE], drop=drop)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert r["changed_at_import"] == [] and r["changed"] == [], r
+    assert r["np"][0] == r["np"][1] == r["np"][2] and r["np"][0], r
+    assert np.isfinite(r["loss"])
+    assert "fastbp does not set it" in r["omp"] and "fastbp does not set it" in r["openblas"]
+    # without threadpoolctl imported first, fastbp's own use of it leaves no KMP_DUPLICATE_LIB_OK behind
+    code = ("import os; e = dict(os.environ); import fastbp; fastbp.show_config(); "
+            "print(sorted(k for k in set(e) | set(os.environ) if e.get(k) != os.environ.get(k)))")
     out = run_python(["-c", code], drop=drop)
     assert out.returncode == 0, out.stderr
-    value, report = out.stdout.splitlines()
-    assert value == "4" and "set by fastbp" in report
-    out = run_python(["-c", code], {"OPENBLAS_THREAD_TIMEOUT": "12"}, drop=drop)
-    value, report = out.stdout.splitlines()
-    assert value == "12" and "set by the user" in report
-    # too late once scipy.linalg (and with it OpenBLAS) is loaded: said, not hidden
-    out = run_python(["-c", "import scipy.linalg; " + code], drop=drop)
-    value, report = out.stdout.splitlines()
-    assert "imported before fastbp" in report
-    out = run_python(["-c", "import scipy.linalg; " + code], {"OPENBLAS_THREAD_TIMEOUT": "6"}, drop=drop)
-    assert out.stdout.splitlines()[1] == "OPENBLAS_THREAD_TIMEOUT=6 (set by the user)"
-    assert "OpenBLAS thread timeout" in run_python(["-m", "fastbp", "info"], drop=drop).stdout
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert "OpenMP wait policy:      not set" in out.stdout
+
+
+def test_info_reports_wait_settings_the_user_chose():
+    code = "import fastbp; c = fastbp._config.config(); print(c['omp_wait_policy']); print(c['openblas_thread_timeout'])"
+    out = run_python(["-c", code], {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"},
+                     drop=("GOMP_SPINCOUNT", "GOTO_THREAD_TIMEOUT"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["OMP_WAIT_POLICY=PASSIVE (set by the user)",
+                                       "OPENBLAS_THREAD_TIMEOUT=4 (set by the user)"]
+
+
+def test_threads_adaptive_rule_and_switch():
+    """Parallel regions drop to one thread while the 1-minute load average is >= 2 x CPUs + 1 (back below
+    2 x CPUs); the switch is process-wide, adaptive by default, off for the test suite (conftest)."""
+    rt = fastbp._config._runtime()
+    assert rt._busy_for_load(5.0, 2, False) and not rt._busy_for_load(4.9, 2, False)
+    assert rt._busy_for_load(4.0, 2, True) and not rt._busy_for_load(3.9, 2, True)   # hysteresis
+    assert rt._busy_for_load(17.0, 8, False) and not rt._busy_for_load(16.5, 8, False)
+    assert fastbp.get_threads_adaptive() is False
+    assert rt.effective_threads() == fastbp.get_num_threads()
+    try:
+        assert fastbp.set_threads_adaptive(True) is False
+        assert fastbp.get_threads_adaptive() is True
+        assert rt.effective_threads() in (1, fastbp.get_num_threads())
+    finally:
+        fastbp.set_threads_adaptive(False)
+    code = ("import os, fastbp; print(fastbp.get_threads_adaptive()); "
+            "busy = os.getloadavg()[0] >= 2 * os.cpu_count() + 1; "
+            "print(fastbp._config._runtime().effective_threads() == (1 if busy else fastbp.get_num_threads()) "
+            "or 'borderline')")
+    out = run_python(["-c", code])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "True" and out.stdout.split()[1] in ("True", "borderline"), out.stdout
+    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"]).stdout
+
+
+def test_set_num_threads_leaves_numpy_blas_alone():
+    """set_num_threads sets fastbp's pools (OpenMP, scipy's OpenBLAS behind GEMM), not NumPy's BLAS."""
+    import json
+    code = ("import json, threadpoolctl, fastbp\n"
+            "f = lambda: {p['filepath']: p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'}\n"
+            "a = f(); fastbp.set_num_threads(1); b = f(); print(json.dumps([fastbp.get_num_threads(), a, b]))")
+    out = run_python(["-c", code], drop=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    assert out.returncode == 0, out.stderr
+    n, before, after = json.loads(out.stdout.splitlines()[-1])
+    assert n == 1
+    assert any("scipy.libs" in p for p in after) and all(v == 1 for p, v in after.items() if "scipy.libs" in p), after
+    assert {p: v for p, v in before.items() if "scipy.libs" not in p} == {p: v for p, v in after.items() if "scipy.libs" not in p}
 
 
 def test_compare_command_reports_every_requested_op():
@@ -373,6 +459,85 @@ def test_thread_count_does_not_change_results():
         np.testing.assert_array_equal(outs[0], outs[1])
     finally:
         fastbp.set_num_threads(before)
+
+
+# (m, n, k): split by columns (n >= m), by rows (m > n), odd sizes not multiples of the 16-column blocks,
+# and one below the split threshold
+GEMM_SHAPES = [(64, 256, 784), (300, 47, 200), (33, 1000, 70), (257, 129, 65), (8, 8, 8)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_gemm_split_over_openmp_threads_matches_reference_and_one_thread(m, n, k, dtype):
+    """matmul / linear forward / linear backward: computed in blocks over 2 OpenMP threads (BLAS
+    single-threaded inside) they give the same bits as on one thread, for every transpose combination and
+    Fortran-ordered inputs, and match a float64 product."""
+    if fastbp._config._scipy_openblas_thread_functions() is None or not fastbp._config._runtime().openmp_enabled():
+        pytest.skip("BLAS thread setter not found (or no OpenMP): GEMMs run on the BLAS's own threads")
+    C = fastbp._backend.compiled
+    before = fastbp.get_num_threads()
+    outs = {}
+    try:
+        for nt in (1, 2):
+            fastbp.set_num_threads(nt)
+            res = []
+            for ta in (False, True):
+                for tb in (False, True):
+                    r = np.random.default_rng(ta * 2 + tb)
+                    a = r.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                    b = r.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                    c = C.matmul(a, b, trans_a=ta, trans_b=tb)
+                    ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                    np.testing.assert_allclose(c, ref, rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-10)
+                    res.append(c)
+            res.append(C.matmul(np.asfortranarray(a), b, trans_a=True, trans_b=True))  # last a, b: both transposed
+            rng = np.random.default_rng(m + n + k)
+            x = rng.standard_normal((m, k)).astype(dtype)
+            w = rng.standard_normal((n, k)).astype(dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            g = rng.standard_normal((m, n)).astype(dtype)
+            y = C.linear_forward(x, w, bias)
+            np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + bias, rtol=1e-4, atol=1e-3)
+            res.append(y)
+            res.extend(C.linear_backward(g, x, w))
+            outs[nt] = res
+    finally:
+        fastbp.set_num_threads(before)
+    for a1, a2 in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a1, a2)
+
+
+def test_gemm_restores_the_blas_thread_count_under_concurrent_calls():
+    """Several Python threads multiplying at once (the kernels release the GIL): during the calls scipy's
+    OpenBLAS runs single-threaded, afterwards it has the count it had before (2 and 1 tried)."""
+    import threading
+    if fastbp._config._scipy_openblas_thread_functions() is None:
+        pytest.skip("BLAS thread setter not found")
+    fset, fget = fastbp._config._scipy_openblas_thread_functions()
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    expected = a.astype(np.float64) @ a
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(fastbp._backend.compiled.matmul(a, a), expected, rtol=1e-4, atol=1e-3)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    before = fget()
+    try:
+        for count in (2, 1):
+            fset(count)
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert fget() == count
+    finally:
+        fset(before)
 
 
 # ----- bad input -------------------------------------------------------------------------------------------
