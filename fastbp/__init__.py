@@ -26,6 +26,7 @@ from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, c
                         softmax, sqrt, squeeze, stack, sum, tanh, transpose, unsqueeze, where)
 from . import return_types
 from . import nn, optim, data, utils, train
+from . import memory
 from .serialization import CheckpointError, load, save
 from . import distributed  # MPI data parallelism; mpi4py is imported only by distributed.init()
 
