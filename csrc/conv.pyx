@@ -900,14 +900,34 @@ cdef bint _wino_fits(const Geom* g):
             and g.P * (g.C if g.C < g.O else g.O) >= _wino_min_size)
 
 
+# The forward of a map small enough for the batched layout (P < batch_pixels, and below the default
+# threshold: a larger batch_pixels still forces the batched layout on larger maps) but at least
+# WINO_SMALL_MIN_SIDE on each side takes Winograd where its kernel fits, whatever the size threshold:
+# the baseline there is the batched GEMM, not the per-sample one. Measured, one thread, CPU time, batch
+# 64, forward, Winograd / batched: 64 -> 64 on 7x7 0.85, 32 -> 32 0.90, 128 -> 128 0.80, 16 -> 16 0.83,
+# 32 -> 64 (batch 32) 0.91, 64 -> 64 on 6x6 0.91; on 5x5 1.14 and 4x4 1.11 (so they stay batched). The
+# backward stays batched (Winograd's backward at 64 -> 64 on 7x7: 1.19x).
+cdef enum:
+    WINO_SMALL_MIN_SIDE = 6
+
+
+cdef bint _wino_small_fits(const Geom* g):
+    return (g.kH == 3 and g.kW == 3 and g.sH == 1 and g.sW == 1 and g.dH == 1 and g.dW == 1
+            and g.C >= _wino_min_channels and g.O >= _wino_min_channels
+            and g.OH >= WINO_SMALL_MIN_SIDE and g.OW >= WINO_SMALL_MIN_SIDE and g.P < DEFAULT_BATCH_PIXELS)
+
+
 cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     """Layout, path, samples per chunk, threads and weight-gradient blocks for this geometry under the
     current workspace limit and BLAS thread hook; sets the layout flags (g.wino, g.rows, g.wide), the
     Winograd tile counts, the slot size and the weight-gradient partial size in g."""
     cdef Py_ssize_t per, cap, nb, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
-    pl.par = _blas_hooks() and not pl.batched
     g.wino = not pl.batched and _wino_fits(g)
+    if pl.batched and not backward and _wino_small_fits(g):
+        pl.batched = False
+        g.wino = True
+    pl.par = _blas_hooks() and not pl.batched
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
     if g.wino and g.TW % 16 >= 14:
@@ -928,7 +948,10 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
     g.CT = g.C * g.TB * g.TW + 16
     g.OT = g.O * g.TB * g.TW + 16
-    g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.O >= _row_min_channels
+    # 1x1 kernels keep the column layout: their rows are single values of the channels-last copy (one
+    # thread, forward, (64,16,28,28)x(32,16,1,1) stride 2: rows 0.51-0.66 ms, columns 0.29 ms)
+    g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.K > g.C
+              and g.O >= _row_min_channels
               and g.C >= _row_min_channels)
     g.wide = (_wide and not backward and not pl.batched and not g.direct and not g.rows and not g.wino
               and g.sH == 1 and g.sW == 1 and g.pH == 0 and g.pW == 0 and g.OW < g.W)

@@ -20,9 +20,9 @@ from .random import get_rng as _get_rng
 _counter = itertools.count()
 _ndarray = np.ndarray
 
-# fastbp's cache of large output blocks (csrc/_runtime.pyx: a NumPy memory handler installed only while an
-# op's forward or backward runs, so page faults on fresh multi-MB outputs are not paid every step); absent
-# when the compiled modules are (the NumPy backend without them).
+# fastbp's cache of large output blocks (csrc/_runtime.pyx, fastbp.memory): a NumPy memory handler installed
+# only while one of fastbp's own ops (a Function defined in fastbp; never a user's) runs forward or backward,
+# so page faults on fresh multi-MB outputs are not paid every step; absent without the compiled modules.
 try:
     from ._C._runtime import _pool_enter, _pool_exit
 except ImportError:
@@ -162,7 +162,7 @@ class Function:
                 needs.append(False)
         record = record and _grad_state.enabled
         ctx.needs_input_grad = needs
-        if _pool_enter is None:
+        if _pool_enter is None or not cls.__module__.startswith("fastbp."):  # a user's Function: their arrays
             out = cls.forward(ctx, *datas, **kwargs)
         else:
             previous = _pool_enter()
@@ -321,7 +321,7 @@ def _run_backward(root, grad, retain_graph):
             if finals and n in finals:
                 _fire_leaf_hooks(finals.pop(n))
             continue
-        if _pool_enter is None:
+        if _pool_enter is None or not type(n).__module__.startswith("fastbp."):
             in_grads = n.backward(n, g)
         else:
             previous = _pool_enter()

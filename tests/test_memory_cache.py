@@ -148,3 +148,22 @@ def test_bad_limits():
         memory.set_cache_limit(-1)
     with pytest.raises(TypeError):
         memory.set_cache_limit(1.5)
+
+
+def test_a_users_function_keeps_numpys_allocator(fresh_cache):
+    before = get_handler_name()
+
+    class Twice(fastbp.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return np.multiply(x, 2.0)
+
+        @staticmethod
+        def backward(ctx, g):
+            return np.multiply(g, 2.0)
+
+    x = fastbp.tensor(np.ones((64, 64, 32), np.float32), requires_grad=True)
+    y = Twice.apply(x)
+    assert _handler_name(y.data) == before
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full(x.shape, 2.0, np.float32))
