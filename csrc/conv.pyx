@@ -1141,7 +1141,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     # work, or one sample): OpenBLAS's threaded sgemm rounds differently from its single-threaded one
     # (measured: 288x16x144, 256^3, 100x10x784 differ in the last bits), so a threaded GEMM here made
     # the result depend on the thread count
-    cdef bint single = pl.par
+    # The batched layout (small maps) too, when the hook exists: its GEMMs are small and the hand-offs
+    # between our threads and OpenBLAS's cost more than they gain (2 cores, 2 threads, loaded machine,
+    # (64,32,14,14)x(64,32,3,3) stride 2: forward 6.3-11.5 ms CPU threaded vs 1.8 ms single, backward
+    # 11.5-14.4 vs 3.1; the 1x1 stride-2 projection's backward 2.1-24 vs 0.5)
+    cdef bint single = pl.par or (pl.batched and _blas_hooks())
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
     try:
         pws = _ptr(ws)
@@ -1204,7 +1208,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
-    cdef bint single = pl.par and (ndx or ndw)  # BLAS single-threaded on this path (see conv2d_forward)
+    # BLAS single-threaded on this path and the batched one (see conv2d_forward)
+    cdef bint single = (pl.par or (pl.batched and _blas_hooks())) and (ndx or ndw)
     # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
