@@ -29,17 +29,21 @@ CASES = ("bn", "resnet")
 
 
 def _median_ms(fn, repeat, warmup, min_time=1.0):
+    """(median wall ms, median process CPU ms, calls): CPU time (all threads, user + system) is the figure
+    to trust on a loaded machine, where wall time also counts the time other processes hold the cores."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     start = time.perf_counter()
     while len(times) < repeat or time.perf_counter() - start < min_time:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
         if len(times) >= 10 * repeat:
             break
-    return statistics.median(times), len(times)
+    return statistics.median(times), statistics.median(cpu), len(times)
 
 
 def _resnet_module(framework):
@@ -100,8 +104,9 @@ def worker(framework, case, threads, repeat):
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-    ms, n = _median_ms(step, repeat, warmup=3)
-    print(json.dumps({"framework": framework, "case": case, "threads": threads, "median_ms": ms, "calls": n}))
+    ms, cpu_ms, n = _median_ms(step, repeat, warmup=3)
+    print(json.dumps({"framework": framework, "case": case, "threads": threads, "median_ms": ms,
+                      "median_cpu_ms": cpu_ms, "calls": n}))
 
 
 def driver(rounds, thread_counts, cases, repeat):
@@ -112,7 +117,7 @@ def driver(rounds, thread_counts, cases, repeat):
         for threads in thread_counts:
             for case in cases:
                 order = ("fastbp", "torch") if r % 2 == 0 else ("torch", "fastbp")
-                row = {}
+                row, cpu = {}, {}
                 for fw in order:
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--framework", fw, "--case", case,
@@ -120,15 +125,20 @@ def driver(rounds, thread_counts, cases, repeat):
                                          env=env, capture_output=True, text=True)
                     if out.returncode != 0:
                         raise SystemExit(f"{fw} {case} failed:\n{out.stderr}")
-                    row[fw] = json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+                    res = json.loads(out.stdout.strip().splitlines()[-1])
+                    row[fw], cpu[fw] = res["median_ms"], res["median_cpu_ms"]
                 ratio = row["fastbp"] / row["torch"]
-                results.setdefault((case, threads), []).append(ratio)
-                print(f"round {r + 1}  {case:6s} {threads} thr  fastbp {row['fastbp']:8.2f} ms  torch "
-                      f"{row['torch']:8.2f} ms  ratio {ratio:.2f}", flush=True)
-    print("\nfastbp / PyTorch time ratio over rounds (min - median - max):")
-    for (case, threads), ratios in results.items():
-        print(f"  {case:6s} {threads} thread(s): {min(ratios):.2f} - {statistics.median(ratios):.2f} - "
-              f"{max(ratios):.2f}")
+                cratio = cpu["fastbp"] / cpu["torch"]
+                results.setdefault((case, threads), []).append((ratio, cratio))
+                print(f"round {r + 1}  {case:6s} {threads} thr  wall: fastbp {row['fastbp']:8.2f} ms  torch "
+                      f"{row['torch']:8.2f} ms  ratio {ratio:.2f} | CPU: fastbp {cpu['fastbp']:8.2f} ms  torch "
+                      f"{cpu['torch']:8.2f} ms  ratio {cratio:.2f}", flush=True)
+    print("\nfastbp / PyTorch ratio over rounds (min - median - max), wall time | process CPU time:")
+    for (case, threads), pairs in results.items():
+        w = [p[0] for p in pairs]
+        c = [p[1] for p in pairs]
+        print(f"  {case:6s} {threads} thread(s): wall {min(w):.2f} - {statistics.median(w):.2f} - {max(w):.2f}"
+              f" | CPU {min(c):.2f} - {statistics.median(c):.2f} - {max(c):.2f}")
 
 
 def main():

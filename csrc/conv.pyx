@@ -900,14 +900,34 @@ cdef bint _wino_fits(const Geom* g):
             and g.P * (g.C if g.C < g.O else g.O) >= _wino_min_size)
 
 
+# The forward of a map small enough for the batched layout (P < batch_pixels, and below the default
+# threshold: a larger batch_pixels still forces the batched layout on larger maps) but at least
+# WINO_SMALL_MIN_SIDE on each side takes Winograd where its kernel fits, whatever the size threshold:
+# the baseline there is the batched GEMM, not the per-sample one. Measured, one thread, CPU time, batch
+# 64, forward, Winograd / batched: 64 -> 64 on 7x7 0.85, 32 -> 32 0.90, 128 -> 128 0.80, 16 -> 16 0.83,
+# 32 -> 64 (batch 32) 0.91, 64 -> 64 on 6x6 0.91; on 5x5 1.14 and 4x4 1.11 (so they stay batched). The
+# backward stays batched (Winograd's backward at 64 -> 64 on 7x7: 1.19x).
+cdef enum:
+    WINO_SMALL_MIN_SIDE = 6
+
+
+cdef bint _wino_small_fits(const Geom* g):
+    return (g.kH == 3 and g.kW == 3 and g.sH == 1 and g.sW == 1 and g.dH == 1 and g.dW == 1
+            and g.C >= _wino_min_channels and g.O >= _wino_min_channels
+            and g.OH >= WINO_SMALL_MIN_SIDE and g.OW >= WINO_SMALL_MIN_SIDE and g.P < DEFAULT_BATCH_PIXELS)
+
+
 cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     """Layout, path, samples per chunk, threads and weight-gradient blocks for this geometry under the
     current workspace limit and BLAS thread hook; sets the layout flags (g.wino, g.rows, g.wide), the
     Winograd tile counts, the slot size and the weight-gradient partial size in g."""
     cdef Py_ssize_t per, cap, nb, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
-    pl.par = _blas_hooks() and not pl.batched
     g.wino = not pl.batched and _wino_fits(g)
+    if pl.batched and not backward and _wino_small_fits(g):
+        pl.batched = False
+        g.wino = True
+    pl.par = _blas_hooks() and not pl.batched
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
     if g.wino and g.TW % 16 >= 14:
@@ -928,7 +948,10 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     # a power-of-two distance those accesses all hit the same cache sets (measured: 2x slower overall)
     g.CT = g.C * g.TB * g.TW + 16
     g.OT = g.O * g.TB * g.TW + 16
-    g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.O >= _row_min_channels
+    # 1x1 kernels keep the column layout: their rows are single values of the channels-last copy (one
+    # thread, forward, (64,16,28,28)x(32,16,1,1) stride 2: rows 0.51-0.66 ms, columns 0.29 ms)
+    g.rows = (not backward and not pl.batched and not g.direct and not g.wino and g.K > g.C
+              and g.O >= _row_min_channels
               and g.C >= _row_min_channels)
     g.wide = (_wide and not backward and not pl.batched and not g.direct and not g.rows and not g.wino
               and g.sH == 1 and g.sW == 1 and g.pH == 0 and g.pW == 0 and g.OW < g.W)
@@ -1119,7 +1142,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=No
     # work, or one sample): OpenBLAS's threaded sgemm rounds differently from its single-threaded one
     # (measured: 288x16x144, 256^3, 100x10x784 differ in the last bits), so a threaded GEMM here made
     # the result depend on the thread count
-    cdef bint single = pl.par
+    # The batched layout (small maps) too, when the hook exists: its GEMMs are small and the hand-offs
+    # between our threads and OpenBLAS's cost more than they gain (2 cores, 2 threads, loaded machine,
+    # (64,32,14,14)x(64,32,3,3) stride 2: forward 6.3-11.5 ms CPU threaded vs 1.8 ms single, backward
+    # 11.5-14.4 vs 3.1; the 1x1 stride-2 projection's backward 2.1-24 vs 0.5)
+    cdef bint single = pl.par or (pl.batched and _blas_hooks())
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
     try:
         pws = _ptr(ws)
@@ -1189,7 +1216,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
-    cdef bint single = pl.par and (ndx or ndw)  # BLAS single-threaded on this path (see conv2d_forward)
+    # BLAS single-threaded on this path and the batched one (see conv2d_forward)
+    cdef bint single = (pl.par or (pl.batched and _blas_hooks())) and (ndx or ndw)
     # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None

@@ -26,6 +26,7 @@ from .functions import (abs, allclose, amax, amin, argmax, argmin, cat, clamp, c
                         softmax, sqrt, squeeze, stack, sum, tanh, transpose, unsqueeze, where)
 from . import return_types
 from . import nn, optim, data, utils, train
+from . import memory
 from .serialization import CheckpointError, load, save
 from .capture import (CaptureError, CaptureWarning, capture, compile, is_compile_enabled,  # noqa: A004
                       set_compile_enabled)

@@ -20,6 +20,14 @@ from .random import get_rng as _get_rng
 _counter = itertools.count()
 _ndarray = np.ndarray
 
+# fastbp's cache of large output blocks (csrc/_runtime.pyx, fastbp.memory): a NumPy memory handler installed
+# only while one of fastbp's own ops (a Function defined in fastbp; never a user's) runs forward or backward,
+# so page faults on fresh multi-MB outputs are not paid every step; absent without the compiled modules.
+try:
+    from ._C._runtime import _pool_enter, _pool_exit
+except ImportError:
+    _pool_enter = _pool_exit = None
+
 
 class _GradState(threading.local):
     """Grad mode is per Python thread (as in PyTorch): a no_grad() block in one thread never stops another
@@ -154,7 +162,14 @@ class Function:
                 needs.append(False)
         record = record and _grad_state.enabled
         ctx.needs_input_grad = needs
-        out = cls.forward(ctx, *datas, **kwargs)
+        if _pool_enter is None or not cls.__module__.startswith("fastbp."):  # a user's Function: their arrays
+            out = cls.forward(ctx, *datas, **kwargs)
+        else:
+            previous = _pool_enter()
+            try:
+                out = cls.forward(ctx, *datas, **kwargs)
+            finally:
+                _pool_exit(previous)
         t = Tensor.__new__(Tensor)
         t.data = out
         t.grad = None
@@ -306,7 +321,14 @@ def _run_backward(root, grad, retain_graph):
             if finals and n in finals:
                 _fire_leaf_hooks(finals.pop(n))
             continue
-        in_grads = n.backward(n, g)
+        if _pool_enter is None or not type(n).__module__.startswith("fastbp."):
+            in_grads = n.backward(n, g)
+        else:
+            previous = _pool_enter()
+            try:
+                in_grads = n.backward(n, g)
+            finally:
+                _pool_exit(previous)
         if type(in_grads) is not tuple:
             in_grads = (in_grads,)
         for inp, gi in zip(n.inputs, in_grads):
