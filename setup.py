@@ -10,9 +10,16 @@ Environment switches:
   FASTBP_BUILD_ONLY=conv,pool   development only: build just these csrc families (with --inplace).
   FASTBP_NO_CLONES=1 build the Winograd transforms for the baseline instruction set only (no AVX2 /
                      AVX-512 clones chosen at load time; see csrc/winograd.h).
+  FASTBP_SANITIZE=address,undefined   build with these -fsanitize= checks (and -g, frame pointers), OpenMP
+                     kept on; see README, "Sanitizers", for running the tests under them. Development only.
+
+The OpenMP probe compiles and links with the same flags as the extensions (CFLAGS, LDFLAGS, sanitizers),
+so a flag that breaks linking OpenMP shows up as a failed probe instead of silently serial kernels under
+one build and threaded ones under another; the probe says why it failed.
 """
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,8 +44,14 @@ DIRECTIVES = {
 }
 
 
-def _compiler_accepts_openmp(compiler):
-    """Compile and link a tiny OpenMP program with the compiler setuptools will use."""
+SANITIZE = [c for c in os.environ.get("FASTBP_SANITIZE", "").split(",") if c]
+SANITIZE_ARGS = ([f"-fsanitize={','.join(SANITIZE)}", "-fno-omit-frame-pointer", "-g"] if SANITIZE else [])
+
+
+def _compiler_accepts_openmp(compiler, compile_args, link_args):
+    """Compile, link and run a tiny OpenMP program with the compiler and the flags the extensions will use
+    (setuptools adds CFLAGS to every compile but LDFLAGS only to shared-object links, so they are added
+    here by hand)."""
     if os.environ.get("FASTBP_OPENMP", "1") == "0":
         return False
     src = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\nreturn n>0?0:1;}\n"
@@ -47,10 +60,16 @@ def _compiler_accepts_openmp(compiler):
         path = os.path.join(tmp, "probe.c")
         with open(path, "w") as f:
             f.write(src)
-        objs = compiler.compile([path], output_dir=tmp, extra_postargs=["-fopenmp"])
-        compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=["-fopenmp"])
-        return subprocess.call([os.path.join(tmp, "probe")]) == 0
-    except Exception:
+        objs = compiler.compile([path], output_dir=tmp, extra_postargs=compile_args + ["-fopenmp"])
+        compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=link_args + ["-fopenmp"] +
+                                 shlex.split(os.environ.get("LDFLAGS", "")))
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+        rc = subprocess.call([os.path.join(tmp, "probe")], env=env)
+        if rc != 0:
+            sys.stderr.write(f"fastbp: the OpenMP probe program exited with status {rc}\n")
+        return rc == 0
+    except Exception as exc:
+        sys.stderr.write(f"fastbp: the OpenMP probe failed: {exc}\n")
         return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -66,15 +85,21 @@ FAMILY_COMPILE_ARGS = {"optim": ["-fno-math-errno"]}
 
 class BuildExt(build_ext):
     def build_extensions(self):
-        openmp = _compiler_accepts_openmp(self.compiler)
+        # -g0 overrides the -g in Python's default CFLAGS: debug sections made each module ~6x its
+        # code size (1.4 MB vs 220 KB for conv); FASTBP_DEBUG=1 and sanitizer builds keep them
+        common = ["-O3", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code",
+                  "-g" if DEBUG or SANITIZE else "-g0"] + SANITIZE_ARGS
+        openmp = _compiler_accepts_openmp(self.compiler, common, list(SANITIZE_ARGS))
         sys.stderr.write(f"fastbp: OpenMP {'enabled' if openmp else 'NOT available, building serial kernels'}\n")
+        if SANITIZE:
+            sys.stderr.write(f"fastbp: sanitizers {','.join(SANITIZE)} (development build)\n")
+            if not openmp and os.environ.get("FASTBP_OPENMP", "1") != "0":
+                raise RuntimeError("FASTBP_SANITIZE: OpenMP did not link with the sanitizer flags; a serial build "
+                                   "would not check the threaded kernels (set FASTBP_OPENMP=0 to build one anyway)")
         for ext in self.extensions:
-            # -g0 overrides the -g in Python's default CFLAGS: debug sections made each module ~6x its
-            # code size (1.4 MB vs 220 KB for conv); FASTBP_DEBUG=1 keeps them for debugging builds
-            ext.extra_compile_args = ["-O3", "-std=c99", "-Wno-unused-function", "-Wno-unreachable-code",
-                                      "-g" if DEBUG else "-g0"]
+            ext.extra_compile_args = list(common)
             ext.extra_compile_args += FAMILY_COMPILE_ARGS.get(ext.name.rsplit(".", 1)[-1], [])
-            ext.extra_link_args = []
+            ext.extra_link_args = list(SANITIZE_ARGS)
             if openmp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
