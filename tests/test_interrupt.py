@@ -99,3 +99,31 @@ def test_ctrl_c_interrupts_a_long_kernel(what):
     assert estimate > 3.0, f"{what}: the call was sized to only {estimate:.1f} s; the test proves nothing"
     assert latency < BOUND_SECONDS, (f"{what}: KeyboardInterrupt arrived {latency:.2f} s after SIGINT (the call "
                                      f"would have taken ~{estimate:.1f} s)")
+
+
+def test_pooling_in_chunks_matches_reference():
+    """Large pooling calls run in chunks of samples (planes for the max-pool backward) with a signal check
+    between them; results across chunk boundaries are the reference's. 300 samples of 8x32x32 with a 3x3
+    window, stride 1, make three forward chunks (113 samples each: 2^23 window taps) and 19 max-pool
+    backward chunks. One thread: this checks the chunking; the thread-count invariance of the pooling
+    loops has its own tests."""
+    from fastbp import _backend
+    C, R = _backend.compiled, _backend.reference
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 8, 32, 32))
+    threads = fastbp.get_num_threads()
+    fastbp.set_num_threads(1)
+    try:
+        y, ind = C.max_pool2d_forward(x, 3, 1, 1)
+        yr, indr = R.max_pool2d_forward(x, 3, 1, 1)
+        np.testing.assert_array_equal(y, yr)
+        np.testing.assert_array_equal(ind, indr)
+        g = rng.standard_normal(y.shape)
+        np.testing.assert_array_equal(C.max_pool2d_backward(g, ind, x.shape), R.max_pool2d_backward(g, indr, x.shape))
+        a = C.avg_pool2d_forward(x, 3, 1, 1)
+        np.testing.assert_allclose(a, R.avg_pool2d_forward(x, 3, 1, 1), rtol=1e-12, atol=1e-14)
+        g = rng.standard_normal(a.shape)
+        np.testing.assert_allclose(C.avg_pool2d_backward(g, x.shape, 3, 1, 1), R.avg_pool2d_backward(g, x.shape, 3, 1, 1),
+                                   rtol=1e-12, atol=1e-14)
+    finally:
+        fastbp.set_num_threads(threads)
