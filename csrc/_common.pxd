@@ -2,10 +2,14 @@
 #   * `real` is the fused float/double type every kernel is written over.
 #   * `gemm_rm` is a row-major GEMM on top of scipy's Fortran BLAS (operands swapped: a row-major
 #     C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T).
-#   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop.
-# Everything here is `inline` so cimporting this file adds no runtime module import.
+#   * `as_float_array` / `check_same_dtype` are the validation every wrapper runs before a nogil loop;
+#     `aligned_c` gives any input array (labels, indices) as C-contiguous and aligned, copying if needed.
+#   * `threads_for` / `bind_threading`: the process-wide thread settings (csrc/fastbp_omp.h).
+# Everything here is `inline` so cimporting this file adds no runtime module import (bind_threading, run
+# once when a kernel module loads, imports fastbp._C._runtime).
 cimport numpy as cnp
 from cpython.number cimport PyNumber_Index
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from libc.math cimport (isfinite, exp, expf, expm1, expm1f, log, logf, log1p, log1pf, fabs, fabsf, sqrt, sqrtf,
                         tanh, tanhf)
@@ -69,18 +73,45 @@ cdef inline real r_tanh(real v) noexcept nogil:
 
 cdef extern from "fastbp_omp.h":
     int omp_get_max_threads() noexcept nogil
-    void omp_set_num_threads(int n) noexcept nogil
+    int omp_get_num_threads() noexcept nogil
     int FASTBP_HAVE_OPENMP
+    ctypedef void (*fastbp_blas_set_fn)(int) noexcept nogil
+    ctypedef int (*fastbp_blas_get_fn)() noexcept nogil
+    ctypedef struct fastbp_threading:
+        int num_threads
+        Py_ssize_t parallel_min
+        fastbp_blas_set_fn blas_set
+        fastbp_blas_get_fn blas_get
+        int blas_depth
+        int blas_prev
+    fastbp_threading* fastbp_thr
+    void fastbp_bind_threading(void* state)
+    int fastbp_blas_single_enter()
+    void fastbp_blas_single_exit()
 
 # Below this many elements an elementwise loop runs serially: waking threads costs more than it saves.
 # Measured on 2 cores (ReLU, float32, idle workers sleeping): 200k elements 28 us serial vs 34 us on 2
-# threads; 500k elements 140 us vs 92 us.
+# threads; 500k elements 140 us vs 92 us. Tests lower it (fastbp._C._runtime._set_parallel_min, or the
+# environment variable FASTBP_PARALLEL_MIN at import) so that small samples run the parallel branches.
 cdef enum:
     PARALLEL_MIN = 262144
 
 cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
-    """Threads for a loop over `work` elements: 1 below PARALLEL_MIN, else OpenMP's maximum."""
-    return 1 if work < PARALLEL_MIN else omp_get_max_threads()
+    """Threads for a loop over `work` elements: 1 below the parallel threshold (PARALLEL_MIN unless a test
+    lowered it), else the process-wide count set by fastbp.set_num_threads (csrc/fastbp_omp.h)."""
+    return 1 if work < fastbp_thr.parallel_min else fastbp_thr.num_threads
+
+
+cdef inline int num_threads() noexcept nogil:
+    """The process-wide thread count (fastbp.set_num_threads), whatever the amount of work."""
+    return fastbp_thr.num_threads
+
+
+cdef inline int bind_threading() except -1:
+    """Point this module's thread settings at the ones fastbp._C._runtime owns (call once at import)."""
+    from fastbp._C._runtime import _threading_capsule
+    fastbp_bind_threading(PyCapsule_GetPointer(_threading_capsule, b"fastbp._C._runtime.threading"))
+    return 0
 
 
 cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, real alpha,
@@ -97,8 +128,19 @@ cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, real a
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline object aligned_c(object x):
+    """The ndarray x as C-contiguous and aligned to its item size: x itself when it is, else a copy. The
+    kernels read arrays through typed pointers, and a misaligned one (a view into a byte buffer at an odd
+    offset, say) is undefined behaviour in C (UBSan aborts; some CPUs fault or slow down)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        return np.array(arr, order="C", copy=True)
+    return x
+
+
 cdef inline object as_float_array(object x, str name, int ndim=-1):
-    """Return x as a C-contiguous float32/float64 ndarray, or raise TypeError/ValueError naming `name`."""
+    """Return x as a C-contiguous, aligned float32/float64 ndarray (a copy when x is not), or raise
+    TypeError/ValueError naming `name`."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>x
@@ -107,9 +149,7 @@ cdef inline object as_float_array(object x, str name, int ndim=-1):
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if ndim >= 0 and cnp.PyArray_NDIM(arr) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        arr = np.ascontiguousarray(arr)
-    return arr
+    return aligned_c(arr)
 
 
 cdef inline void check_same_dtype(object a, str aname, object b, str bname) except *:

@@ -21,12 +21,13 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
-from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_expm1, r_abs, r_tanh)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 cdef enum:
     RELU = 0
@@ -166,20 +167,46 @@ def tanh_backward(grad_out, y):
 
 
 # ----- softmax / log-softmax over one axis ------------------------------------------------------------
+# Sums along a line: in order within blocks of SUM_BLOCK values, blocks combined pairwise. A naive running
+# sum over a line of n values has error growing like n (measured: 1.8e-6 absolute on the log-softmax
+# gradient of a 300,007-value float64 line with gradients ~1e6, against an exact sum); pairwise blocks grow
+# like log2(n / SUM_BLOCK). Lines of at most SUM_BLOCK values are summed exactly as before (one running
+# sum), and the order depends only on the line length, never on the thread count.
+cdef enum:
+    SUM_BLOCK = 128
+
+
+cdef double _line_sum(const real* a, const real* b, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """sum of a[j] (b NULL) or of a[j] b[j] (the product in the kernel's precision) for j < n, values
+    `stride` apart, accumulated in double."""
+    cdef Py_ssize_t j, half
+    cdef double s = 0
+    if n <= SUM_BLOCK:
+        if b == NULL:
+            for j in range(n):
+                s += a[j * stride]
+        else:
+            for j in range(n):
+                s += a[j * stride] * b[j * stride]
+        return s
+    half = (n // 2 + SUM_BLOCK - 1) // SUM_BLOCK * SUM_BLOCK  # split on a block boundary
+    return (_line_sum(a, b, half, stride) +
+            _line_sum(a + half * stride, NULL if b == NULL else b + half * stride, n - half, stride))
+
+
 cdef inline void _softmax_line(const real* x, real* y, Py_ssize_t c, Py_ssize_t stride,
                                bint log_out) noexcept nogil:
-    """Softmax (or log-softmax) of the c values x[0], x[stride], ..., written to y at the same offsets."""
+    """Softmax (or log-softmax) of the c values x[0], x[stride], ..., written to y at the same offsets.
+    y holds exp(x - m) first, so that the sum can be taken in blocks (_line_sum)."""
     cdef Py_ssize_t j
-    cdef real m = x[0], e
-    cdef double s = 0, ls
+    cdef real m = x[0]
+    cdef double s, ls
     for j in range(1, c):
         if x[j * stride] > m:
             m = x[j * stride]
     for j in range(c):
-        e = r_exp(<real>(x[j * stride] - m))
-        s += e
-        if not log_out:
-            y[j * stride] = e
+        y[j * stride] = r_exp(<real>(x[j * stride] - m))
+    s = _line_sum(y, <const real*>NULL, c, stride)
     if log_out:
         # (x - m) - log(s), not x - (m + log(s)): keeps float32 accurate for logits of size ~1000
         ls = log(s)
@@ -194,15 +221,13 @@ cdef inline void _softmax_line(const real* x, real* y, Py_ssize_t c, Py_ssize_t 
 cdef inline void _softmax_line_backward(const real* g, const real* y, real* out, Py_ssize_t c,
                                         Py_ssize_t stride, bint log_out) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double s = 0
+    cdef double s
     if log_out:
-        for j in range(c):
-            s += g[j * stride]
+        s = _line_sum(g, <const real*>NULL, c, stride)
         for j in range(c):
             out[j * stride] = <real>(g[j * stride] - r_exp(y[j * stride]) * s)
     else:
-        for j in range(c):
-            s += g[j * stride] * y[j * stride]
+        s = _line_sum(g, y, c, stride)
         for j in range(c):
             out[j * stride] = <real>(y[j * stride] * (g[j * stride] - s))
 
@@ -360,7 +385,7 @@ def maxout_backward(grad_out, argmax, pieces):
         raise TypeError(f"argmax must be an integer numpy.ndarray, got {got}")
     if argmax.shape != grad_out.shape:
         raise ValueError(f"argmax has shape {argmax.shape} but grad_out has shape {grad_out.shape}")
-    arg = np.ascontiguousarray(argmax, dtype=np.intp).reshape(-1)
+    arg = aligned_c(np.ascontiguousarray(argmax, dtype=np.intp)).reshape(-1)
     if arg.size and (arg.min() < 0 or arg.max() >= k):
         raise ValueError(f"argmax values must lie in [0, {k}), got range [{arg.min()}, {arg.max()}]")
     dx = np.empty(grad_out.shape[:grad_out.ndim - 1] + (grad_out.shape[grad_out.ndim - 1] * k,), dtype=grad_out.dtype)

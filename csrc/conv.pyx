@@ -22,9 +22,12 @@
 #     then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
 # The project rule "no threaded BLAS inside prange" (oversubscription) holds on both: the BLAS thread hook is
 # the setter/getter of the thread count of scipy's OpenBLAS (resolved once at import by fastbp._config via
-# threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around a parallel region with > 1 OpenMP
-# thread the wrapper saves the BLAS count, sets 1 and restores it afterwards (overlapping calls from several
-# Python threads share one such section). Without the hook the chunked path is used.
+# threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around every call on the sample-parallel
+# path (also one that runs on one thread: OpenBLAS's threaded sgemm rounds differently from its
+# single-threaded one, so a threaded GEMM would make results depend on the thread count) the wrapper saves
+# the BLAS count, sets 1 and restores it afterwards (overlapping calls from several Python threads share
+# one such section). Cost: one large sample alone runs its GEMMs on one core. Without the hook the chunked
+# path is used, with the BLAS's own threading (its rounding may then change with its thread count).
 # Determinism: dweight is accumulated per block of bs consecutive samples (at most 16 blocks; blocks depend
 # only on N and the weight size, never on the thread count or the workspace limit) into per-block partials
 # that are summed in block order, on both paths; so results are bit-identical for any thread count and on
@@ -82,8 +85,9 @@
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
-from _common cimport (real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
-                     omp_get_max_threads, int_pair, valid_range)
+from _common cimport (bind_threading, fastbp_thr, fastbp_blas_set_fn, fastbp_blas_get_fn,
+                     fastbp_blas_single_enter, fastbp_blas_single_exit, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size, threads_for,
+                     num_threads, int_pair, valid_range)
 
 cdef extern from "fastbp_clones.h":
     const char* fastbp_clone_variant()
@@ -122,6 +126,7 @@ import threading
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 DEFAULT_WORKSPACE_LIMIT = 64 * 1024 * 1024
 cdef Py_ssize_t _workspace_limit = DEFAULT_WORKSPACE_LIMIT
@@ -304,34 +309,21 @@ cdef void _col2im_chunk(real* col, Py_ssize_t ld, Py_ssize_t sample_stride, real
 
 # ----- BLAS thread hook -----------------------------------------------------------------------------
 # Setter/getter of the thread count of the BLAS behind scipy.linalg.cython_blas, resolved once at import
-# by fastbp._config (ctypes + threadpoolctl) and passed in by _set_blas_thread_hooks. NULL: unknown BLAS,
-# so the kernels keep BLAS outside prange. Calls that overlap (the kernels release the GIL) share one
-# "single-threaded" section: the first to enter saves the count and sets 1, the last to leave restores it.
-ctypedef void (*blas_set_fn)(int) noexcept nogil
-ctypedef int (*blas_get_fn)() noexcept nogil
-cdef blas_set_fn _blas_set = NULL
-cdef blas_get_fn _blas_get = NULL
-cdef int _blas_depth = 0
-cdef int _blas_prev = 1
-_blas_lock = threading.Lock()
+# by fastbp._config (ctypes + threadpoolctl) and passed in by _set_blas_thread_hooks. They live in the
+# process-wide settings (csrc/fastbp_omp.h), shared with the GEMM kernels; NULL: unknown BLAS, so the
+# kernels keep BLAS outside prange. Calls that overlap (the kernels release the GIL) share one
+# "single-threaded" section (fastbp_blas_single_enter / _exit): the first to enter saves the count and sets
+# 1, the last to leave restores it.
+cdef inline bint _blas_hooks() noexcept nogil:
+    return fastbp_thr.blas_get != NULL and fastbp_thr.blas_set != NULL
 
 
 cdef void _blas_single_enter():
-    global _blas_depth, _blas_prev
-    with _blas_lock:
-        if _blas_depth == 0:
-            _blas_prev = _blas_get()
-            if _blas_prev != 1:
-                _blas_set(1)
-        _blas_depth += 1
+    fastbp_blas_single_enter()
 
 
 cdef void _blas_single_exit():
-    global _blas_depth
-    with _blas_lock:
-        _blas_depth -= 1
-        if _blas_depth == 0 and _blas_prev != 1:
-            _blas_set(_blas_prev)
+    fastbp_blas_single_exit()
 
 
 # ----- forward --------------------------------------------------------------------------------------
@@ -942,7 +934,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     Winograd tile counts, the slot size and the weight-gradient partial size in g."""
     cdef Py_ssize_t per, cap, nb, n = g.N if g.N > 0 else 1
     pl.batched = g.P < _batch_pixels
-    pl.par = _blas_get != NULL and _blas_set != NULL and not pl.batched
+    pl.par = _blas_hooks() and not pl.batched
     g.wino = not pl.batched and _wino_fits(g)
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
@@ -997,7 +989,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
     pl.nt = 1
     if pl.par:
         if threads_for(n * g.K * g.P) > 1:
-            pl.nt = omp_get_max_threads()
+            pl.nt = num_threads()
         cap = n if per == 0 else _workspace_limit // per
         if pl.nt > cap:
             pl.nt = cap if cap > 1 else 1
@@ -1150,7 +1142,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     cdef void* pb = _ptr(bias) if bias is not None else NULL
     cdef void* py = _ptr(y)
     cdef void* pws
-    cdef bint single = pl.par and pl.nt > 1
+    # BLAS single-threaded on the whole sample-parallel path, also when the loop runs on one thread (small
+    # work, or one sample): OpenBLAS's threaded sgemm rounds differently from its single-threaded one
+    # (measured: 288x16x144, 256^3, 100x10x784 differ in the last bits), so a threaded GEMM here made
+    # the result depend on the thread count
+    cdef bint single = pl.par
     cdef fastbp_interrupt it
     interrupt_init(&it)
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
@@ -1216,7 +1212,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef void* pdb = _ptr(db) if ndb else NULL
     cdef void* ppa = _ptr(parts) if parts is not None else NULL
     cdef void* pws = NULL
-    cdef bint single = pl.par and pl.nt > 1 and (ndx or ndw)
+    cdef bint single = pl.par and (ndx or ndw)  # BLAS single-threaded on this path (see conv2d_forward)
     # bias gradient inside the sample-parallel loop (same sums, same order as _bias_grad)
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
@@ -1360,21 +1356,20 @@ def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=
 
 def _set_blas_thread_hooks(set_ptr, get_ptr):
     """Addresses (ints) of the BLAS's void set_num_threads(int) and int get_num_threads(void), or 0/None to
-    clear them (then BLAS always runs outside prange). Returns the previous pair (0, 0 when unset)."""
-    global _blas_set, _blas_get
+    clear them (then BLAS always runs outside prange, with its own threads). They hold for every kernel
+    family (process-wide settings). Returns the previous pair (0, 0 when unset)."""
     cdef size_t s = 0 if set_ptr is None else operator.index(set_ptr)
     cdef size_t q = 0 if get_ptr is None else operator.index(get_ptr)
     if (s == 0) != (q == 0):
         raise ValueError("set_ptr and get_ptr must both be given or both be 0")
-    with _blas_lock:
-        if _blas_depth:
-            raise RuntimeError("cannot change the BLAS thread hooks while a conv2d call is running")
-        previous = (<size_t>_blas_set, <size_t>_blas_get)
-        _blas_set = <blas_set_fn>s
-        _blas_get = <blas_get_fn>q
+    if fastbp_thr.blas_depth:
+        raise RuntimeError("cannot change the BLAS thread hooks while a kernel call is running")
+    previous = (<size_t>fastbp_thr.blas_set, <size_t>fastbp_thr.blas_get)
+    fastbp_thr.blas_set = <fastbp_blas_set_fn>s
+    fastbp_thr.blas_get = <fastbp_blas_get_fn>q
     return previous
 
 
 def _blas_thread_hooks_set():
     """True when the BLAS thread hooks are set (conv2d then runs sample-parallel)."""
-    return _blas_set != NULL and _blas_get != NULL
+    return _blas_hooks()

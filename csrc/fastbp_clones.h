@@ -5,11 +5,14 @@
    conv's forward took 0.90x, its backward 0.96x the time with the AVX-512 code). Only for functions whose
    result does not depend on the vector width: additions in the order the C gives (ISO C mode: no
    contraction, no reassociation), so every clone computes the same bits. FASTBP_NO_CLONES=1 at build
-   time (setup.py), another compiler or another platform: the baseline only. */
+   time (setup.py), another compiler or another platform: the baseline only. The clones need an ifunc,
+   which glibc's loader resolves; musl (Alpine, musllinux wheels) has none, so __GLIBC__ is required too
+   (setup.py also test-builds a cloned function and defines FASTBP_NO_CLONES when that fails). */
 #ifndef FASTBP_CLONES_H
 #define FASTBP_CLONES_H
+#include <limits.h> /* on glibc this defines __GLIBC__ (through <features.h>); on musl nothing does */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTBP_NO_CLONES)
+    && defined(__GLIBC__) && !defined(FASTBP_NO_CLONES)
 #define FASTBP_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
 #define FASTBP_HAVE_CLONES 1
 #else

@@ -1,6 +1,14 @@
-/* OpenMP shim: the real omp.h when the build probe enabled -fopenmp, serial stand-ins otherwise. */
+/* OpenMP shim: the real omp.h when the build probe enabled -fopenmp, serial stand-ins otherwise.
+
+   Thread settings shared by every kernel module. Each csrc/*.pyx is its own extension module, and this
+   header is compiled into each of them, so `fastbp_thr` is one pointer per module; fastbp._C._runtime owns
+   the one fastbp_threading struct and hands its address out in a capsule, and every module points its
+   `fastbp_thr` at it when it is imported (_common.bind_threading). Setting the count there therefore
+   changes it for every module and every Python thread (OpenMP's own omp_set_num_threads is per-thread
+   state, so the count is passed to each parallel region explicitly instead). */
 #ifndef FASTBP_OMP_H
 #define FASTBP_OMP_H
+#include "fastbp_compat.h" /* static inline for MSVC C */
 #ifdef _OPENMP
 #include <omp.h>
 #define FASTBP_HAVE_OPENMP 1
@@ -8,5 +16,43 @@
 #define FASTBP_HAVE_OPENMP 0
 static inline int omp_get_max_threads(void) { return 1; }
 static inline void omp_set_num_threads(int n) { (void)n; }
+static inline int omp_get_num_threads(void) { return 1; }
 #endif
+
+typedef void (*fastbp_blas_set_fn)(int);
+typedef int (*fastbp_blas_get_fn)(void);
+
+typedef struct {
+    volatile int num_threads;             /* threads of every parallel region (>= 1) */
+    volatile Py_ssize_t parallel_min;     /* loops over less work than this run serially */
+    /* Setter/getter of the thread count of the BLAS behind scipy.linalg.cython_blas (NULL: unknown BLAS),
+       and the "single-threaded BLAS" section they implement (see fastbp_blas_single_enter). */
+    fastbp_blas_set_fn blas_set;
+    fastbp_blas_get_fn blas_get;
+    int blas_depth;
+    int blas_prev;
+} fastbp_threading;
+
+/* Until bind_threading runs (module import), a module runs serially. */
+static fastbp_threading fastbp_threading_unbound = {1, 262144, NULL, NULL, 0, 1};
+static fastbp_threading* fastbp_thr = &fastbp_threading_unbound;
+
+static inline void fastbp_bind_threading(void* state) { fastbp_thr = (fastbp_threading*)state; }
+
+/* Make the BLAS single-threaded for the duration of a kernel call; returns 0 (nothing done) without the
+   hooks. Calls from several Python threads that overlap share one section: the first to enter saves the
+   count and sets 1, the last to leave restores it. The caller holds the GIL (which serialises these). */
+static inline int fastbp_blas_single_enter(void) {
+    if (fastbp_thr->blas_set == NULL || fastbp_thr->blas_get == NULL) return 0;
+    if (fastbp_thr->blas_depth++ == 0) {
+        fastbp_thr->blas_prev = fastbp_thr->blas_get();
+        if (fastbp_thr->blas_prev != 1) fastbp_thr->blas_set(1);
+    }
+    return 1;
+}
+
+static inline void fastbp_blas_single_exit(void) {
+    if (--fastbp_thr->blas_depth == 0 && fastbp_thr->blas_prev != 1 && fastbp_thr->blas_set != NULL)
+        fastbp_thr->blas_set(fastbp_thr->blas_prev);
+}
 #endif

@@ -1,19 +1,90 @@
 # Design: matrix products for the linear layer and the graph's `@`, all through scipy's BLAS
-# (sgemm/dgemm via _common.gemm_rm, row-major, GIL released). Layout: x is (N, in), weight is
+# (sgemm/dgemm via _common.gemm_rm, row-major, GIL released).
+# Thread count independence: OpenBLAS's threaded sgemm rounds differently from its single-threaded one
+# (measured: 256^3, 100x10x784, 1000x300x500 differ in the last bits between 1 and 2 threads). So when
+# fastbp._config found the BLAS thread hook (scipy's OpenBLAS), every product runs with BLAS
+# single-threaded, split by us into blocks of rows (or columns) of the output that depend only on the
+# shape (_gemm_blocks), the blocks shared among our OpenMP threads: the same single-threaded calls on the
+# same blocks whatever the thread count, so the same bits. Without the hook (unknown BLAS), one call with
+# the BLAS's own threading, as before. Layout: x is (N, in), weight is
 # (out, in) as in PyTorch, y = x @ weight.T + bias. The bias is written into y before GEMM accumulates
 # into it (beta = 1), and the bias gradient is summed in the same call as the weight gradient.
 cimport numpy as cnp
-from _common cimport real, gemm_rm, as_float_array, check_same_dtype, check_blas_size
+from cython.parallel cimport prange
+from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
+                      threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
+
+# Splitting a product into blocks: at most GEMM_MAX_BLOCKS blocks, each of at least GEMM_BLOCK_WORK
+# multiply-adds and GEMM_MIN_EDGE rows (or columns). Each block re-packs the shared operand, so blocks are
+# kept large; the count depends only on the shape.
+cdef enum:
+    GEMM_MAX_BLOCKS = 4
+    GEMM_BLOCK_WORK = 1 << 22
+    GEMM_MIN_EDGE = 32
+
+
+cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t nb = m * n * k // GEMM_BLOCK_WORK
+    cdef Py_ssize_t edge = (m if m >= n else n) // GEMM_MIN_EDGE
+    if nb > GEMM_MAX_BLOCKS:
+        nb = GEMM_MAX_BLOCKS
+    if nb > edge:
+        nb = edge
+    return nb if nb > 1 else 1
+
+
+cdef void _gemm_block(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                      const real* b, int ldb, real beta, real* c, int ldc, Py_ssize_t blk,
+                      Py_ssize_t nb) noexcept nogil:
+    """Block blk of nb of C = alpha op(A) op(B) + beta C: rows of C when m >= n, else columns."""
+    cdef Py_ssize_t lo, hi, size
+    if m >= n:
+        size = (m + nb - 1) // nb
+        lo = blk * size
+        hi = lo + size if lo + size < m else m
+        if hi > lo:  # rows lo..hi of op(A): columns of A when transposed
+            gemm_rm(ta, tb, <int>(hi - lo), n, k, alpha, a + (lo if ta else lo * lda), lda, b, ldb, beta,
+                    c + lo * ldc, ldc)
+    else:
+        size = (n + nb - 1) // nb
+        lo = blk * size
+        hi = lo + size if lo + size < n else n
+        if hi > lo:  # columns lo..hi of op(B): rows of B when transposed
+            gemm_rm(ta, tb, m, <int>(hi - lo), k, alpha, a, lda, b + (lo * ldb if tb else lo), ldb, beta,
+                    c + lo, ldc)
+
+
+cdef void gemm_fixed(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                     const real* b, int ldb, real beta, real* c, int ldc) noexcept nogil:
+    """gemm_rm, bit-identical for any thread count when the BLAS thread hook is set (the caller made BLAS
+    single-threaded with fastbp_blas_single_enter): fixed blocks on our threads. Without the hook, one
+    call with the BLAS's own threads."""
+    cdef Py_ssize_t blk, nb
+    if m == 0 or n == 0:
+        return
+    if fastbp_thr.blas_get == NULL:
+        gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    nb = _gemm_blocks(m, n, k)
+    if nb == 1:
+        gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    for blk in prange(nb, schedule="dynamic", num_threads=threads_for(<Py_ssize_t>m * n * k)):
+        _gemm_block(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blk, nb)
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
                           real[:, ::1] y) noexcept:
+    cdef int single = fastbp_blas_single_enter()
     with nogil:
         _linear_forward_nogil(x, w, b, has_bias, y)
+    if single:
+        fastbp_blas_single_exit()
 
 
 cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
@@ -25,38 +96,47 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
             for j in range(fout):
                 y[i, j] = b[j]
         beta = 1
+    # empty dimensions before any pointer is taken (&w[0, 0] of an empty array is out of bounds)
+    if n == 0 or fout == 0:
+        return
     if fin == 0:
         if not has_bias:
             for i in range(n):
                 for j in range(fout):
                     y[i, j] = 0
         return
-    gemm_rm(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
-            beta, &y[0, 0], <int>fout)
+    gemm_fixed(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
+               beta, &y[0, 0], <int>fout)
 
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                            real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
                            bint need_dx, bint need_dw, bint need_db) noexcept:
+    cdef int single = fastbp_blas_single_enter()
     with nogil:
         _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
+    if single:
+        fastbp_blas_single_exit()
 
 
 cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
                                  bint need_dx, bint need_dw, bint need_db) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
-    if need_dx and fin > 0:
+    # empty dimensions are settled before any pointer is taken (&g[0, 0] of an empty array is out of bounds)
+    if need_dx and fin > 0 and n > 0:
         if fout > 0:
             # dx[n, in] = g[n, out] @ w[out, in]
-            gemm_rm(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
-                    &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
+            gemm_fixed(False, False, <int>n, <int>fin, <int>fout, <real>1, &g[0, 0], <int>fout,
+                       &w[0, 0], <int>fin, <real>0, &dx[0, 0], <int>fin)
         else:
             dx[:, :] = 0
-    if need_dw and fout > 0 and fin > 0:
+    if need_dw and fout > 0 and fin > 0 and n == 0:
+        dw[:, :] = 0
+    elif need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
-        gemm_rm(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
-                &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
+        gemm_fixed(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                   &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
     if need_db and fout > 0:
         db[:] = 0
         for i in range(n):
@@ -124,7 +204,7 @@ cdef void _matmul(const real* a, const real* b, real* c, bint ta, bint tb, int m
         for i in range(<Py_ssize_t>m * n):
             c[i] = 0
         return
-    gemm_rm(ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
+    gemm_fixed(ta, tb, m, n, k, <real>1, a, lda, b, ldb, <real>0, c, n)
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
@@ -159,12 +239,17 @@ def matmul(a, b, trans_a=False, trans_b=False):
     cdef cnp.ndarray aa = a, bb = b, cc = c
     if m == 0 or n == 0:
         return c
-    if a.dtype == np.float32:
-        with nogil:
-            _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
-                           <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
-    else:
-        with nogil:
-            _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
-                            <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+    cdef int single = fastbp_blas_single_enter()
+    try:
+        if a.dtype == np.float32:
+            with nogil:
+                _matmul[float](<float*>cnp.PyArray_DATA(aa), <float*>cnp.PyArray_DATA(bb),
+                               <float*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+        else:
+            with nogil:
+                _matmul[double](<double*>cnp.PyArray_DATA(aa), <double*>cnp.PyArray_DATA(bb),
+                                <double*>cnp.PyArray_DATA(cc), ta, tb, im, iN, ik, lda, ldb)
+    finally:
+        if single:
+            fastbp_blas_single_exit()
     return c

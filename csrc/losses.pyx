@@ -15,15 +15,21 @@
 #
 # Rules at kinks: |d|' = sign(d) with sign(0) = 0; the hinge max(0, z) has gradient 0 at z = 0; BCE's
 # gradient is (x - y) / max(x (1 - x), 1e-12) (PyTorch's, so finite at x = 0 or 1).
+# NaN and infinity follow PyTorch (checked against it in tests/test_nonfinite.py): cross-entropy adds the
+# label-smoothing term only when label_smoothing > 0 (a -inf logit off the target then drops out; on the
+# target the loss is +inf); the hinge counts a term only where z > 0, so a NaN score contributes nothing;
+# BCE with logits takes PyTorch's form (1 - t) x + (1 + (pw - 1) t) softplus(-x) for an infinite logit
+# (x = +inf, t < 1: +inf; a 0 times an infinity: NaN), the more accurate symmetric form otherwise.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log, fabs
-from _common cimport (real, as_float_array, check_same_dtype, threads_for, finite_scalar,
+from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_log, r_log1p, r_abs)
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 cdef enum:
     RED_NONE = 0
@@ -76,7 +82,7 @@ cdef object _check_labels(object labels, Py_ssize_t n, Py_ssize_t c):
         # unsigned values too large for intp would wrap negative on conversion
         bad_u = int(np.flatnonzero(labels >= c)[0])
         raise ValueError(f"label {labels[bad_u]} at position {bad_u} is out of range for {c} classes")
-    labels = np.ascontiguousarray(labels, dtype=np.intp)
+    labels = aligned_c(np.ascontiguousarray(labels, dtype=np.intp))
     cdef const Py_ssize_t[::1] lv = labels
     cdef Py_ssize_t i, bad = -1
     with nogil:
@@ -120,7 +126,7 @@ cdef object _grad_scale(object grad_out, int red, object reduction, tuple shape,
     if red == RED_NONE:
         if g.shape != shape:
             raise ValueError(f"grad_out must have shape {shape} for reduction='none', got {g.shape}")
-        return np.ascontiguousarray(g).reshape(-1)
+        return aligned_c(g).reshape(-1)
     if g.size != 1:
         raise ValueError(f"grad_out must be a scalar for reduction={reduction!r}, got shape {g.shape}")
     cdef double gv
@@ -430,6 +436,13 @@ cdef inline real _elem_value(real x, real t, real pw, int kind) noexcept nogil:
         return -(t * lx + (1 - t) * l1x)
     # BCE_LOGITS: pw t softplus(-x) + (1 - t) softplus(x), both terms >= 0 for t in [0, 1], and
     # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows; max(+-x, 0) = (|x| +- x) / 2 exactly
+    # (this form keeps log1p(e^-20) at x = -20, t = 0, where PyTorch's form cancels to 0 in float32).
+    # An infinite (or NaN) logit takes PyTorch's form, (1 - t) x + (1 + (pw - 1) t) softplus(-x), so that
+    # it gives PyTorch's values: x = +inf, t < 1: +inf (the form above had inf - inf = NaN); a 0 times
+    # an infinity: NaN.
+    if x - x != 0:
+        d = -x if x < 0 else 0
+        return (1 - t) * x + (1 + (pw - 1) * t) * d
     d = r_abs(x)
     l = _log1p_small(r_exp(-d))
     return pw * t * ((d - x) * <real>0.5 + l) + (1 - t) * ((d + x) * <real>0.5 + l)
@@ -509,7 +522,7 @@ cdef object _elementwise_weight(object weight, object x, str name):
         full = np.broadcast_to(weight, x.shape)
     except ValueError:
         raise ValueError(f"{name} of shape {weight.shape} cannot be broadcast to the input shape {x.shape}") from None
-    return np.ascontiguousarray(full).reshape(-1)
+    return aligned_c(np.ascontiguousarray(full)).reshape(-1)
 
 
 cdef tuple _elem_prepare(object pred, object target, int kind, str what, str pname, object weight,

@@ -24,13 +24,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport FLT_MIN, DBL_MIN
 from libc.math cimport fabs, fabsf
-from _common cimport real, as_float_array, check_same_dtype, threads_for, r_sqrt
+from _common cimport bind_threading, real, as_float_array, check_same_dtype, threads_for, r_sqrt
 
 import math
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef inline real _flush(real x) noexcept nogil:
@@ -51,8 +52,8 @@ cdef object _check_state(object arr, str name, object param):
         raise TypeError(f"{name} has dtype {arr.dtype} but param has dtype {param.dtype}")
     if not cnp.PyArray_SAMESHAPE(a, p):
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{name} must be a writeable, aligned C-contiguous array (it is updated in place)")
     return arr.reshape(-1)
 
 
@@ -309,3 +310,44 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
     else:
         _adam[double](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
                       bool(amsgrad), bool(decoupled_weight_decay))
+
+
+# ----- Adadelta -----------------------------------------------------------------------------------------
+cdef void _adadelta(real[::1] p, const real[::1] g, real[::1] sq, real[::1] acc, double lr, double rho,
+                    double eps, double wd) noexcept nogil:
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef real d, s, delta, a
+    cdef real rlr = <real>lr, rrho = <real>rho, rcrho = <real>(1 - rho), reps = <real>eps, rwd = <real>wd
+    cdef bint use_wd = wd != 0
+    for i in prange(n, schedule="static", num_threads=threads_for(n)):
+        d = g[i] + rwd * p[i] if use_wd else g[i]
+        s = _flush(rrho * sq[i] + rcrho * (d * d))
+        sq[i] = s
+        delta = r_sqrt(acc[i] + reps) / r_sqrt(s + reps) * d
+        a = _flush(rrho * acc[i] + rcrho * (delta * delta))
+        acc[i] = a
+        p[i] = p[i] - rlr * delta
+
+
+def adadelta_step(param, grad, square_avg, acc_delta, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    """One in-place Adadelta step, PyTorch's rule:
+
+        d = grad + weight_decay * param
+        square_avg = rho * square_avg + (1 - rho) * d * d
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * d
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+        param -= lr * delta
+
+    Both state buffers start at zero. Returns None."""
+    flat_p = _check_param(param)
+    flat_g = _check_grad(grad, param)
+    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+        _nonneg("adadelta_step", name, v)
+    if not 0 <= rho <= 1:
+        raise ValueError(f"adadelta_step: rho must be in [0, 1], got {rho}")
+    sq = _check_state(square_avg, "square_avg", param)
+    acc = _check_state(acc_delta, "acc_delta", param)
+    if param.dtype == np.float32:
+        _adadelta[float](flat_p, flat_g, sq, acc, lr, rho, eps, weight_decay)
+    else:
+        _adadelta[double](flat_p, flat_g, sq, acc, lr, rho, eps, weight_decay)

@@ -12,20 +12,24 @@
 #   * global_avg_pool2d: mean over each (H, W) plane, output (N, C, 1, 1).
 # Output size: OH = (H + 2 pH - dH (kH - 1) - 1) // sH + 1 (floor mode), padding at most half the kernel.
 # Every loop runs over the N C planes with OpenMP prange; each plane is owned by one thread, so backward
-# scatters are race-free and add in a fixed order. Index arithmetic is Py_ssize_t.
+# scatters are race-free and add in a fixed order. A plane's work is a cdef function (_*_plane) called from
+# the prange body: variables assigned inside a prange body are private only when Cython sees them
+# assigned, and the window bounds are written through pointers (valid_range), which Cython would share
+# between threads. Index arithmetic is Py_ssize_t.
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from _common cimport real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
+from _common cimport bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, int_pair, valid_range
 
 import operator
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef struct PGeom:
@@ -35,69 +39,74 @@ cdef struct PGeom:
 
 
 # ----- max pooling ----------------------------------------------------------------------------------
-cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noexcept nogil:
-    """Tap-major, one output row at a time. The row's argmax indices start at each window's first real
-    element (clipped to the input), then every tap (kh, kw), in row-major window order, is compared with
-    the current maximum of all the row's outputs that see it: a strictly greater element or the first NaN
-    takes over. The update is arithmetic on the index (no branch: with random data "v > best" is
-    unpredictable) and the outputs of a row are independent, so the loop is not bound by one long
-    dependency chain. y is read back through the indices at the end."""
-    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, lo, hi, r, j, bi
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
+cdef void _max_forward_plane(const real* xp, real* yp, int64_t* ip, const PGeom* g) noexcept nogil:
+    """One (H, W) plane, tap-major, one output row at a time. The row's argmax indices start at each
+    window's first real element (clipped to the input), then every tap (kh, kw), in row-major window
+    order, is compared with the current maximum of all the row's outputs that see it: a strictly greater
+    element or the first NaN takes over. The update is arithmetic on the index (no branch: with random data
+    "v > best" is unpredictable) and the outputs of a row are independent, so the loop is not bound by one
+    long dependency chain. y is read back through the indices at the end.
+    A function of its own so that every variable it assigns (some only through pointers, valid_range) is
+    local to the thread that runs it, never shared by the prange in _max_forward."""
+    cdef Py_ssize_t oh, ow, kh, kw, ih0, iw0, khl, khh, kwl, kwh, lo, hi, r, j, bi
+    cdef Py_ssize_t OW = g.OW, sW = g.sW
     cdef real v, best
     cdef bint take, nopad = g.pH == 0 and g.pW == 0
-    cdef const real* xp
     cdef real* yr
     cdef int64_t* ir
-    for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
-        xp = x + t * HW
-        for oh in range(g.OH):
-            yr = y + t * P + oh * OW
-            ir = ind + t * P + oh * OW
-            ih0 = oh * g.sH - g.pH
-            if nopad:
-                # every window lies inside the input: start at tap (0, 0), compare the others
-                for ow in range(OW):
-                    ir[ow] = ih0 * g.W + ow * sW
-                for kh in range(g.kH):
-                    for kw in range(g.kW):
-                        if kh == 0 and kw == 0:
-                            continue
-                        r = (ih0 + kh * g.dH) * g.W + kw * g.dW
-                        for ow in range(OW):
-                            j = r + ow * sW
-                            bi = ir[ow]
-                            v = xp[j]
-                            best = xp[bi]
-                            take = (not (v <= best)) & (best == best)
-                            ir[ow] = bi + take * (j - bi)
-                for ow in range(OW):
-                    yr[ow] = xp[ir[ow]]
-                continue
-            valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
+    for oh in range(g.OH):
+        yr = yp + oh * OW
+        ir = ip + oh * OW
+        ih0 = oh * g.sH - g.pH
+        if nopad:
+            # every window lies inside the input: start at tap (0, 0), compare the others
             for ow in range(OW):
-                iw0 = ow * sW - g.pW
-                valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
-                if khl == khh or kwl == kwh:
-                    ir[ow] = -1
-                else:
-                    ir[ow] = (ih0 + khl * g.dH) * g.W + iw0 + kwl * g.dW
-            for kh in range(khl, khh):
+                ir[ow] = ih0 * g.W + ow * sW
+            for kh in range(g.kH):
                 for kw in range(g.kW):
-                    iw0 = kw * g.dW - g.pW
-                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
-                    r = (ih0 + kh * g.dH) * g.W + iw0
-                    for ow in range(lo, hi):
+                    if kh == 0 and kw == 0:
+                        continue
+                    r = (ih0 + kh * g.dH) * g.W + kw * g.dW
+                    for ow in range(OW):
                         j = r + ow * sW
                         bi = ir[ow]
                         v = xp[j]
                         best = xp[bi]
-                        # "greater, or NaN over a number" == not (v <= best) and best is not NaN
                         take = (not (v <= best)) & (best == best)
                         ir[ow] = bi + take * (j - bi)
             for ow in range(OW):
-                bi = ir[ow]
-                yr[ow] = xp[bi] if bi >= 0 else -INFINITY
+                yr[ow] = xp[ir[ow]]
+            continue
+        valid_range(ih0, g.dH, g.H, g.kH, &khl, &khh)
+        for ow in range(OW):
+            iw0 = ow * sW - g.pW
+            valid_range(iw0, g.dW, g.W, g.kW, &kwl, &kwh)
+            if khl == khh or kwl == kwh:
+                ir[ow] = -1
+            else:
+                ir[ow] = (ih0 + khl * g.dH) * g.W + iw0 + kwl * g.dW
+        for kh in range(khl, khh):
+            for kw in range(g.kW):
+                iw0 = kw * g.dW - g.pW
+                valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                r = (ih0 + kh * g.dH) * g.W + iw0
+                for ow in range(lo, hi):
+                    j = r + ow * sW
+                    bi = ir[ow]
+                    v = xp[j]
+                    best = xp[bi]
+                    # "greater, or NaN over a number" == not (v <= best) and best is not NaN
+                    take = (not (v <= best)) & (best == best)
+                    ir[ow] = bi + take * (j - bi)
+        for ow in range(OW):
+            bi = ir[ow]
+            yr[ow] = xp[bi] if bi >= 0 else -INFINITY
+
+
+cdef void _max_forward(const real* x, real* y, int64_t* ind, const PGeom* g) noexcept nogil:
+    cdef Py_ssize_t t, HW = g.H * g.W, P = g.OH * g.OW
+    for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
+        _max_forward_plane(x + t * HW, y + t * P, ind + t * P, g)
 
 
 cdef Py_ssize_t _max_backward(const real* gy, const int64_t* ind, real* dx, Py_ssize_t planes,
@@ -118,54 +127,62 @@ cdef Py_ssize_t _max_backward(const real* gy, const int64_t* ind, real* dx, Py_s
 
 
 # ----- average pooling ------------------------------------------------------------------------------
-cdef void _avg_forward(const real* x, real* y, const PGeom* g) noexcept nogil:
-    """Tap-major like max pooling: each output row accumulates its window taps (kh, kw) in row-major
-    order over long, simple inner loops, then is divided by kH kW."""
-    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
+cdef void _avg_forward_plane(const real* xp, real* yp, const PGeom* g) noexcept nogil:
+    """One plane, tap-major like max pooling: each output row accumulates its window taps (kh, kw) in
+    row-major order over long, simple inner loops, then is divided by kH kW. (A function of its own so that
+    the window bounds valid_range writes are the calling thread's own.)"""
+    cdef Py_ssize_t oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
+    cdef Py_ssize_t OW = g.OW, sW = g.sW
     cdef real area = <real>(g.kH * g.kW)
-    cdef const real* xp
     cdef real* yr
+    for oh in range(g.OH):
+        yr = yp + oh * OW
+        for ow in range(OW):
+            yr[ow] = 0
+        ih0 = oh * g.sH - g.pH
+        valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+        for kh in range(khl, khh):
+            for kw in range(g.kW):
+                iw0 = kw - g.pW
+                valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                r = (ih0 + kh) * g.W + iw0
+                for ow in range(lo, hi):
+                    yr[ow] += xp[r + ow * sW]
+        for ow in range(OW):
+            yr[ow] = yr[ow] / area
+
+
+cdef void _avg_forward(const real* x, real* y, const PGeom* g) noexcept nogil:
+    cdef Py_ssize_t t, HW = g.H * g.W, P = g.OH * g.OW
     for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
-        xp = x + t * HW
-        for oh in range(g.OH):
-            yr = y + t * P + oh * OW
-            for ow in range(OW):
-                yr[ow] = 0
-            ih0 = oh * g.sH - g.pH
-            valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
-            for kh in range(khl, khh):
-                for kw in range(g.kW):
-                    iw0 = kw - g.pW
-                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
-                    r = (ih0 + kh) * g.W + iw0
-                    for ow in range(lo, hi):
-                        yr[ow] += xp[r + ow * sW]
-            for ow in range(OW):
-                yr[ow] = yr[ow] / area
+        _avg_forward_plane(x + t * HW, y + t * P, g)
+
+
+cdef void _avg_backward_plane(const real* gp, real* dp, const PGeom* g) noexcept nogil:
+    """One plane's tap-major scatter: every tap (kh, kw) of an output row adds grad / (kH kW) to the
+    pixels it saw."""
+    cdef Py_ssize_t oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
+    cdef Py_ssize_t OW = g.OW, sW = g.sW
+    cdef real area = <real>(g.kH * g.kW)
+    cdef const real* gr
+    memset(dp, 0, g.H * g.W * sizeof(real))
+    for oh in range(g.OH):
+        gr = gp + oh * OW
+        ih0 = oh * g.sH - g.pH
+        valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
+        for kh in range(khl, khh):
+            for kw in range(g.kW):
+                iw0 = kw - g.pW
+                valid_range(iw0, sW, g.W, OW, &lo, &hi)
+                r = (ih0 + kh) * g.W + iw0
+                for ow in range(lo, hi):
+                    dp[r + ow * sW] += gr[ow] / area
 
 
 cdef void _avg_backward(const real* gy, real* dx, const PGeom* g) noexcept nogil:
-    """Tap-major scatter: every tap (kh, kw) of an output row adds grad / (kH kW) to the pixels it saw."""
-    cdef Py_ssize_t t, oh, ow, kh, kw, ih0, iw0, khl, khh, lo, hi, r
-    cdef Py_ssize_t HW = g.H * g.W, P = g.OH * g.OW, OW = g.OW, sW = g.sW
-    cdef real area = <real>(g.kH * g.kW)
-    cdef real* dp
-    cdef const real* gr
+    cdef Py_ssize_t t, HW = g.H * g.W, P = g.OH * g.OW
     for t in prange(g.N * g.C, schedule="static", num_threads=threads_for(g.N * g.C * HW)):
-        dp = dx + t * HW
-        memset(dp, 0, HW * sizeof(real))
-        for oh in range(g.OH):
-            gr = gy + t * P + oh * OW
-            ih0 = oh * g.sH - g.pH
-            valid_range(ih0, 1, g.H, g.kH, &khl, &khh)
-            for kh in range(khl, khh):
-                for kw in range(g.kW):
-                    iw0 = kw - g.pW
-                    valid_range(iw0, sW, g.W, OW, &lo, &hi)
-                    r = (ih0 + kh) * g.W + iw0
-                    for ow in range(lo, hi):
-                        dp[r + ow * sW] += gr[ow] / area
+        _avg_backward_plane(gy + t * P, dx + t * HW, g)
 
 
 # ----- global average pooling -----------------------------------------------------------------------
@@ -284,7 +301,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
         raise TypeError(f"max_pool2d_backward: indices must be an int64 numpy.ndarray (from "
                         f"max_pool2d_forward), got {getattr(indices, 'dtype', type(indices).__name__)}")
-    indices = np.ascontiguousarray(indices)
+    indices = aligned_c(indices)
     if indices.shape != grad_out.shape:
         raise ValueError(f"max_pool2d_backward: indices have shape {indices.shape} but grad_out has shape "
                          f"{grad_out.shape}")

@@ -3,6 +3,7 @@
 #define FASTBP_SUMS_H
 #include <stddef.h>
 
+#include "fastbp_compat.h"
 #include "fastbp_clones.h"
 
 /* Sum of r[0 .. n) in double: sixteen partial sums (lane k adds r[k], r[k + 16], ... in that order; the

@@ -15,6 +15,7 @@
 #define FASTBP_WINOGRAD_H
 #include <stddef.h>
 
+#include "fastbp_compat.h"
 #include "fastbp_clones.h"
 
 #define REAL float

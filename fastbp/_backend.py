@@ -13,7 +13,7 @@ import types
 from . import reference as _reference
 
 # Kernel families: csrc/<family>.pyx builds fastbp._C.<family>; fastbp/reference/<family>.py mirrors it.
-FAMILIES = ("gemm", "activations", "losses", "optim", "conv", "pool")
+FAMILIES = ("gemm", "activations", "losses", "optim", "conv", "pool", "norm")
 
 
 def public_functions(module):
@@ -37,11 +37,41 @@ def _namespace(name, modules):
     return ns
 
 
-_REBUILD_HINT = (
-    "fastbp's compiled kernels (fastbp._C) could not be imported: {err}\n"
-    "Rebuild them: `pip install .` from the source tree (or `python setup.py build_ext --inplace` for a "
-    "development checkout). To run on the NumPy reference backend on purpose, set FASTBP_BACKEND=reference."
-)
+def _installed_copy(here):
+    """Directory of an installed fastbp other than the one at `here` (the package being imported), or None."""
+    try:
+        from importlib import metadata
+        dist = metadata.distribution("fastbp")
+        init = next((f for f in dist.files or () if str(f).replace("\\", "/") == "fastbp/__init__.py"), None)
+        if init is None:
+            return None
+        where = os.path.dirname(os.path.abspath(str(dist.locate_file(init))))
+    except Exception:  # noqa: BLE001 (no metadata: no installed copy we can name)
+        return None
+    if os.path.normcase(where) == os.path.normcase(here) or not os.path.isdir(where):
+        return None
+    return where
+
+
+def _rebuild_hint(err):
+    """Why fastbp._C failed to import, in terms of what the user can do about it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    c_dir = os.path.join(here, "_C")
+    built = [f for f in os.listdir(c_dir) if f.endswith((".so", ".pyd"))] if os.path.isdir(c_dir) else []
+    head = f"fastbp's compiled kernels (fastbp._C) could not be imported: {err}\n"
+    tail = " To run on the NumPy reference backend on purpose, set FASTBP_BACKEND=reference."
+    rebuild = ("Rebuild them: `pip install .` from the source tree (or `python setup.py build_ext --inplace` "
+               "for a development checkout).")
+    if built:
+        return (f"{head}The modules in {c_dir} were probably built for another Python, NumPy or platform, or "
+                f"are incomplete. {rebuild}{tail}")
+    installed = _installed_copy(here)
+    if installed is not None:
+        return (f"{head}Python imported fastbp from the source tree {here}, which has no compiled modules: it "
+                f"comes first on sys.path (the current directory or PYTHONPATH) and hides the installed fastbp "
+                f"in {installed}. Run Python from another directory to use the installed package, or build "
+                f"the modules in the source tree: `python setup.py build_ext --inplace`.{tail}")
+    return f"{head}{here} has no compiled modules and no installed fastbp was found. {rebuild}{tail}"
 
 # Our OpenMP threads and the BLAS threads behind GEMM share the cores. libgomp's default keeps idle
 # workers spinning after each parallel region, which starves the next GEMM's threads: measured on 2 cores,
@@ -81,7 +111,7 @@ _env = os.environ.get("FASTBP_BACKEND", "compiled")
 if _env not in ("compiled", "reference"):
     raise ValueError(f"FASTBP_BACKEND must be 'compiled' or 'reference', got {_env!r}")
 if compiled is None and _env != "reference":
-    raise ImportError(_REBUILD_HINT.format(err=_compiled_error)) from _compiled_error
+    raise ImportError(_rebuild_hint(_compiled_error)) from _compiled_error
 
 current = _BACKENDS[_env]
 
@@ -92,7 +122,7 @@ def set_backend(name):
     if name not in ("compiled", "reference"):
         raise ValueError(f"backend must be 'compiled' or 'reference', got {name!r}")
     if name not in _BACKENDS:
-        raise RuntimeError(_REBUILD_HINT.format(err=_compiled_error))
+        raise RuntimeError(_rebuild_hint(_compiled_error))
     current = _BACKENDS[name]
 
 

@@ -1,6 +1,7 @@
 """Build and runtime configuration: threads, BLAS, OpenMP, and `fastbp info`."""
 import ctypes
 import itertools
+import json
 import os
 
 import numpy as np
@@ -16,11 +17,19 @@ def _runtime():
     return _runtime
 
 
+def _is_scipy_bundled(path):
+    """Whether a library path is one bundled in SciPy's wheel: `scipy.libs/` (Linux auditwheel, Windows
+    delvewheel) or `scipy/.dylibs/` (macOS delocate). NumPy bundles its own OpenBLAS the same way
+    (`numpy.libs`, `numpy/.dylibs`); that one is not behind cython_blas."""
+    parts = os.path.normpath(path or "").replace("\\", "/").split("/")
+    return "scipy.libs" in parts or any(a == "scipy" and b == ".dylibs" for a, b in zip(parts, parts[1:]))
+
+
 def _scipy_blas_pools():
     """threadpoolctl entries for the BLAS library behind scipy.linalg.cython_blas (our GEMM)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
     pools = threadpoolctl.threadpool_info()
-    ours = [p for p in pools if p.get("user_api") == "blas" and "scipy.libs" in p.get("filepath", "")]
+    ours = [p for p in pools if p.get("user_api") == "blas" and _is_scipy_bundled(p.get("filepath"))]
     return ours or [p for p in pools if p.get("user_api") == "blas"]
 
 
@@ -32,7 +41,7 @@ def _scipy_openblas_thread_functions():
     build-dependent prefix/suffix (scipy_openblas_set_num_threads, openblas_set_num_threads64_, ...)."""
     import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
     for lc in threadpoolctl.ThreadpoolController().lib_controllers:
-        if getattr(lc, "internal_api", None) != "openblas" or "scipy.libs" not in (lc.filepath or ""):
+        if getattr(lc, "internal_api", None) != "openblas" or not _is_scipy_bundled(lc.filepath):
             continue
         if getattr(lc, "threading_layer", None) == "openmp":
             return None
@@ -53,9 +62,14 @@ def _conv_module():
 
 def _install_blas_thread_hooks():
     """Hand the BLAS thread setter/getter to the compiled conv kernels (see csrc/conv.pyx, Design); returns
-    whether they were found. Without them conv2d keeps BLAS calls outside its OpenMP loops."""
+    whether they were set. Without them conv2d keeps BLAS calls outside its OpenMP loops. A build without
+    OpenMP gets none: its sample loop would run on one thread with BLAS held to one thread inside, slower than
+    threaded BLAS outside."""
     conv = _conv_module()
     if conv is None:
+        return False
+    if not _runtime().openmp_enabled():
+        conv._set_blas_thread_hooks(0, 0)
         return False
     fns = _scipy_openblas_thread_functions()
     if fns is None:
@@ -76,8 +90,20 @@ def _conv_transforms_variant():
     return conv._simd_variant() if conv is not None else None
 
 
+def build_info():
+    """The facts of the build that produced the compiled modules (compiler, flags, OpenMP, instruction-set
+    clones, Cython and NumPy versions), as recorded by setup.py in fastbp/_C/_build_info.json. An empty dict
+    when there is no record (modules built by an older setup.py, or none built)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C", "_build_info.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def get_num_threads():
-    """Threads our OpenMP kernels use (1 without OpenMP or the compiled backend)."""
+    """Threads our OpenMP kernels use (1 without OpenMP or the compiled backend, and in a forked child)."""
     if _backend.compiled is None:
         return 1
     return _runtime().get_num_threads()
@@ -86,7 +112,9 @@ def get_num_threads():
 def set_num_threads(n):
     """One setting for both pools: OpenMP threads of our kernels and the BLAS threads behind GEMM.
 
-    Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to change it later."""
+    It holds for every Python thread (the count is passed to each parallel region, not set in the calling
+    thread's OpenMP state). Respects OMP_NUM_THREADS at start-up (both libraries read it); call this to
+    change it later. In a child made by os.fork() the kernels stay on one thread (see _after_fork_in_child)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
@@ -112,6 +140,7 @@ def config():
     blas = _scipy_blas_pools()
     return {
         "version": __version__,
+        "package_path": os.path.dirname(os.path.abspath(__file__)),
         "backend": _backend.get_backend(),
         "compiled_kernels_loaded": compiled,
         "openmp": bool(compiled and _runtime().openmp_enabled()),
@@ -126,6 +155,7 @@ def config():
         "conv_transforms_variant": _conv_transforms_variant(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
+        "build": build_info(),
     }
 
 
@@ -135,17 +165,69 @@ def show_config():
     print(f"fastbp {c['version']}")
     print(f"  backend in use:          {c['backend']}")
     print(f"  compiled kernels loaded: {'yes' if c['compiled_kernels_loaded'] else 'no'}")
-    print(f"  OpenMP:                  {'on' if c['openmp'] else 'off'}")
-    print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
+    if c["openmp"]:
+        print(f"  OpenMP:                  on")
+        print(f"  OpenMP threads:          {c['num_threads']} (OMP_WAIT_POLICY={c['omp_wait_policy']})")
+    elif c["compiled_kernels_loaded"]:
+        print("  OpenMP:                  off (built without OpenMP: the kernels run on one thread; GEMM and "
+              "conv2d's matrix products use BLAS threads)")
+    else:
+        print("  OpenMP:                  off (compiled kernels not loaded)")
     print(f"  OpenBLAS thread timeout: {c['openblas_thread_timeout']}")
     for b in c["gemm_blas"]:
         print(f"  GEMM BLAS:               {b['library']} {b['version']} ({b['threads']} threads) {b['path']}")
     if not c["gemm_blas"]:
         print("  GEMM BLAS:               scipy.linalg.cython_blas (library not identified)")
     if c["compiled_kernels_loaded"]:
-        print(f"  conv BLAS thread hook:   {'found (conv2d runs samples in parallel, BLAS single-threaded inside)' if c['conv_blas_thread_hook'] else 'not found (conv2d calls threaded BLAS outside its parallel loops)'}")
+        if not c["openmp"]:
+            hook = "not used (serial build: conv2d calls threaded BLAS)"
+        elif c["conv_blas_thread_hook"]:
+            hook = "found (conv2d runs samples in parallel, BLAS single-threaded inside)"
+        else:
+            hook = "not found (conv2d calls threaded BLAS outside its parallel loops)"
+        print(f"  conv BLAS thread hook:   {hook}")
         print(f"  conv transforms:         {c['conv_transforms_variant']} variant (Winograd transforms, bias sums)")
+    b = c["build"]
+    if b:
+        flags = " ".join(b.get("extra_compile_args", []))
+        print(f"  built with:              {b.get('compiler_version')} [{b.get('compiler_type')}]; {flags}")
+        print(f"                           Cython {b.get('cython')}, NumPy {b.get('numpy_build')} headers, "
+              f"{b.get('platform')}")
+    else:
+        print("  built with:              (no build record: modules built by an older setup.py)")
     print(f"  numpy {c['numpy']}, scipy {c['scipy']}")
+    print(f"  package:                 {c['package_path']}")
+
+
+def _after_fork_in_child():
+    """libgomp's thread pool does not survive fork: a child that entered a parallel region with more than
+    one thread after the parent had used the pool would wait forever for threads that do not exist. So the
+    child runs every kernel on one thread (the parent is unaffected)."""
+    if _backend.compiled is not None:
+        _runtime()._after_fork_in_child()
+
+
+def _install_debug_abort():
+    """FASTBP_DEBUG=1 builds only: an exception raised inside a kernel's noexcept helper (a bounds check)
+    cannot propagate, and Cython would only print "Exception ignored in ..." and carry on with whatever the
+    helper left behind. In a debug build that is a bug to stop at: print it, then abort the process."""
+    if _backend.compiled is None or not _runtime().debug_build():
+        return False
+    import sys
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        previous(unraisable)
+        if "fastbp._C." in str(getattr(unraisable, "object", "")):
+            sys.stderr.write("fastbp debug build: error inside a compiled kernel (see above); aborting\n")
+            sys.stderr.flush()
+            os.abort()
+
+    sys.unraisablehook = hook
+    return True
 
 
 _install_blas_thread_hooks()
+_install_debug_abort()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

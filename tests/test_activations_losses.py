@@ -195,12 +195,12 @@ def test_saturating_activations_at_pm_1000(backend, dt):
 @pytest.mark.parametrize("dt", DTYPES)
 def test_log_softmax_and_softmax_at_pm_1000(backend, dt):
     x = np.array([[1000.0, 0.0, -1000.0], [-1000.0, -999.0, -1000.0]], dtype=dt)
-    y = F.log_softmax(tensor(x)).data
+    y = F.log_softmax(tensor(x), dim=1).data
     assert np.all(np.isfinite(y))
     np.testing.assert_array_equal(y[0], [0.0, -1000.0, -2000.0])
     lse = math.log(2 * math.exp(-1.0) + 1.0)  # row 2 shifted by its max -999
     np.testing.assert_allclose(y[1], [-1.0 - lse, -lse, -1.0 - lse], rtol=1e-6)
-    y, grad = _graph_grad(lambda t: F.softmax(t), x, np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]))
+    y, grad = _graph_grad(lambda t: F.softmax(t, dim=1), x, np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]))
     np.testing.assert_array_equal(y[0], [1.0, 0.0, 0.0])
     assert np.all(np.isfinite(grad))
     y, grad = _graph_grad(lambda t: F.log_softmax(t, axis=0), x.T.copy(), np.ones((3, 2)))
@@ -349,7 +349,7 @@ def test_nll_loss(backend, dt, reduction, weighted):
     np.testing.assert_allclose(grad, numeric_grad(lambda v: def_nll(v, y, w, reduction), lp64, g), rtol=1e-5, atol=1e-7)
     # log_softmax + nll_loss == cross_entropy
     ce = F.cross_entropy(tensor(x.astype(dt)), y, weight=w, reduction=reduction).data
-    np.testing.assert_allclose(nn.NLLLoss(weight=w, reduction=reduction)(F.log_softmax(tensor(x.astype(dt))), y).data,
+    np.testing.assert_allclose(nn.NLLLoss(weight=w, reduction=reduction)(F.log_softmax(tensor(x.astype(dt)), dim=1), y).data,
                                ce, rtol=1e-5 if dt == np.float32 else 1e-12)
 
 
@@ -657,7 +657,7 @@ def test_against_torch(backend):
     pairs = [
         (F.cross_entropy(tensor(x), y, weight=w, label_smoothing=0.2), tf.cross_entropy(T(x), Y, weight=T(w),
                                                                                         label_smoothing=0.2)),
-        (F.nll_loss(F.log_softmax(tensor(x)), y, weight=w), tf.nll_loss(tf.log_softmax(T(x), 1), Y, weight=T(w))),
+        (F.nll_loss(F.log_softmax(tensor(x), dim=1), y, weight=w), tf.nll_loss(tf.log_softmax(T(x), 1), Y, weight=T(w))),
         (F.multi_margin_loss(tensor(x), y, p=2, margin=0.7, weight=w),
          tf.multi_margin_loss(T(x), Y, p=2, margin=0.7, weight=T(w))),
         (F.leaky_relu(tensor(x), 0.2), tf.leaky_relu(T(x), 0.2)),

@@ -33,11 +33,17 @@ def blas_path(request):
     hooks = conv_kernels._set_blas_thread_hooks(0, 0)
     if request.param == "parallel":
         if hooks == (0, 0):
-            pytest.skip("no BLAS thread hook on this BLAS: only the fallback path exists")
+            pytest.skip(_NO_HOOK_REASON)
         conv_kernels._set_blas_thread_hooks(*hooks)
     yield request.param
     conv_kernels._set_blas_thread_hooks(0, 0)
     conv_kernels._set_blas_thread_hooks(*hooks)
+
+
+# why conv2d has no sample-parallel path, when it has none
+_NO_HOOK_REASON = ("built without OpenMP: conv2d always calls threaded BLAS (the fallback path)"
+                   if not fastbp._config.config()["openmp"] else
+                   "no BLAS thread hook on this BLAS: only the fallback path exists")
 
 
 def _rand(rng, shape, dtype=np.float64):
@@ -534,11 +540,17 @@ def restore_threads():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cid,xs,ws,params", PATH_CASES, ids=[c[0] for c in PATH_CASES])
 def test_conv_results_do_not_depend_on_thread_count(blas_path, restore_threads, cid, xs, ws, params, dtype, rng):
+    """Parallel path: fastbp.set_num_threads(1) vs (2), OpenMP and BLAS; the kernels run BLAS single-threaded
+    there, so the bits must agree. Fallback path (no hook: an unknown BLAS whose threads the kernels cannot
+    control): our OpenMP count changes, the BLAS's own count stays put (OpenBLAS's threaded sgemm rounds
+    differently from its single-threaded one, a property of the BLAS, not of our loops)."""
+    from fastbp._C import _runtime
     x, w, b = _rand(rng, xs, dtype), _rand(rng, ws, dtype), _rand(rng, ws[0], dtype)
     g = _rand(rng, C.conv2d_forward(x, w, b, **params).shape, dtype)
-    fastbp.set_num_threads(1)
+    set_threads = fastbp.set_num_threads if blas_path == "parallel" else _runtime.set_num_threads
+    set_threads(1)
     one = _conv_all(x, w, b, g, params)
-    fastbp.set_num_threads(2)
+    set_threads(2)
     two = _conv_all(x, w, b, g, params)
     for a, e in zip(two, one):  # y, dx, dweight, dbias
         np.testing.assert_array_equal(a, e)
@@ -550,14 +562,18 @@ def test_conv_results_do_not_depend_on_thread_count(blas_path, restore_threads, 
 
 @pytest.mark.parametrize("cid,xs,ws,params", PATH_CASES, ids=[c[0] for c in PATH_CASES])
 def test_conv_fallback_path_equals_parallel_path(cid, xs, ws, params, rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     hooks = conv_kernels._set_blas_thread_hooks(0, 0)  # clear: the path used with an unknown BLAS
     try:
         if hooks == (0, 0):
-            pytest.skip("no BLAS thread hook on this BLAS: only the fallback path exists")
+            pytest.skip(_NO_HOOK_REASON)
         x, w, b = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, ws[0], np.float32)
         assert not conv_kernels._plan_info(xs, ws, **params)["parallel"]
         g = _rand(rng, C.conv2d_forward(x, w, b, **params).shape, np.float32)
-        fallback = _conv_all(x, w, b, g, params)
+        # the parallel path runs BLAS single-threaded; the fallback uses the BLAS's own threads, whose
+        # rounding differs (OpenBLAS sgemm, 1 vs 2 threads), so compare with the fallback's BLAS on 1 thread
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            fallback = _conv_all(x, w, b, g, params)
     finally:
         conv_kernels._set_blas_thread_hooks(*hooks)
     assert conv_kernels._plan_info(xs, ws, **params)["parallel"]

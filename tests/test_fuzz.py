@@ -37,10 +37,6 @@ KNOWN = {
                                     "reference -inf in the gradient)",
     ("multi_margin", "nonfinite"): "issue 9 defect 7: NaN/inf rules differ (a NaN score: compiled 0, reference "
                                    "NaN in the gradient)",
-    ("bce_with_logits", "nonfinite"): "issue 9 defect 7: NaN/inf rules differ (+inf logit: compiled NaN, "
-                                      "reference inf)",
-    ("max_pool2d", "finite"): "issue 9 defect 8: reference max_pool2d_backward fails on an empty input",
-    ("max_pool2d", "nonfinite"): "issue 9 defect 8: reference max_pool2d_backward fails on an empty input",
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 import fastbp
 from fastbp import Function, GradcheckError, gradcheck, tensor
 from fastbp.nn import functional as F
+from fastbp.ops.nn import MaskScale
 from fastbp.registry import REGISTRY
 
 
@@ -187,8 +188,8 @@ GRAPH_FORMS = {
     "elu": F.elu,
     "sigmoid": F.sigmoid,
     "tanh": F.tanh,
-    "softmax": F.softmax,
-    "log_softmax": F.log_softmax,
+    "softmax": lambda x, axis=-1: F.softmax(x, axis),
+    "log_softmax": lambda x, axis=-1: F.log_softmax(x, axis),
     "maxout": F.maxout,
     "cross_entropy": F.cross_entropy,
     "nll": F.nll_loss,
@@ -203,6 +204,10 @@ GRAPH_FORMS = {
     "max_pool2d": F.max_pool2d,
     "avg_pool2d": F.avg_pool2d,
     "global_avg_pool2d": F.global_avg_pool2d,
+    "batch_norm_train": lambda x, w, b, rm, rv, **p: F.batch_norm(x, rm.data.copy(), rv.data.copy(), w, b, True, **p),
+    "batch_norm_eval": lambda x, w, b, rm, rv, **p: F.batch_norm(x, rm, rv, w, b, False, **p),
+    "batch_norm_noaffine": lambda x, **p: F.batch_norm(x, None, None, None, None, True, **p),
+    "dropout_mask_scale": lambda x, mask, scale: MaskScale.apply(x, mask=mask, scale=scale),  # F.dropout's op
 }
 
 DIFFERENTIABLE = [s for s in REGISTRY if s.kind == "op"]

@@ -7,7 +7,7 @@ import pytest
 import fastbp
 from fastbp import nn, optim, tensor
 import fastbp.nn.functional as F
-from conftest import run_python
+from helpers import run_python
 
 
 def mlp(dtype=None):
@@ -236,12 +236,118 @@ def test_openblas_thread_timeout_is_set_before_openblas_loads_unless_the_user_ch
 
 
 def test_compare_command_reports_every_requested_op():
-    out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "linear"])
+    # public names (a function, an optimizer class) and registry names ("sgd_step") both select ops
+    out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "nll_loss", "linear"])
     assert out.returncode == 0, out.stderr
-    lines = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "sgd_step", "linear")]
-    assert len(lines) == 6 and all(l.endswith("yes") for l in lines)
-    assert "3 ops, 0 outside tolerance" in out.stdout
+    rows = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "SGD", "nll_loss", "linear")]
+    # linear has two registry entries (with and without bias): 5 ops x float32/float64
+    assert len(rows) == 10 and all(l.endswith("yes") for l in rows), out.stdout
+    assert sum("linear (bias=None)" in l for l in rows) == 2
+    assert "5 ops, 0 outside tolerance" in out.stdout
     assert run_python(["-m", "fastbp", "compare", "no_such_op"]).returncode == 2
+
+
+def test_compare_json_uses_public_names_and_fails_out_of_tolerance(monkeypatch, capsys):
+    import json
+    from fastbp import _backend
+    from fastbp.registry import REGISTRY, compare
+
+    # every op's public name is something a user can call
+    for spec in REGISTRY:
+        op, path, _ = compare.public_name(spec.name)
+        obj = fastbp
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, part)
+        assert callable(obj) and path.rsplit(".", 1)[-1] in (op, "step", "__matmul__"), (spec.name, path)
+    assert compare.main(("relu", "nll_loss"), as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["outside_tolerance"] == 0 and data["ops"] == 2
+    assert {r["op"] for r in data["results"]} == {"relu", "nll_loss"}
+    assert {r["function"] for r in data["results"]} == {"fastbp.nn.functional.relu", "fastbp.nn.functional.nll_loss"}
+    # a kernel that is off by one: reported, and a non-zero exit
+    good = _backend.compiled.relu_forward
+    monkeypatch.setattr(_backend.compiled, "relu_forward", lambda x, *a, **k: good(x, *a, **k) + 1)
+    assert compare.main(("relu",), as_json=True) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert not data["ok"] and data["outside_tolerance"] == 2
+    assert all(not r["ok"] and r["forward_max_abs"] == pytest.approx(1.0) for r in data["results"])
+    assert compare.main(("relu",)) == 1
+    assert "1 ops, 1 outside tolerance" in capsys.readouterr().out
+
+
+def test_version_and_info_json():
+    import json
+    out = run_python(["-m", "fastbp", "--version"])
+    assert out.returncode == 0 and out.stdout.strip() == f"fastbp {fastbp.__version__}", out
+    out = run_python(["-m", "fastbp", "info", "--json"])
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["version"] == fastbp.__version__ and info["compiled_kernels_loaded"] is True
+    assert info["openmp"] == fastbp._config.config()["openmp"]
+    assert info["conv_transforms_variant"] == fastbp._config.config()["conv_transforms_variant"]
+    assert info["gemm_blas"] and all(b["library"] and b["version"] for b in info["gemm_blas"])
+    build = info["build"]  # recorded by setup.py when the modules were built
+    assert build, "no fastbp/_C/_build_info.json: modules not built by this setup.py"
+    assert build["version"] == fastbp.__version__
+    assert build["openmp"] == info["openmp"]
+    assert build["compiler_version"] and build["extra_compile_args"]
+    assert build["instruction_set_clones"] == (not info["conv_transforms_variant"].endswith("without clones)"))
+
+
+def test_info_describes_the_build():
+    out = run_python(["-m", "fastbp", "info"])
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    if fastbp._config.config()["openmp"]:
+        assert "OpenMP:                  on" in text
+    else:  # a serial build claims no parallel work and no OpenMP settings
+        assert "built without OpenMP" in text
+        assert "in parallel" not in text and "OMP_WAIT_POLICY" not in text
+        assert not fastbp._config._conv_blas_thread_hook()
+    assert "built with:" in text and "no build record" not in text
+
+
+def test_blas_hook_recognises_scipy_bundled_libraries_on_every_platform():
+    from fastbp._config import _is_scipy_bundled
+    assert _is_scipy_bundled("/venv/lib/python3.12/site-packages/scipy.libs/libscipy_openblas-68440149.so")
+    assert _is_scipy_bundled("/venv/lib/python3.12/site-packages/scipy/.dylibs/libscipy_openblas.dylib")
+    assert _is_scipy_bundled("C:\\venv\\Lib\\site-packages\\scipy.libs\\libscipy_openblas-5b1ec8b9.dll")
+    assert not _is_scipy_bundled("/venv/lib/python3.12/site-packages/numpy/.dylibs/libscipy_openblas64_.dylib")
+    assert not _is_scipy_bundled("/venv/lib/python3.12/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so")
+    assert not _is_scipy_bundled(None)
+
+
+def test_import_hint_names_a_source_tree_that_shadows_the_installed_package(tmp_path):
+    """A checkout without built modules on sys.path before an installed fastbp: the error says so."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    src = os.path.dirname(os.path.abspath(fastbp.__file__))
+    tree = tmp_path / "checkout"
+    shutil.copytree(src, tree / "fastbp", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    site = tmp_path / "site"  # a minimal installed copy: package dir and dist-info with a RECORD
+    (site / "fastbp").mkdir(parents=True)
+    (site / "fastbp" / "__init__.py").write_text("")
+    info = site / f"fastbp-{fastbp.__version__}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fastbp\nVersion: {fastbp.__version__}\n")
+    (info / "RECORD").write_text("fastbp/__init__.py,,\n")
+    env = {k: v for k, v in os.environ.items() if k != "FASTBP_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(site)])
+    out = subprocess.run([sys.executable, "-c", "import fastbp"], cwd=tree, env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "has no compiled modules" in out.stderr and "hides the installed fastbp" in out.stderr, out.stderr
+    assert str(site / "fastbp") in out.stderr and "Run Python from another directory" in out.stderr
+    # without the fake copy: the message names the real installed fastbp (CI: the wheel), or says there is none
+    env["PYTHONPATH"] = str(tree)
+    out = subprocess.run([sys.executable, "-c", "import fastbp"], cwd=tree, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "has no compiled modules" in out.stderr, out.stderr
+    real = fastbp._backend._installed_copy(str(tree / "fastbp"))
+    if real is None:
+        assert "no installed fastbp was found" in out.stderr, out.stderr
+    else:
+        assert f"hides the installed fastbp in {real}" in out.stderr, out.stderr
 
 
 def test_set_num_threads_controls_openmp():

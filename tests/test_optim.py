@@ -82,6 +82,17 @@ def textbook_adamw(theta, g, st, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_dec
     return textbook_adam(theta, g, st, t, lr, betas, eps, weight_decay, amsgrad, decoupled=True)
 
 
+def textbook_adadelta(theta, g, st, t, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    if t == 1:
+        st.update(v=np.zeros_like(theta), u=np.zeros_like(theta))
+    if weight_decay != 0:
+        g = g + weight_decay * theta
+    st["v"] = st["v"] * rho + g ** 2 * (1 - rho)
+    dx = np.sqrt(st["u"] + eps) / np.sqrt(st["v"] + eps) * g
+    st["u"] = st["u"] * rho + dx ** 2 * (1 - rho)
+    return theta - lr * dx
+
+
 CONFIGS = [
     ("SGD", optim.SGD, textbook_sgd, dict(lr=0.1)),
     ("SGD-nesterov-wd", optim.SGD, textbook_sgd, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
@@ -94,6 +105,8 @@ CONFIGS = [
     ("RMSprop-centered", optim.RMSprop, textbook_rmsprop, dict(lr=0.01, centered=True)),
     ("RMSprop-all", optim.RMSprop, textbook_rmsprop,
      dict(lr=0.01, alpha=0.9, eps=1e-6, momentum=0.9, centered=True, weight_decay=1e-3)),
+    ("Adadelta", optim.Adadelta, textbook_adadelta, dict()),
+    ("Adadelta-all", optim.Adadelta, textbook_adadelta, dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=1e-2)),
     ("Adam", optim.Adam, textbook_adam, dict(lr=0.01)),
     ("Adam-amsgrad-wd", optim.Adam, textbook_adam,
      dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2, amsgrad=True)),
@@ -226,7 +239,7 @@ def test_step_returns_closure_loss():
         loss.backward()
         return loss
 
-    for cls in (optim.SGD, optim.Adagrad, optim.RMSprop, optim.Adam, optim.AdamW):
+    for cls in (optim.SGD, optim.Adadelta, optim.Adagrad, optim.RMSprop, optim.Adam, optim.AdamW):
         opt = cls([p], lr=0.1)
         before = float(p.data[0])
         out = opt.step(closure)
@@ -269,12 +282,13 @@ def test_state_dict_contents_and_step_counters():
     assert sd["state"][0]["step"] == 4
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert sd["param_groups"][0]["params"] == [0] and sd["param_groups"][0]["betas"] == (0.9, 0.999)
-    for cls in (optim.Adagrad, optim.RMSprop):
+    for cls in (optim.Adagrad, optim.RMSprop, optim.Adadelta):
         o = cls([p], lr=0.1)
         p.grad = np.ones((2, 3))
         o.step()
         o.step()
         assert o.state_dict()["state"][0]["step"] == 2
+    assert set(o.state_dict()["state"][0]) == {"step", "square_avg", "acc_delta"}
 
 
 def test_load_state_dict_rejects_mismatches():
@@ -321,6 +335,10 @@ BAD = [
     (optim.RMSprop, dict(eps=-1.0), "Invalid epsilon value: -1.0"),
     (optim.RMSprop, dict(momentum=-0.1), "Invalid momentum value: -0.1"),
     (optim.RMSprop, dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+    (optim.Adadelta, dict(lr=-1.0), "Invalid learning rate: -1.0"),
+    (optim.Adadelta, dict(rho=1.5), "Invalid rho value: 1.5"),
+    (optim.Adadelta, dict(eps=-1e-6), "Invalid epsilon value: -1e-06"),
+    (optim.Adadelta, dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
     (optim.Adam, dict(lr=-1e-3), "Invalid learning rate: -0.001"),
     (optim.Adam, dict(lr=float("nan")), "Invalid learning rate: nan"),
     (optim.Adam, dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
@@ -389,6 +407,8 @@ TORCH_CASES = [
     ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.01, initial_accumulator_value=0.3)),
     ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.8, centered=True, weight_decay=0.02)),
     ("RMSprop", dict(lr=0.01)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.05)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.05, amsgrad=True)),
     ("Adam", dict(lr=0.01)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
@@ -973,3 +993,17 @@ def test_amsgrad_maximum_propagates_nan(n):
         for k in range(2):
             np.testing.assert_array_equal(out["compiled"][k], out["reference"][k])
         assert np.isnan(out["compiled"][1][0]) and np.isnan(out["compiled"][0][0])
+
+
+def test_both_backends_refuse_misaligned_state():
+    """In-place state must be writeable, aligned and C-contiguous in both backends (the compiled kernels cannot
+    update a misaligned array in place through a copy; the reference used to accept one)."""
+    buf = np.zeros(4 * 8 + 1, np.uint8)
+    for B in (fastbp._backend.compiled, fastbp._backend.reference):
+        p = buf[1:].view(np.float32)
+        assert not p.flags.aligned
+        with pytest.raises(ValueError, match="aligned"):
+            B.sgd_step(p, np.zeros(8, np.float32), None, 0.1)
+        m = buf[1:].view(np.float32)
+        with pytest.raises(ValueError, match="aligned"):
+            B.adam_step(np.zeros(8, np.float32), np.zeros(8, np.float32), m, np.zeros(8, np.float32), None, 1, 0.1)

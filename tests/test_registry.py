@@ -1,6 +1,11 @@
 """Tests generated from the op registry (fastbp.registry.REGISTRY): every compiled op against its NumPy
 reference, forward and backward, float32 and float64, plus float64 central-difference gradient checks,
-linearity of backward in the incoming gradient, and inputs left unmodified."""
+linearity of backward in the incoming gradient, and inputs left unmodified.
+
+The registry's samples are small, below the kernels' parallel threshold, so the comparisons with the
+reference run twice: as they come ("serial") and with the threshold lowered to 0 on 2 threads
+("parallel"), so that every sample also runs the OpenMP branches. Results must also be bit-identical on 1
+and 2 threads (test_results_do_not_depend_on_thread_count)."""
 import copy
 import inspect
 import os
@@ -9,7 +14,9 @@ import zlib
 import numpy as np
 import pytest
 
+import fastbp
 from fastbp import _backend
+from fastbp._C import _runtime
 from fastbp.registry import REGISTRY
 
 C, R = _backend.compiled, _backend.reference
@@ -58,8 +65,25 @@ def _grad_out(rng, out, dtype):
     return rng.standard_normal(np.shape(out)).astype(dtype)
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def path(request):
+    """"serial": the real parallel threshold (every registry sample is below it); "parallel": threshold 0
+    and 2 OpenMP threads, so every loop of every kernel takes its OpenMP branch."""
+    if request.param == "serial":
+        yield request.param
+        return
+    threads = _runtime.get_num_threads()
+    previous = _runtime._set_parallel_min(0)
+    _runtime.set_num_threads(2)
+    try:
+        yield request.param
+    finally:
+        _runtime._set_parallel_min(previous)
+        _runtime.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("spec,dt,i", _params(OPS))
-def test_forward_matches_reference(spec, dt, i):
+def test_forward_matches_reference(spec, dt, i, path):
     case = _case(spec, dt, i)
     rtol, atol = spec.tolerance(dt)
     oc = spec.forward(C, *case.inputs, **case.params)
@@ -68,11 +92,12 @@ def test_forward_matches_reference(spec, dt, i):
     or_t = orf if isinstance(orf, tuple) else (orf,)
     for k, (a, b) in enumerate(zip(oc_t, or_t)):
         assert np.asarray(a).dtype == np.dtype(dt), f"output {k} has dtype {np.asarray(a).dtype}"
+        assert type(a) is np.ndarray and type(b) is np.ndarray, f"output {k}: {type(a)}, {type(b)} (not ndarray)"
         _close(a, b, rtol, atol, f"{spec.name} forward output {k}")
 
 
 @pytest.mark.parametrize("spec,dt,i", _params(OPS))
-def test_backward_matches_reference(spec, dt, i):
+def test_backward_matches_reference(spec, dt, i, path):
     case = _case(spec, dt, i)
     rtol, atol = spec.tolerance(dt)
     rng = np.random.default_rng(i)
@@ -82,6 +107,7 @@ def test_backward_matches_reference(spec, dt, i):
     gr = spec.backward(R, g, out, *case.inputs, **case.params)
     assert len(gc) == len(spec.diff_inputs) == len(gr)
     for k, idx in enumerate(spec.diff_inputs):
+        assert type(gc[k]) is np.ndarray and type(gr[k]) is np.ndarray, f"grad {k}: {type(gc[k])}, {type(gr[k])}"
         assert gc[k].dtype == np.dtype(dt)
         assert gc[k].shape == np.shape(case.inputs[idx])
         _close(gc[k], gr[k], rtol, atol, f"{spec.name} grad of input {idx}")
@@ -146,7 +172,7 @@ def test_gradcheck_float64(spec, dt, i, backend_name):
             directions = [rng.standard_normal(x.shape) for _ in range(4)]
         for d in directions:
             xp, xm = inputs.copy(), inputs.copy()
-            xp[idx], xm[idx] = x + eps * d, x - eps * d
+            xp[idx], xm[idx] = np.asarray(x + eps * d), np.asarray(x - eps * d)  # 0-d stays an ndarray
             numeric = (_loss(R, spec, xp, case.params, G) - _loss(R, spec, xm, case.params, G)) / (2 * eps)
             exact = float(np.sum(analytic * d))
             assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact), 1.0), \
@@ -154,7 +180,7 @@ def test_gradcheck_float64(spec, dt, i, backend_name):
 
 
 @pytest.mark.parametrize("spec,dt,i", _params(STEPS))
-def test_step_trajectory_matches_reference(spec, dt, i):
+def test_step_trajectory_matches_reference(spec, dt, i, path):
     rtol, atol = spec.tolerance(dt)
     case_c, case_r = _case(spec, dt, i), _case(spec, dt, i)
     untouched = [k for k in range(len(case_c.inputs)) if k not in spec.mutates]
@@ -167,6 +193,47 @@ def test_step_trajectory_matches_reference(spec, dt, i):
     for k in untouched:
         np.testing.assert_array_equal(before[k], case_c.inputs[k], err_msg=f"{spec.name} modified input {k}")
     assert not np.array_equal(before[spec.mutates[0]], case_c.inputs[spec.mutates[0]]), "step changed nothing"
+
+
+def _run_all(spec, case, dt):
+    """Every output of the op on the compiled backend: forward outputs and gradients (ops), or the state
+    after each step (steps)."""
+    if spec.kind == "step":
+        states = []
+        for t in range(spec.steps):
+            spec.forward(C, *case.inputs, step_index=t, **case.params)
+            states.extend(np.array(case.inputs[k]) for k in spec.mutates)
+        return states
+    out = spec.forward(C, *case.inputs, **case.params)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    if spec.backward is not None:
+        g = _grad_out(np.random.default_rng(3), _first(out), dt)
+        outs.extend(spec.backward(C, g, out, *case.inputs, **case.params))
+    return outs
+
+
+@pytest.fixture
+def restore_threads():
+    threads, parallel_min = fastbp.get_num_threads(), _runtime._get_parallel_min()
+    yield
+    fastbp.set_num_threads(threads)
+    _runtime._set_parallel_min(parallel_min)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("spec", REGISTRY, ids=lambda s: s.name)
+def test_results_do_not_depend_on_thread_count(spec, dt, restore_threads):
+    """Every registry op, every sample, with the parallel threshold at 0: the same bits on 1 thread as on 2
+    (OpenMP and BLAS; fastbp.set_num_threads sets both). NaN positions must agree too."""
+    _runtime._set_parallel_min(0)
+    results = {}
+    for n in (1, 2):
+        fastbp.set_num_threads(n)
+        results[n] = [_run_all(spec, _case(spec, dt, i), dt) for i in range(len(_cases(spec, dt)))]
+    for i, (one, two) in enumerate(zip(results[1], results[2])):
+        for k, (a, b) in enumerate(zip(one, two)):
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=(
+                f"{spec.name} sample {_cases(spec, dt)[i].id}, output {k}: 2 threads differ from 1"))
 
 
 # ----- meta-tests: the registry covers every kernel, and both backends expose the same API -------------
@@ -192,6 +259,15 @@ def test_reference_mirrors_compiled_names_and_signatures():
             assert list(sc.parameters) == list(sr.parameters), f"{fam}.{name}: {sc} vs {sr}"
             for p in sc.parameters:
                 assert sc.parameters[p].default == sr.parameters[p].default, f"{fam}.{name}({p}) default differs"
+
+
+def test_entries_running_the_same_kernels_share_tolerances():
+    """Tolerances follow from a kernel's arithmetic, so entries that call the same kernels (conv2d and
+    conv2d_nobias, linear and linear_nobias) must use the same ones."""
+    for a in REGISTRY:
+        for b in REGISTRY:
+            if a.name < b.name and set(a.kernels) & set(b.kernels):
+                assert a.tol == b.tol, f"{a.name} {a.tol} vs {b.name} {b.tol}"
 
 
 def test_every_csrc_family_is_built_and_listed():

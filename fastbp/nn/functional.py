@@ -1,7 +1,10 @@
 """Functional forms of the layers: each takes Tensors (or ndarrays) and records the graph."""
+import warnings
+
 import numpy as np
 
 from .._dtype import get_default_dtype
+from ..random import get_rng
 from ..ops import nn as _ops
 from ..tensor import Tensor
 
@@ -37,7 +40,9 @@ def linear(x, weight, bias=None):
     return _ops.Linear.apply(x, weight, bias)
 
 
-def relu(x):
+def relu(x, inplace=False):
+    """max(x, 0). inplace=True is accepted for PyTorch compatibility but computes out of place (a new
+    tensor; the input is unchanged): write `x = F.relu(x, inplace=True)` as PyTorch scripts do."""
     return _ops.Relu.apply(x)
 
 
@@ -49,12 +54,41 @@ def tanh(x):
     return _ops.Tanh.apply(x)
 
 
-def softmax(x, axis=-1):
-    return _ops.Softmax.apply(x, axis=axis)
+def _softmax_dim(x, dim, axis, what, stacklevel):
+    """The dim of softmax/log_softmax. `axis` is an alias of `dim`. Without either, PyTorch's legacy rule
+    applies (dim 0 for 0-, 1- and 3-D input, else 1) with PyTorch's warning: pass dim explicitly."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{what}: pass dim or its alias axis, not both")
+        dim = axis
+    if dim is None:
+        nd = np.ndim(x.data if isinstance(x, Tensor) else x)
+        dim = 0 if nd in (0, 1, 3) else 1
+        warnings.warn(f"Implicit dimension choice for {what} has been deprecated. Change the call to include "
+                      f"dim=X as an argument.", UserWarning, stacklevel=stacklevel)
+    return dim
 
 
-def log_softmax(x, axis=-1):
-    return _ops.LogSoftmax.apply(x, axis=axis)
+def _softmax_apply(op, x, dim, dtype):
+    if dtype is not None:
+        x = (x if isinstance(x, Tensor) else Tensor(x)).to(dtype)
+    if np.ndim(x.data if isinstance(x, Tensor) else x) == 0:
+        # the kernels take at least one dim: a 0-d input is a line of one value
+        if dim not in (0, -1):
+            raise IndexError(f"dim {dim} is out of range for a 0-d tensor (expected 0 or -1)")
+        return op.apply(x.reshape(1) if isinstance(x, Tensor) else np.reshape(x, 1), axis=0).reshape(())
+    return op.apply(x, axis=dim)
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """softmax along `dim` (PyTorch's keyword; `axis` is an alias). Without dim: PyTorch's legacy choice
+    (dim 0 for 0-, 1- and 3-D input, else 1) with its deprecation warning. dtype= casts the input first."""
+    return _softmax_apply(_ops.Softmax, input, _softmax_dim(input, dim, axis, "softmax", _stacklevel), dtype)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """log(softmax(x)) along `dim`, computed stably; dim rules as softmax."""
+    return _softmax_apply(_ops.LogSoftmax, input, _softmax_dim(input, dim, axis, "log_softmax", _stacklevel), dtype)
 
 
 def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=0.0):
@@ -261,3 +295,96 @@ def get_conv_workspace_limit():
     if mod is None:
         raise RuntimeError("get_conv_workspace_limit needs the compiled kernels (fastbp._C.conv)")
     return mod._get_workspace_limit()
+
+
+# ----- normalization, dropout, adaptive pooling (kernels in csrc/norm.pyx) ----------------------------------
+def _data(t):
+    return t.data if isinstance(t, Tensor) else t
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization of input (N, C, ...) over every dim but 1, as torch.nn.functional.batch_norm.
+
+    training=True: normalise with the batch mean and biased variance; running_mean and running_var (Tensors
+    or ndarrays of the input's dtype, or None) are updated in place: r = (1 - momentum) r + momentum s, with
+    the unbiased variance for running_var. A batch with one value per channel raises ValueError, as
+    PyTorch. training=False: normalise with running_mean and running_var (required).
+    y = (x - mean) / sqrt(var + eps) * weight + bias; weight and bias may be None. Gradients flow to input,
+    weight and bias (through the batch statistics in training mode)."""
+    return _ops.BatchNorm.apply(input, weight, bias, running_mean=_data(running_mean),
+                                running_var=_data(running_var), training=bool(training), momentum=momentum,
+                                eps=eps)
+
+
+def _check_p(p):
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return p
+
+
+# masks are drawn in blocks of this many elements, so the float draws never take more than 4 MiB
+_MASK_BLOCK = 1 << 20
+
+
+def _keep_mask(shape, p):
+    """A bool array, True with probability 1 - p, drawn from fastbp's generator (fastbp.manual_seed)."""
+    rng = get_rng()
+    mask = np.empty(shape, dtype=np.bool_)
+    flat = mask.reshape(-1)
+    for lo in range(0, flat.size, _MASK_BLOCK):
+        hi = min(flat.size, lo + _MASK_BLOCK)
+        np.greater_equal(rng.random(hi - lo, dtype=np.float32), np.float32(p), out=flat[lo:hi])
+    return mask
+
+
+def _masked(input, p, mask_shape):
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    return _ops.MaskScale.apply(input, mask=_keep_mask(mask_shape, p), scale=scale)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """Zero each element with probability p and scale the others by 1 / (1 - p) (training); the input
+    itself when training is False or p == 0. The mask comes from fastbp's generator (reproducible with
+    fastbp.manual_seed; both backends apply the same mask) and is kept as one byte per element for the
+    backward. p outside [0, 1] raises ValueError. inplace=True is accepted and computes out of place.
+    As PyTorch, NaN and inf stay NaN where they are dropped (x * 0)."""
+    p = _check_p(p)
+    if not training or p == 0.0:
+        return input
+    return _masked(input, p, np.shape(_data(input)))
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False):
+    """Channel-wise dropout: each (H, W) plane of input (N, C, H, W) is zeroed with probability p, the others
+    scaled by 1 / (1 - p). A 3-D input is one unbatched sample (C, H, W), as PyTorch treats it. Otherwise
+    as dropout()."""
+    p = _check_p(p)
+    shape = np.shape(_data(input))
+    if len(shape) not in (3, 4):
+        raise ValueError(f"dropout2d: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {shape}")
+    if not training or p == 0.0:
+        return input
+    return _masked(input, p, shape[:len(shape) - 2])
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average pooling of input (N, C, H, W) to output_size (an int or a pair; None keeps that dimension).
+    Output 1 (or (1, 1)) is global_avg_pool2d; otherwise each output size must divide the input size
+    (then it is avg_pool2d with kernel = stride = input // output). Sizes that do not divide raise
+    NotImplementedError."""
+    shape = np.shape(_data(input))
+    if len(shape) != 4:
+        raise ValueError(f"adaptive_avg_pool2d: expected a 4-D (N, C, H, W) input, got shape {shape}")
+    oh, ow = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+    H, W = shape[2], shape[3]
+    oh = H if oh is None else int(oh)
+    ow = W if ow is None else int(ow)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be >= 1, got {output_size!r}")
+    if (oh, ow) == (1, 1):
+        return global_avg_pool2d(input)
+    if H % oh or W % ow:
+        raise NotImplementedError(f"adaptive_avg_pool2d: output size {(oh, ow)} for input {H}x{W}: supported are "
+                                  f"output 1 and output sizes that divide the input size")
+    return avg_pool2d(input, (H // oh, W // ow))

@@ -37,8 +37,17 @@ class Linear(Module):
 
 
 class ReLU(Module):
+    """max(x, 0). inplace=True is accepted (PyTorch's signature) and computes out of place."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.relu(x)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class Sigmoid(Module):
@@ -51,22 +60,40 @@ class Tanh(Module):
         return F.tanh(x)
 
 
+def _dim_alias(dim, axis, what):
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{what}: pass dim or its alias axis, not both")
+        return axis
+    return dim
+
+
 class Softmax(Module):
-    def __init__(self, axis=-1):
+    """softmax along `dim` (`axis` is an alias); dim=None follows PyTorch's legacy rule with its warning."""
+
+    def __init__(self, dim=None, *, axis=None):
         super().__init__()
-        self.axis = axis
+        self.dim = _dim_alias(dim, axis, "Softmax")
 
     def forward(self, x):
-        return F.softmax(x, self.axis)
+        return F.softmax(x, self.dim, _stacklevel=5)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class LogSoftmax(Module):
-    def __init__(self, axis=-1):
+    """log_softmax along `dim` (`axis` is an alias); dim=None follows PyTorch's legacy rule with its warning."""
+
+    def __init__(self, dim=None, *, axis=None):
         super().__init__()
-        self.axis = axis
+        self.dim = _dim_alias(dim, axis, "LogSoftmax")
 
     def forward(self, x):
-        return F.log_softmax(x, self.axis)
+        return F.log_softmax(x, self.dim, _stacklevel=5)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 def _stored(weight):

@@ -232,3 +232,39 @@ class NormPenalty(Function):
     @staticmethod
     def backward(ctx, g):
         return (_backend.current.norm_penalty_backward(g, ctx.param, ctx.l1, ctx.l2),)
+
+
+class BatchNorm(Function):
+    """Batch normalization over every dim but 1 (csrc/norm.pyx). x, weight, bias are the positional inputs
+    (weight and bias may be None); running_mean and running_var are ndarrays updated in place in training
+    mode. Saves x, weight and the per-channel mean and 1 / std used."""
+
+    @staticmethod
+    def forward(ctx, x, weight=None, bias=None, running_mean=None, running_var=None, training=True, momentum=0.1,
+                eps=1e-5):
+        y, ctx.mean, ctx.invstd = _backend.current.batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                                                      training, momentum, eps)
+        ctx.x, ctx.w, ctx.training = x, weight, bool(training)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        needs = ctx.needs_input_grad
+        nw = len(needs) > 1 and needs[1]
+        nb = len(needs) > 2 and needs[2]
+        dx, dw, db = _backend.current.batch_norm_backward(g, ctx.x, ctx.w, ctx.mean, ctx.invstd, ctx.training,
+                                                          needs[0], nw, nb)
+        return dx, dw, db
+
+
+class MaskScale(Function):
+    """y = x * (mask ? scale : 0), the bool mask broadcast over the trailing dims it lacks (dropout)."""
+
+    @staticmethod
+    def forward(ctx, x, mask=None, scale=1.0):
+        ctx.mask, ctx.scale = mask, scale
+        return _backend.current.dropout_mask_scale(x, mask, scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (_backend.current.dropout_mask_scale(g, ctx.mask, ctx.scale),)

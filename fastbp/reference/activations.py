@@ -20,7 +20,7 @@ def _check_pair(grad_out, saved, name):
 def relu_forward(x):
     """relu(x) = max(x, 0)."""
     as_float_array(x, "x")
-    return np.maximum(x, 0)
+    return np.asarray(np.maximum(x, 0))  # a 0-d input gives a 0-d array, not a NumPy scalar
 
 
 def relu_backward(grad_out, x):
@@ -67,19 +67,19 @@ def sigmoid_forward(x):
 def sigmoid_backward(grad_out, y):
     """sigmoid'(x) = y (1 - y) with y = sigmoid(x)."""
     _check_pair(grad_out, y, "y")
-    return grad_out * y * (1 - y)
+    return np.asarray(grad_out * y * (1 - y))
 
 
 def tanh_forward(x):
     """tanh(x)."""
     as_float_array(x, "x")
-    return np.tanh(x)
+    return np.asarray(np.tanh(x))
 
 
 def tanh_backward(grad_out, y):
     """tanh'(x) = 1 - y^2 with y = tanh(x)."""
     _check_pair(grad_out, y, "y")
-    return grad_out * (1 - y * y)
+    return np.asarray(grad_out * (1 - y * y))
 
 
 def _check_axis(a, axis, name):
@@ -93,6 +93,7 @@ def _check_axis(a, axis, name):
         raise ValueError(f"softmax over an empty axis {axis}, {name} of shape {a.shape}")
 
 
+@np.errstate(invalid="ignore")  # NaN/inf lines give NaN, as in the kernel; no warning
 def softmax_forward(x, axis=-1):
     """softmax(x)_j = exp(x_j - m) / sum_k exp(x_k - m), m = max_k x_k, along `axis` (sums in float64)."""
     as_float_array(x, "x")
@@ -109,6 +110,7 @@ def softmax_backward(grad_out, y, axis=-1):
     return (y * (grad_out - s)).astype(y.dtype)
 
 
+@np.errstate(invalid="ignore")  # NaN/inf lines give NaN, as in the kernel; no warning
 def log_softmax_forward(x, axis=-1):
     """log_softmax(x)_j = (x_j - m) - log sum_k exp(x_k - m)."""
     as_float_array(x, "x")

@@ -19,7 +19,7 @@ def _reduction(reduction):
 def _reduce(values, reduction, denom, dtype):
     """Reduce float64 per-row / per-element values: "none" keeps them, "sum" adds, "mean" divides by denom."""
     if reduction == "none":
-        return values.astype(dtype)
+        return np.asarray(values.astype(dtype))  # 0-d values stay a 0-d array
     total = values.sum()
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -87,7 +87,9 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
     n, c = logits.shape
     logp, lse = _log_softmax64(logits)
     rows = np.arange(n)
-    per_row = (1 - eps) * w[labels] * -logp[rows, labels] + eps / c * (-logp * w).sum(axis=1)
+    per_row = (1 - eps) * w[labels] * -logp[rows, labels]
+    if eps > 0:  # without smoothing the other classes' terms are absent, not 0 * (-log p) (NaN at p = 0)
+        per_row = per_row + eps / c * (-logp * w).sum(axis=1)
     return _reduce(per_row, reduction, w[labels].sum(), logits.dtype), lse.astype(logits.dtype)
 
 
@@ -150,6 +152,7 @@ def _mm_prepare(scores, labels, p, margin, weight, normalization):
     return labels, int(p), margin, w, norm
 
 
+@np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def _margins(scores, labels, margin):
     """z_{n, j} = margin - s_{n, y_n} + s_{n, j}, with the j = y_n entries masked out (set to 0)."""
     s = scores.astype(np.float64)
@@ -165,7 +168,8 @@ def multi_margin_forward(scores, labels, reduction="mean", p=1, margin=1.0, weig
     _reduction(reduction)
     labels, p, margin, w, norm = _mm_prepare(scores, labels, p, margin, weight, normalization)
     z = _margins(scores, labels, margin)
-    per_row = w[labels] * (np.maximum(z, 0.0) ** p).sum(axis=1) / norm
+    # a term counts only where z > 0 (PyTorch's rule): a NaN score contributes nothing, as in the kernel
+    per_row = w[labels] * (np.where(z > 0, z, 0.0) ** p).sum(axis=1) / norm
     return _reduce(per_row, reduction, scores.shape[0], scores.dtype)
 
 
@@ -229,7 +233,7 @@ def mse_backward(grad_out, pred, target, reduction="mean"):
     _reduction(reduction)
     _check_elementwise(pred, target, "mse", "pred")
     g = _scale(grad_out, reduction, pred.shape, pred.size, pred.dtype)
-    return (2 * (pred.astype(np.float64) - target) * g).astype(pred.dtype)
+    return np.asarray((2 * (pred.astype(np.float64) - target) * g).astype(pred.dtype))
 
 
 def l1_forward(pred, target, reduction="mean"):
@@ -244,7 +248,7 @@ def l1_backward(grad_out, pred, target, reduction="mean"):
     _reduction(reduction)
     _check_elementwise(pred, target, "l1", "pred")
     g = _scale(grad_out, reduction, pred.shape, pred.size, pred.dtype)
-    return (np.sign(pred.astype(np.float64) - target) * g).astype(pred.dtype)
+    return np.asarray((np.sign(pred.astype(np.float64) - target) * g).astype(pred.dtype))
 
 
 def bce_forward(probs, target, reduction="mean", weight=None):
@@ -270,7 +274,7 @@ def bce_backward(grad_out, probs, target, reduction="mean", weight=None):
     w = _broadcast_weight(weight, probs, "weight")
     g = _scale(grad_out, reduction, probs.shape, probs.size, probs.dtype)
     p, t = probs.astype(np.float64), target.astype(np.float64)
-    return (w * (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPS) * g).astype(probs.dtype)
+    return np.asarray((w * (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPS) * g).astype(probs.dtype))
 
 
 def _softplus(z):
@@ -283,14 +287,21 @@ def _sigmoid(z):
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
+@np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def bce_with_logits_forward(logits, target, reduction="mean", weight=None, pos_weight=None):
-    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = w (pw t softplus(-x) + (1 - t) softplus(x))."""
+    """l = -w (pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = w (pw t softplus(-x) + (1 - t) softplus(x));
+    an infinite or NaN logit takes PyTorch's form w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)), so that it
+    gives PyTorch's values (x = +inf, t < 1: +inf; a 0 multiplying an infinity: NaN)."""
     _reduction(reduction)
     _check_elementwise(logits, target, "binary_cross_entropy_with_logits", "logits")
     w = _broadcast_weight(weight, logits, "weight")
     pw = _broadcast_weight(pos_weight, logits, "pos_weight")
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    return _reduce(w * (pw * t * _softplus(-x) + (1 - t) * _softplus(x)), reduction, logits.size, logits.dtype)
+    finite = np.isfinite(x)
+    xf = np.where(finite, x, 0.0)
+    value = np.where(finite, pw * t * _softplus(-xf) + (1 - t) * _softplus(xf),
+                     (1 - t) * x + (1 + (pw - 1) * t) * np.maximum(-x, 0))  # infinite or NaN logits
+    return _reduce(w * value, reduction, logits.size, logits.dtype)
 
 
 def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=None, pos_weight=None):
@@ -301,7 +312,7 @@ def bce_with_logits_backward(grad_out, logits, target, reduction="mean", weight=
     pw = _broadcast_weight(pos_weight, logits, "pos_weight")
     g = _scale(grad_out, reduction, logits.shape, logits.size, logits.dtype)
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    return (w * (_sigmoid(x) * (1 - t + pw * t) - pw * t) * g).astype(logits.dtype)
+    return np.asarray((w * (_sigmoid(x) * (1 - t + pw * t) - pw * t) * g).astype(logits.dtype))
 
 
 # ----- L1 / L2 penalties --------------------------------------------------------------------------------
@@ -328,4 +339,4 @@ def norm_penalty_backward(grad_out, param, l1=0.0, l2=0.0):
     if g.size != 1:
         raise ValueError(f"grad_out must be a scalar, got shape {g.shape}")
     p = param.astype(np.float64)
-    return (float(g.reshape(())) * (a * np.sign(p) + 2 * b * p)).astype(param.dtype)
+    return np.asarray((float(g.reshape(())) * (a * np.sign(p) + 2 * b * p)).astype(param.dtype))

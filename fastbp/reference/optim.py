@@ -21,8 +21,10 @@ def _check_state(arr, name, param):
         raise TypeError(f"{name} has dtype {arr.dtype} but param has dtype {param.dtype}")
     if arr.shape != param.shape:
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
-    if not arr.flags.c_contiguous or not arr.flags.writeable:
-        raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    # the compiled kernels' contract, to the letter (they write through typed pointers, so a misaligned
+    # array, which they cannot update in place through a copy, is refused there and here)
+    if not arr.flags.c_contiguous or not arr.flags.writeable or not arr.flags.aligned:
+        raise ValueError(f"{name} must be a writeable, aligned C-contiguous array (it is updated in place)")
 
 
 def _check_param(param):
@@ -170,3 +172,25 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
     step_size = lr / (1 - beta1 ** t)
     bc2_sqrt = math.sqrt(1 - beta2 ** t)
     param -= dt(step_size) * (exp_avg / (np.sqrt(v) / dt(bc2_sqrt) + dt(eps)))
+
+
+def adadelta_step(param, grad, square_avg, acc_delta, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    """d = g + wd p; sq = rho sq + (1 - rho) d^2; delta = sqrt(acc + eps) / sqrt(sq + eps) d;
+    acc = rho acc + (1 - rho) delta^2; p -= lr delta."""
+    _check_param(param)
+    _check_grad(grad, param)
+    _nonneg("adadelta_step", lr=lr, eps=eps, weight_decay=weight_decay)
+    if not 0 <= rho <= 1:
+        raise ValueError(f"adadelta_step: rho must be in [0, 1], got {rho}")
+    _check_state(square_avg, "square_avg", param)
+    _check_state(acc_delta, "acc_delta", param)
+    dt = param.dtype.type
+    d = grad.astype(param.dtype, copy=True)
+    if weight_decay != 0:
+        d = d + dt(weight_decay) * param
+    square_avg[...] = dt(rho) * square_avg + dt(1 - rho) * (d * d)
+    _flush(square_avg)
+    delta = np.sqrt(acc_delta + dt(eps)) / np.sqrt(square_avg + dt(eps)) * d
+    acc_delta[...] = dt(rho) * acc_delta + dt(1 - rho) * (delta * delta)
+    _flush(acc_delta)
+    param -= dt(lr) * delta

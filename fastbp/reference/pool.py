@@ -95,10 +95,10 @@ def max_pool2d_backward(grad_out, indices, input_shape):
         raise ValueError(f"max_pool2d_backward: {bad} indices are outside [-1, {H * W}) for input planes of "
                          f"{H}x{W}; indices must come from max_pool2d_forward on this input shape")
     dx = np.zeros((N * C, H * W), dtype=grad_out.dtype)
-    ind = indices.reshape(N * C, -1)
+    ind = indices.reshape(N * C, indices.shape[2] * indices.shape[3])  # (-1 cannot be inferred when N C = 0)
     plane = np.broadcast_to(np.arange(N * C)[:, None], ind.shape)
     keep = ind >= 0
-    np.add.at(dx, (plane[keep], ind[keep]), grad_out.reshape(N * C, -1)[keep])
+    np.add.at(dx, (plane[keep], ind[keep]), grad_out.reshape(ind.shape)[keep])
     return dx.reshape(shp)
 
 

@@ -59,6 +59,11 @@ def away_from(rng, shape, dtype, points=(0.0,), gap=1e-2, scale=1.0):
     return x.astype(dtype)
 
 
+# Non-finite values every family's samples include ("nonfinite" cases): both backends must give the same
+# values there, NaN in the same places (the generated tests compare with equal_nan, which checks that).
+NONFINITE = (np.nan, np.inf, -np.inf)
+
+
 def noncontig(a):
     """A non-contiguous view with the same values as `a` (every other element of a wider array)."""
     wide = np.repeat(a, 2, axis=-1) if a.ndim else a
@@ -73,8 +78,8 @@ def transposed(a):
 
 
 def _families():
-    from . import activations, conv, gemm, losses, optim, pool
-    return (gemm, activations, losses, optim, conv, pool)
+    from . import activations, conv, gemm, losses, norm, optim, pool
+    return (gemm, activations, losses, optim, conv, pool, norm)
 
 
 def build():

@@ -1,7 +1,7 @@
 """Registry entries for csrc/activations.pyx."""
 import numpy as np
 
-from . import Case, OpSpec, away_from, noncontig, randn
+from . import NONFINITE, Case, OpSpec, away_from, noncontig, randn
 
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (1, 1), (300, 129)]
 LARGE = (640, 512)  # 327,680 elements: above PARALLEL_MIN, so the OpenMP path runs
@@ -27,6 +27,7 @@ def _elementwise_samples(kink=None, params=None):
         cases.append(Case("large", (tiled(make, LARGE),), dict(params)))
         cases.append(Case("extremes", (np.array([-1000.0, -50.0, -1.0, 1.0, 50.0, 1000.0], dtype=dt),),
                           dict(params), gradcheck=False))
+        cases.append(Case("nonfinite", (np.array(NONFINITE + (0.5, -2.0), dtype=dt),), dict(params), gradcheck=False))
         if kink is not None:
             # exactly at the kink: compiled and reference must apply the same rule there
             cases.append(Case("at_kink", (np.array([-1.0, -0.0, 0.0, 0.5], dtype=dt),), dict(params),
@@ -36,6 +37,7 @@ def _elementwise_samples(kink=None, params=None):
             other = dict(params)
             other[k] = v * 17.5
             cases.append(Case(f"{k}_{other[k]:g}", (make((5, 7)),), other))
+        cases.append(Case("0d", (make((1,)).reshape(()),), dict(params)))  # a 0-d array in, a 0-d array out
         return cases
     return gen
 
@@ -52,6 +54,10 @@ def _rows_samples(rng, dt):
     cases.append(Case("3x5_axis-2", (randn(rng, (3, 5), dt, 2.0),), {"axis": -2}))
     cases.append(Case("1x1x6_axis1", (randn(rng, (1, 1, 6), dt, 2.0),), {"axis": 1}))
     cases.append(Case("noncontig_axis0", (noncontig(randn(rng, (5, 6), dt)),), {"axis": 0}))
+    # a NaN in a line, +inf (with and without another +inf), -inf (one, and a whole line)
+    nf = np.array([[np.nan, 0.0, 1.0], [np.inf, 0.0, 1.0], [np.inf, np.inf, 0.0], [-np.inf, 0.0, 1.0],
+                   [-np.inf, -np.inf, -np.inf]], dtype=dt)
+    cases.append(Case("nonfinite", (nf,), gradcheck=False))
     big = np.array([[1000.0, -1000.0], [0.0, -999.0], [-1000.0, 1000.0]], dtype=dt)
     cases.append(Case("large_logits_axis0", (big,), {"axis": 0}, gradcheck=False))
     cases.append(Case("large_axis1", (tiled(lambda s: randn(rng, s, dt, 2.0), (40, 128, 70)),), {"axis": 1}))
@@ -84,6 +90,9 @@ def _maxout_samples(rng, dt):
     cases.append(Case("ties", (ties,), {"pieces": 3}, gradcheck=False))
     cases.append(Case("extremes", (np.array([[-1000.0, 1000.0, 0.0, -1000.0]], dtype=dt),), {"pieces": 2},
                       gradcheck=False))
+    # NaN is a maximum (the first NaN wins), infinities compare as usual
+    nf = np.array([[np.nan, 1.0, 2.0, np.nan, np.inf, 1.0], [-np.inf, -np.inf, 0.0, np.inf, -np.inf, 3.0]], dtype=dt)
+    cases.append(Case("nonfinite", (nf,), {"pieces": 3}, gradcheck=False))
     return cases
 
 

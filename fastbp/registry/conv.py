@@ -38,6 +38,14 @@ CONV_SHAPES = [
 ]
 
 
+# Both entries run the same kernels, so they share one tolerance. Each output is a sum of products: C kH kW
+# of them per forward output and dx element (up to 144 in the samples), N OH OW per dweight element (up to
+# ~1100); float32 rounding grows with that length (~sqrt(length) ulps of the summed magnitudes, larger
+# through Winograd's transforms, a few ulps more than the direct sum), which on values of magnitude ~10
+# reaches a few 1e-5 absolute. float64: the same argument at 2^-52.
+CONV_TOL = {np.dtype(np.float32): (2e-4, 5e-5), np.dtype(np.float64): (1e-9, 1e-11)}
+
+
 def _conv_samples(rng, dt):
     cases = []
     for cid, xs, ws, params in CONV_SHAPES:
@@ -64,7 +72,7 @@ SPECS = [
         backward=lambda B, g, out, x, w, b, **p: B.conv2d_backward(g, x, w, **p),
         samples=_conv_samples,
         diff_inputs=(0, 1, 2),
-        tol={np.dtype(np.float32): (2e-4, 5e-5), np.dtype(np.float64): (1e-9, 1e-11)},
+        tol=dict(CONV_TOL),
     ),
     OpSpec(
         name="conv2d_nobias",
@@ -73,5 +81,6 @@ SPECS = [
         backward=lambda B, g, out, x, w, **p: B.conv2d_backward(g, x, w, need_bias_grad=False, **p)[:2],
         samples=_conv_nobias_samples,
         diff_inputs=(0, 1),
+        tol=dict(CONV_TOL),
     ),
 ]

@@ -40,6 +40,12 @@ def _ce_samples(rng, dt):
                       {"label_smoothing": 0.1, "weight": np.array([1.0, 2.0, 0.5], dtype=dt)}, gradcheck=False))
     cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt, 2.0), (30000, 10)), rng.integers(0, 10, 30000)),
                       {"label_smoothing": 0.05}))
+    # PyTorch's values: a -inf target logit gives +inf; a -inf elsewhere drops out without smoothing (its
+    # smoothing term is absent, not 0 * inf) and gives +inf with it; a NaN logit makes its row NaN
+    nf = np.array([[-np.inf, 1.0, 2.0], [0.5, -np.inf, 2.0], [np.nan, 0.0, 1.0], [1.0, 2.0, 0.0]], dtype=dt)
+    for ls in (0.0, 0.1):
+        cases.append(Case(f"nonfinite_smooth{ls:g}", (nf, np.array([0, 0, 1, 2])),
+                          {"reduction": "none", "label_smoothing": ls}, gradcheck=False))
     return cases
 
 
@@ -88,6 +94,10 @@ def _mm_samples(rng, dt):
     cases.append(Case("at_hinge", (np.array([[1.0, 0.0, -3.0], [0.5, 0.5, 2.0]], dtype=dt), np.array([0, 2])),
                       {"margin": 1.0}, gradcheck=False))
     cases.append(Case("extremes", (np.array([[1000.0, -1000.0, 0.0]], dtype=dt), np.array([1])), gradcheck=False))
+    # PyTorch's rule: a term counts only where margin - s_y + s_j > 0, so a NaN score contributes nothing
+    nf = np.array([[np.nan, 2.0, 0.5], [1.0, np.nan, 0.5], [np.inf, 0.0, 1.0], [0.0, -np.inf, 1.0],
+                   [0.0, np.inf, 1.0]], dtype=dt)
+    cases.append(Case("nonfinite", (nf, np.array([0, 0, 0, 0, 0])), {"reduction": "none"}, gradcheck=False))
     cases.append(Case("large", (tiled(lambda s: randn(rng, s, dt), (30000, 10)), rng.integers(0, 10, 30000)), {"p": 2}))
     return cases
 
@@ -170,6 +180,13 @@ def _bcel_samples(rng, dt):
     big = np.array([-1000.0, -1000.0, 1000.0, 1000.0, -30.0, 30.0, 0.0], dtype=dt)
     cases.append(Case("extremes", (big, np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.5], dtype=dt)),
                       {"reduction": "none", "pos_weight": np.full(7, 2.0, dtype=dt)}, gradcheck=False))
+    # PyTorch's values, from (1 - t) x + (1 + (pw - 1) t) softplus(-x): x = +inf, t < 1: +inf; wherever a
+    # 0 meets an infinity (x = +inf, t = 1; x = -inf): NaN; a NaN logit: NaN
+    x = np.array([np.inf, np.inf, np.inf, -np.inf, -np.inf, -np.inf, np.nan, 1.0], dtype=dt)
+    t = np.array([0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 0.5, 0.5], dtype=dt)
+    cases.append(Case("nonfinite", (x, t), {"reduction": "none"}, gradcheck=False))
+    cases.append(Case("nonfinite_pos_weight", (x, t), {"reduction": "none", "pos_weight": np.full(8, 2.0, dtype=dt)},
+                      gradcheck=False))
     return cases
 
 
@@ -238,3 +255,35 @@ SPECS = [
         samples=_penalty_samples,
     ),
 ]
+
+
+# ----- 0-d inputs: elementwise losses and the penalty take a 0-d pred/target and return 0-d arrays -----------
+from dataclasses import replace  # noqa: E402
+
+
+def _zero_d(a):
+    return np.asarray(a).reshape(())
+
+
+_ZERO_D = {
+    "mse": lambda rng, dt: (randn(rng, (1,), dt), randn(rng, (1,), dt)),
+    "l1": lambda rng, dt: _l1_pair(rng, (1,), dt),
+    "bce": lambda rng, dt: (_probs(rng, (1,), dt), rng.random(1).astype(dt)),
+    "bce_with_logits": lambda rng, dt: (randn(rng, (1,), dt, 3.0), rng.random(1).astype(dt)),
+    "norm_penalty": lambda rng, dt: (away_from(rng, (1,), dt),),
+}
+
+
+def _with_zero_d(samples, make, reductions):
+    def gen(rng, dt):
+        cases = list(samples(rng, dt))
+        for red in reductions:
+            params = {} if red is None else {"reduction": red}
+            cases.append(Case(f"0d_{red or 'default'}", tuple(_zero_d(a) for a in make(rng, dt)), params))
+        return cases
+    return gen
+
+
+SPECS = [replace(s, samples=_with_zero_d(s.samples, _ZERO_D[s.name],
+                                         (None,) if s.name == "norm_penalty" else ("mean", "none")))
+         if s.name in _ZERO_D else s for s in SPECS]

@@ -108,6 +108,19 @@ def _adam_forward(B, p, g, m, v, vmax, step_index=0, lr=1e-3, beta1=0.9, beta2=0
                 weight_decay, amsgrad, decoupled_weight_decay)
 
 
+# ----- Adadelta ------------------------------------------------------------------------------------
+ADADELTA_SETTINGS = [
+    dict(lr=1.0),
+    dict(lr=0.5, rho=0.95, eps=1e-5),
+    dict(lr=1.0, weight_decay=0.1),
+    dict(lr=0.1, rho=0.0, eps=1e-4, weight_decay=0.02),
+]
+
+
+def _adadelta_forward(B, p, g, square_avg, acc_delta, step_index=0, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    B.adadelta_step(p, _grad_at(g, step_index), square_avg, acc_delta, lr, rho, eps, weight_decay)
+
+
 SPECS = [
     OpSpec(name="sgd_step", kernels=("sgd_step",), kind="step", forward=_sgd_forward,
            samples=_samples(SGD_SETTINGS, 1, (3, 5)), mutates=(0, 2), tol=dict(STEP_TOL)),
@@ -117,4 +130,6 @@ SPECS = [
            samples=_samples(RMSPROP_SETTINGS, 3, (2, 4)), mutates=(0, 2, 3, 4), tol=dict(STEP_TOL)),
     OpSpec(name="adam_step", kernels=("adam_step",), kind="step", forward=_adam_forward,
            samples=_samples(ADAM_SETTINGS, 3, (3, 5)), mutates=(0, 2, 3, 4), tol=dict(STEP_TOL)),
+    OpSpec(name="adadelta_step", kernels=("adadelta_step",), kind="step", forward=_adadelta_forward,
+           samples=_samples(ADADELTA_SETTINGS, 2, (2, 3)), mutates=(0, 2, 3), tol=dict(STEP_TOL)),
 ]
