@@ -22,6 +22,9 @@ Environment switches:
   FASTBP_BUILD_ONLY=conv,pool   development only: build just these csrc families (with --inplace).
   FASTBP_NO_CLONES=1 build the Winograd transforms for the baseline instruction set only (no AVX2 /
                      AVX-512 clones chosen at load time; see csrc/fastbp_clones.h).
+  FASTBP_SANITIZE=address,undefined   development only: add -fsanitize= with these checks (plus -g and frame
+                     pointers) to CFLAGS and LDFLAGS; OpenMP stays on, and the build fails rather than come out
+                     serial. README, "Verification", says how to run the tests under it (.ci/sanitize does).
 CFLAGS, CPPFLAGS and LDFLAGS are honoured by the probes and the modules alike; CFLAGS come after our flags,
 so e.g. CFLAGS="-O1 -g -fsanitize=address" LDFLAGS=-fsanitize=address gives a sanitizer build.
 """
@@ -43,6 +46,12 @@ from setuptools.modified import newer_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("FASTBP_DEBUG", "0") == "1"
+
+SANITIZE = [c for c in os.environ.get("FASTBP_SANITIZE", "").split(",") if c]
+if SANITIZE:  # through CFLAGS/LDFLAGS, so the probes see exactly what the modules get
+    _fsan = f"-fsanitize={','.join(SANITIZE)}"
+    os.environ["CFLAGS"] = f"{os.environ.get('CFLAGS', '')} {_fsan} -fno-omit-frame-pointer -g".strip()
+    os.environ["LDFLAGS"] = f"{os.environ.get('LDFLAGS', '')} {_fsan}".strip()
 BUILD_INFO = "_build_info.json"  # written next to the modules in fastbp/_C
 
 DIRECTIVES = {
@@ -214,6 +223,9 @@ class BuildExt(build_ext):
     def build_extensions(self):
         c = self.compiler
         openmp = probe_openmp(c)
+        if SANITIZE and not openmp and os.environ.get("FASTBP_OPENMP", "1") != "0":
+            raise RuntimeError("FASTBP_SANITIZE: OpenMP did not link with the sanitizer flags; a serial build would "
+                               "not check the threaded kernels (FASTBP_OPENMP=0 builds one on purpose)")
         base = compile_args(c, openmp)
         clones, clones_note = probe_clones(c, base) if c.compiler_type != "msvc" else (False, "baseline only (MSVC)")
         user_c = [] if c.compiler_type == "msvc" else _env_flags("CFLAGS")

@@ -96,6 +96,9 @@ cdef extern from "sums.h" nogil:
     double plane_sum_f(const float* r, Py_ssize_t n)
     double plane_sum_d(const double* r, Py_ssize_t n)
 
+# Ctrl-C between samples: the kernels poll from the calling thread (see csrc/interrupt.h)
+from _interrupt cimport fastbp_interrupt, fastbp_poll, fastbp_stopped, interrupt_init, interrupt_raise
+
 cdef extern from "winograd.h" nogil:
     # the Winograd tile transforms, per channel plane (restrict-qualified C loops; see the header)
     void wino_pad_row_f(const float* src, Py_ssize_t n, Py_ssize_t q0, float* dst, Py_ssize_t half)
@@ -533,22 +536,28 @@ cdef void _forward_sample(const real* x, const real* w, const real* b, real* y, 
 
 
 cdef void _conv_forward_par(const real* x, const real* w, const real* b, real* y, real* ws, int nt,
-                            const Geom* g) noexcept nogil:
+                            const Geom* g, fastbp_interrupt* it) noexcept nogil:
     """Sample-parallel forward: thread t uses the workspace slot ws + t g.slot; BLAS is single-threaded
-    (the caller set it) when nt > 1."""
+    (the caller set it) when nt > 1. Thread 0 polls for signals after each of its samples; once
+    interrupted, the samples left are skipped."""
     cdef Py_ssize_t n
     cdef int tid
     if nt <= 1:
         for n in range(g.N):
+            if fastbp_poll(it):
+                return
             _forward_sample(x, w, b, y, ws, n, g)
         return
     for n in prange(g.N, schedule="dynamic", num_threads=nt):
         tid = threadid()
-        _forward_sample(x, w, b, y, ws + tid * g.slot, n, g)
+        if not fastbp_stopped(it):
+            _forward_sample(x, w, b, y, ws + tid * g.slot, n, g)
+            if tid == 0:
+                fastbp_poll(it)
 
 
 cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, real* ws,
-                        Py_ssize_t chunk, bint batched, const Geom* g) noexcept nogil:
+                        Py_ssize_t chunk, bint batched, const Geom* g, fastbp_interrupt* it) noexcept nogil:
     """Chunked forward with threaded BLAS outside prange (no BLAS thread hook, or the batched layout). The
     row layout is processed one sample at a time (its slot is one sample's workspace)."""
     cdef Py_ssize_t n0 = 0, nb, j, t, o, p, ld
@@ -562,9 +571,13 @@ cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, re
     if g.rows or g.wide or g.wino:
         # row / wide / Winograd layout without the thread hook: samples one after another, threaded BLAS
         for j in range(g.N):
+            if fastbp_poll(it):
+                return
             _forward_sample(x, w, b, y, ws, j, g)
         return
     while n0 < g.N:
+        if fastbp_poll(it):
+            return
         nb = chunk if chunk < g.N - n0 else g.N - n0
         if batched:
             ld = nb * P
@@ -596,6 +609,8 @@ cdef void _conv_forward(const real* x, const real* w, const real* b, real* y, re
                     for p in range(P):
                         yr[p] = bo
             for j in range(nb):
+                if fastbp_poll(it):
+                    return
                 src = (x + (n0 + j) * xs) if g.direct else (ws + j * K * P)
                 gemm_rm(False, False, <int>O, <int>P, <int>K, <real>1, w, <int>K, src, <int>P, beta,
                         y + (n0 + j) * ys, <int>P)
@@ -746,12 +761,13 @@ cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_
 
 cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
                              real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
-                             Py_ssize_t nblk, int nt, const Geom* g) noexcept nogil:
+                             Py_ssize_t nblk, int nt, const Geom* g, fastbp_interrupt* it) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
     parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The
     blocks do not depend on the thread count, so neither does the result. Thread t uses the slot
     ws + t g.slot. With bsums (N, O) given, the bias gradient's per-sample sums are taken while g[n] is in
-    cache and combined into db at the end."""
+    cache and combined into db at the end. Thread 0 polls for signals after each of its samples; once
+    interrupted, the samples left are skipped and nothing is summed."""
     cdef Py_ssize_t k, n, hi, KO = g.part
     cdef int tid
     if ndw and g.N == 0:
@@ -765,10 +781,16 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
         if hi > g.N:
             hi = g.N
         for n in range(k * bs, hi):
+            if fastbp_stopped(it):
+                break
             _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
                              ndx, ndw, n == k * bs, n, g)
             if bsums != NULL:
                 _bias_sample_sums(gy, bsums, n, g)
+            if tid == 0:
+                fastbp_poll(it)
+    if fastbp_stopped(it):
+        return
     if ndw and nblk > 1:
         _sum_partials(parts, nblk, dwt, KO)
     if bsums != NULL:
@@ -777,7 +799,7 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
 
 cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
                          real* ws, bint ndx, bint ndw, Py_ssize_t bs, Py_ssize_t nblk, Py_ssize_t chunk,
-                         bint batched, const Geom* g) noexcept nogil:
+                         bint batched, const Geom* g, fastbp_interrupt* it) noexcept nogil:
     """Chunked backward with threaded BLAS outside prange. dx (N, C, H, W) and dwt (K, O) = dweight^T. The
     weight gradient is accumulated transposed, dwt += col[n] @ g[n]^T, because BLAS runs that orientation
     of the product faster than g[n] @ col[n]^T. Per-sample layout: same blocks of bs samples and partials as
@@ -797,11 +819,15 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
     if g.wino:
         # Winograd without the thread hook: samples one after another (same blocks), threaded BLAS
         for n in range(g.N):
+            if fastbp_poll(it):
+                return
             _backward_sample(gy, x, w, dx, parts + (n // bs) * KO, ws, ndx, ndw, n % bs == 0, n, g)
         if ndw and nblk > 1:
             _sum_partials(parts, nblk, dwt, KO)
         return
     while n0 < g.N:
+        if fastbp_poll(it):
+            return
         nb = chunk if chunk < g.N - n0 else g.N - n0
         if batched:
             ld = nb * P
@@ -824,6 +850,8 @@ cdef void _conv_backward(const real* gy, const real* x, const real* w, real* dx,
             if ndw and not g.direct:
                 _im2col_chunk(x, n0, nb, ws, P, K * P, g)
             for j in range(nb):
+                if fastbp_poll(it):
+                    return
                 n = n0 + j
                 src = gy + n * ys
                 col = (<real*>x + n * xs) if g.direct else (ws + j * K * P)
@@ -1147,6 +1175,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=No
     # (64,32,14,14)x(64,32,3,3) stride 2: forward 6.3-11.5 ms CPU threaded vs 1.8 ms single, backward
     # 11.5-14.4 vs 3.1; the 1x1 stride-2 projection's backward 2.1-24 vs 0.5)
     cdef bint single = pl.par or (pl.batched and _blas_hooks())
+    cdef fastbp_interrupt it
+    interrupt_init(&it)
     ws, held = _acquire_workspace(&g, pl.chunk, x.dtype)
     try:
         pws = _ptr(ws)
@@ -1157,18 +1187,19 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=No
                 with nogil:
                     if pl.par:
                         _conv_forward_par[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws,
-                                                 pl.nt, &g)
+                                                 pl.nt, &g, &it)
                     else:
                         _conv_forward[float](<float*>px, <float*>pw, <float*>pb, <float*>py, <float*>pws,
-                                             pl.chunk, pl.batched, &g)
+                                             pl.chunk, pl.batched, &g, &it)
             else:
                 with nogil:
                     if pl.par:
                         _conv_forward_par[double](<double*>px, <double*>pw, <double*>pb, <double*>py,
-                                                  <double*>pws, pl.nt, &g)
+                                                  <double*>pws, pl.nt, &g, &it)
                     else:
                         _conv_forward[double](<double*>px, <double*>pw, <double*>pb, <double*>py, <double*>pws,
-                                              pl.chunk, pl.batched, &g)
+                                              pl.chunk, pl.batched, &g, &it)
+            interrupt_raise(&it)  # Ctrl-C during the call: y is discarded
         finally:
             if single:
                 _blas_single_exit()
@@ -1222,6 +1253,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     cdef bint fused = ndb and pl.par and (ndx or ndw) and g.N > 0
     bsums = np.empty((g.N, g.O), dtype=np.float64) if fused else None
     cdef double* pbs = <double*>_ptr(bsums) if fused else NULL
+    cdef fastbp_interrupt it
+    interrupt_init(&it)
     held = False
     try:
         if ndx or ndw:
@@ -1237,11 +1270,11 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                                   <float*>ppa, <float*>pws, pbs, <float*>pdb, ndx, ndw, pl.bs,
-                                                  pl.nblk, pl.nt, &g)
+                                                  pl.nblk, pl.nt, &g, &it)
                     elif ndx or ndw:
                         _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                               <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.chunk,
-                                              pl.batched, &g)
+                                              pl.batched, &g, &it)
             else:
                 with nogil:
                     if ndb and not fused:
@@ -1249,11 +1282,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                    <double*>pdw, <double*>ppa, <double*>pws, pbs,
-                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g)
+                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g, &it)
                     elif ndx or ndw:
                         _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
-                                               pl.nblk, pl.chunk, pl.batched, &g)
+                                               pl.nblk, pl.chunk, pl.batched, &g, &it)
+            interrupt_raise(&it)  # Ctrl-C during the call: the gradients are discarded
         finally:
             if single:
                 _blas_single_exit()

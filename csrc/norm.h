@@ -37,7 +37,10 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
                                              ptrdiff_t c, double* mean, double* var)                       \
     {                                                                                                     \
         fastbp_v4d a0 = {0, 0, 0, 0}, a1 = a0, q0 = a0, q1 = a0, d0, d1;                                  \
-        const double K = (double)x[c * L];                                                                \
+        const double K0 = (double)x[c * L];                                                               \
+        /* an infinite or NaN first element would turn every x - K into inf or NaN (-inf - -inf = NaN):  \
+           no shift then, so the mean is the IEEE sum's (+-inf or NaN, as PyTorch's) */                     \
+        const double K = K0 - K0 == 0 ? K0 : 0.0;                                                         \
         const fastbp_v4d K4 = {K, K, K, K};                                                               \
         ptrdiff_t n, p, k, L8 = L / 8 * 8;                                                                \
         for (n = 0; n < N; n++) {                                                                         \

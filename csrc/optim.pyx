@@ -273,7 +273,7 @@ cdef void _adam(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real[:
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            if vmax[i] > vi:
+            if vmax[i] > vi or vmax[i] != vmax[i]:  # a NaN on either side wins, as in torch.maximum
                 vi = vmax[i]
             vmax[i] = vi
         p[i] = x - rstep * (mi / (r_sqrt(vi) / rbc2 + reps))

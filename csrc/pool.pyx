@@ -17,6 +17,7 @@
 # assigned, and the window bounds are written through pointers (valid_range), which Cython would share
 # between threads. Index arithmetic is Py_ssize_t.
 cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
@@ -248,6 +249,24 @@ cdef inline void* _ptr(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+# Ctrl-C: Python runs signal handlers only when it has control, so the windowed kernels (which can run
+# for seconds on large batches) run in chunks of samples, and between chunks, with the GIL held,
+# PyErr_CheckSignals runs the handlers: a KeyboardInterrupt arrives after the current chunk instead of at
+# the end of the call, and the freshly allocated output is discarded. Every plane is computed the same way
+# whatever the chunking, so results do not change.
+cdef enum:
+    CHUNK_TAPS = 1 << 23          # window taps (output pixels x kernel size) per chunk: ~10-50 ms
+    CHUNK_MIN_ELEMENTS = 1 << 18  # but at least this many input pixels (PARALLEL_MIN), so chunks run threaded
+
+
+cdef Py_ssize_t _chunk_samples(const PGeom* g):
+    cdef Py_ssize_t taps = g.C * g.OH * g.OW * g.kH * g.kW, elems = g.C * g.H * g.W
+    cdef Py_ssize_t nb = CHUNK_TAPS // taps if taps > 0 else g.N
+    if elems > 0 and CHUNK_MIN_ELEMENTS // elems > nb:
+        nb = CHUNK_MIN_ELEMENTS // elems
+    return nb if nb > 0 else 1
+
+
 # ----- public kernels -------------------------------------------------------------------------------
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, out=None):
     """Max over each window of x (N, C, H, W). Returns (y, indices): y (N, C, OH, OW) and the int64 flat
@@ -261,15 +280,22 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, out=N
     oy, oi = out if out is not None else (None, None)
     y = out_array(oy, (g.N, g.C, g.OH, g.OW), x.dtype, "out[0]", (x,))
     ind = out_array(oi, (g.N, g.C, g.OH, g.OW), np.dtype(np.int64), "out[1]", (x, y))
-    cdef void* px = _ptr(x)
-    cdef void* py = _ptr(y)
+    cdef char* px = <char*>_ptr(x)
+    cdef char* py = <char*>_ptr(y)
     cdef int64_t* pi = <int64_t*>_ptr(ind)
-    if x.dtype == np.float32:
-        with nogil:
-            _max_forward[float](<float*>px, <float*>py, pi, &g)
-    else:
-        with nogil:
-            _max_forward[double](<double*>px, <double*>py, pi, &g)
+    cdef PGeom gc = g
+    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = x.dtype.itemsize
+    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
+    for n0 in range(0, g.N, nb):
+        gc.N = nb if nb < g.N - n0 else g.N - n0
+        if x.dtype == np.float32:
+            with nogil:
+                _max_forward[float](<float*>(px + n0 * xs * isz), <float*>(py + n0 * ys * isz), pi + n0 * ys, &gc)
+        else:
+            with nogil:
+                _max_forward[double](<double*>(px + n0 * xs * isz), <double*>(py + n0 * ys * isz), pi + n0 * ys,
+                                     &gc)
+        PyErr_CheckSignals()
     return y, ind
 
 
@@ -290,16 +316,24 @@ def max_pool2d_backward(grad_out, indices, input_shape, out=None):
                          f"{shp}; the (N, C) dimensions must match")
     dx = out_array(out, tuple(shp), grad_out.dtype, "out", (grad_out, indices))
     cdef Py_ssize_t planes = shp[0] * shp[1], HW = shp[2] * shp[3]
-    cdef Py_ssize_t P = grad_out.shape[2] * grad_out.shape[3], bad
-    cdef void* pg = _ptr(grad_out)
-    cdef void* pdx = _ptr(dx)
+    cdef Py_ssize_t P = grad_out.shape[2] * grad_out.shape[3], bad = 0
+    cdef char* pg = <char*>_ptr(grad_out)
+    cdef char* pdx = <char*>_ptr(dx)
     cdef int64_t* pi = <int64_t*>_ptr(indices)
-    if grad_out.dtype == np.float32:
-        with nogil:
-            bad = _max_backward[float](<float*>pg, pi, <float*>pdx, planes, HW, P)
-    else:
-        with nogil:
-            bad = _max_backward[double](<double*>pg, pi, <double*>pdx, planes, HW, P)
+    cdef Py_ssize_t t0, tb, nt, isz = grad_out.dtype.itemsize
+    # chunks of planes for Ctrl-C (see _chunk_samples): each plane zeroes and scatters about HW + P values
+    tb = (CHUNK_MIN_ELEMENTS // (HW + P) if HW + P > 0 else planes) + 1
+    for t0 in range(0, planes, tb):
+        nt = tb if tb < planes - t0 else planes - t0
+        if grad_out.dtype == np.float32:
+            with nogil:
+                bad += _max_backward[float](<float*>(pg + t0 * P * isz), pi + t0 * P, <float*>(pdx + t0 * HW * isz),
+                                            nt, HW, P)
+        else:
+            with nogil:
+                bad += _max_backward[double](<double*>(pg + t0 * P * isz), pi + t0 * P,
+                                             <double*>(pdx + t0 * HW * isz), nt, HW, P)
+        PyErr_CheckSignals()
     if bad:
         raise ValueError(f"max_pool2d_backward: {bad} indices are outside [-1, {HW}) for input planes of "
                          f"{shp[2]}x{shp[3]}; indices must come from max_pool2d_forward on this input shape")
@@ -312,14 +346,20 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     x = as_float_array(x, "x")
     _geometry(&g, "avg_pool2d", x.shape, kernel_size, stride, padding, 1)
     y = np.empty((g.N, g.C, g.OH, g.OW), dtype=x.dtype)
-    cdef void* px = _ptr(x)
-    cdef void* py = _ptr(y)
-    if x.dtype == np.float32:
-        with nogil:
-            _avg_forward[float](<float*>px, <float*>py, &g)
-    else:
-        with nogil:
-            _avg_forward[double](<double*>px, <double*>py, &g)
+    cdef char* px = <char*>_ptr(x)
+    cdef char* py = <char*>_ptr(y)
+    cdef PGeom gc = g
+    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = x.dtype.itemsize
+    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
+    for n0 in range(0, g.N, nb):
+        gc.N = nb if nb < g.N - n0 else g.N - n0
+        if x.dtype == np.float32:
+            with nogil:
+                _avg_forward[float](<float*>(px + n0 * xs * isz), <float*>(py + n0 * ys * isz), &gc)
+        else:
+            with nogil:
+                _avg_forward[double](<double*>(px + n0 * xs * isz), <double*>(py + n0 * ys * isz), &gc)
+        PyErr_CheckSignals()
     return y
 
 
@@ -333,14 +373,20 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
         raise ValueError(f"avg_pool2d_backward: grad_out has shape {grad_out.shape}, expected "
                          f"{(g.N, g.C, g.OH, g.OW)} for input_shape {shp}")
     dx = np.empty(shp, dtype=grad_out.dtype)
-    cdef void* pg = _ptr(grad_out)
-    cdef void* pdx = _ptr(dx)
-    if grad_out.dtype == np.float32:
-        with nogil:
-            _avg_backward[float](<float*>pg, <float*>pdx, &g)
-    else:
-        with nogil:
-            _avg_backward[double](<double*>pg, <double*>pdx, &g)
+    cdef char* pg = <char*>_ptr(grad_out)
+    cdef char* pdx = <char*>_ptr(dx)
+    cdef PGeom gc = g
+    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = grad_out.dtype.itemsize
+    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
+    for n0 in range(0, g.N, nb):
+        gc.N = nb if nb < g.N - n0 else g.N - n0
+        if grad_out.dtype == np.float32:
+            with nogil:
+                _avg_backward[float](<float*>(pg + n0 * ys * isz), <float*>(pdx + n0 * xs * isz), &gc)
+        else:
+            with nogil:
+                _avg_backward[double](<double*>(pg + n0 * ys * isz), <double*>(pdx + n0 * xs * isz), &gc)
+        PyErr_CheckSignals()
     return dx
 
 

@@ -240,3 +240,16 @@ def test_relu_inplace_accepted_and_identity_and_adaptive_pool():
                                rtol=1e-12)
     with pytest.raises(NotImplementedError, match="divide"):
         F.adaptive_avg_pool2d(tensor(z), 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_saved_mean_with_an_infinite_first_element(dtype):
+    """The batch mean of a channel holding +-inf is +-inf (PyTorch's, the reference's), also when the channel's
+    first element is the infinite one: the kernel's shifted sums once gave NaN there (inf - inf)."""
+    x = np.array([[1.0, -np.inf, np.nan], [2.0, 3.0, 1.0], [0.5, 1.0, 2.0], [np.inf, 0.0, 1.0]], dtype=dtype)
+    for first in (-np.inf, np.inf):
+        x[0, 1] = first
+        out = {B.name: B.batch_norm_forward(x, None, None, None, None, True) for B in (C, R)}
+        for k in range(3):
+            np.testing.assert_array_equal(out["compiled"][k], out["reference"][k])
+        assert out["compiled"][1][1] == first and out["compiled"][1][0] == np.inf and np.isnan(out["compiled"][1][2])

@@ -976,3 +976,34 @@ def test_subnormal_flush_keeps_nan_and_inf():
         buf = np.array([np.nan, np.inf, 1e-39], dtype=np.float32)  # 1e-39 is subnormal in float32
         B.sgd_step(p, np.zeros(3, dtype=np.float32), buf, 0.1, 0.5)
         assert np.isnan(buf[0]) and buf[1] == np.inf and buf[2] == 0.0
+
+
+@pytest.mark.parametrize("n", [5, 300000])  # serial and OpenMP loops
+def test_amsgrad_maximum_propagates_nan(n):
+    """AMSGrad's running maximum follows torch.maximum (and np.maximum): a NaN on either side gives NaN.
+    The compiled kernel once kept the finite side when the stored maximum was NaN."""
+    for dtype in (np.float32, np.float64):
+        out = {}
+        for B in (fastbp._backend.compiled, fastbp._backend.reference):
+            p, g = np.full(n, 0.5, dtype=dtype), np.full(n, 0.1, dtype=dtype)
+            m, v, vmax = np.zeros(n, dtype), np.zeros(n, dtype), np.zeros(n, dtype)
+            vmax[:3] = [np.nan, 1.0, np.inf]
+            B.adam_step(p, g, m, v, vmax, 1, 0.01, amsgrad=True)
+            out[B.name] = (p, vmax)
+        for k in range(2):
+            np.testing.assert_array_equal(out["compiled"][k], out["reference"][k])
+        assert np.isnan(out["compiled"][1][0]) and np.isnan(out["compiled"][0][0])
+
+
+def test_both_backends_refuse_misaligned_state():
+    """In-place state must be writeable, aligned and C-contiguous in both backends (the compiled kernels cannot
+    update a misaligned array in place through a copy; the reference used to accept one)."""
+    buf = np.zeros(4 * 8 + 1, np.uint8)
+    for B in (fastbp._backend.compiled, fastbp._backend.reference):
+        p = buf[1:].view(np.float32)
+        assert not p.flags.aligned
+        with pytest.raises(ValueError, match="aligned"):
+            B.sgd_step(p, np.zeros(8, np.float32), None, 0.1)
+        m = buf[1:].view(np.float32)
+        with pytest.raises(ValueError, match="aligned"):
+            B.adam_step(np.zeros(8, np.float32), np.zeros(8, np.float32), m, np.zeros(8, np.float32), None, 1, 0.1)

@@ -21,8 +21,10 @@ def _check_state(arr, name, param):
         raise TypeError(f"{name} has dtype {arr.dtype} but param has dtype {param.dtype}")
     if arr.shape != param.shape:
         raise ValueError(f"{name} has shape {arr.shape} but param has shape {param.shape}")
-    if not arr.flags.c_contiguous or not arr.flags.writeable:
-        raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    # the compiled kernels' contract, to the letter (they write through typed pointers, so a misaligned
+    # array, which they cannot update in place through a copy, is refused there and here)
+    if not arr.flags.c_contiguous or not arr.flags.writeable or not arr.flags.aligned:
+        raise ValueError(f"{name} must be a writeable, aligned C-contiguous array (it is updated in place)")
 
 
 def _check_param(param):
