@@ -35,8 +35,8 @@ RESULTS_DIR = os.path.join(HERE, "results")
 MAIN_CONFIGS = [("fastbp", "fastbp", None), ("torch", "torch", None), ("jax", "jax", None),
                 ("numpy", "numpy", None)]
 
-# fastbp with a fixed thread count whatever the load (fastbp.set_threads_adaptive(False)): --fixed-too
-FIXED_CONFIG = ("fastbp fixed threads", "fastbp", "fixed")
+# fastbp with the load-adaptive thread count (fastbp.set_threads_adaptive(True)): --adaptive-too
+ADAPTIVE_CONFIG = ("fastbp adaptive threads", "fastbp", "adaptive")
 GUEST_CONFIGS = [("torch", "torch", None), ("torch+import fastbp", "torch", "fastbp"),
                  ("torch+fastbp steps", "torch", "fastbp-step"),
                  ("numpy", "numpy", None), ("numpy+import fastbp", "numpy", "fastbp"),
@@ -54,8 +54,8 @@ def run_worker(framework, pre_import, only, scale):
     cmd = [sys.executable, os.path.join(HERE, "workloads.py"), framework, "--scale", str(scale)]
     if only:
         cmd += ["--only", only]
-    if pre_import == "fixed":
-        cmd += ["--fastbp-fixed-threads"]
+    if pre_import == "adaptive":
+        cmd += ["--fastbp-adaptive-threads"]
     elif pre_import:
         cmd += ["--pre-import", pre_import]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -71,11 +71,11 @@ def main(argv=None):
     ap.add_argument("--frameworks", default="", help="comma-separated configuration labels (default: all)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the timed call counts per process")
     ap.add_argument("--guest", action="store_true", help="PyTorch/NumPy with and without `import fastbp`")
-    ap.add_argument("--fixed-too", action="store_true",
-                    help="also fastbp with set_threads_adaptive(False) (all threads whatever the load)")
+    ap.add_argument("--adaptive-too", action="store_true",
+                    help="also fastbp with set_threads_adaptive(True) (one thread while the machine is oversubscribed)")
     ap.add_argument("--out", default=None, help="result file name (default separate.json / guest.json)")
     args = ap.parse_args(argv)
-    configs = GUEST_CONFIGS if args.guest else MAIN_CONFIGS + ([FIXED_CONFIG] if args.fixed_too else [])
+    configs = GUEST_CONFIGS if args.guest else MAIN_CONFIGS + ([ADAPTIVE_CONFIG] if args.adaptive_too else [])
     only = args.only or (GUEST_WORKLOADS if args.guest else "")
     if args.frameworks:
         keep = args.frameworks.split(",")
@@ -89,7 +89,7 @@ def main(argv=None):
         for label, fw, pre in configs[k:] + configs[:k]:
             for rec in run_worker(fw, pre, only, args.scale):
                 times.setdefault((rec["workload"], label), []).append(rec["median_ms"])
-                if rec["env_changed"] and pre and pre != "fixed":
+                if rec["env_changed"] and pre and pre != "adaptive":
                     times.setdefault(("_env_changed", label), []).append(rec["env_changed"])
         load.append(os.getloadavg())
         print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s, load {load[-1][0]:.2f})",

@@ -479,13 +479,13 @@ def main(argv=None):
     ap.add_argument("--fastbp-gemm-threads", choices=["openmp", "blas"], default="openmp",
                     help="fastbp only, for comparisons: GEMMs on fastbp's OpenMP threads (default) or one BLAS "
                          "call on the BLAS's own threads (the design before the one-pool change)")
-    ap.add_argument("--fastbp-fixed-threads", action="store_true",
-                    help="fastbp only: fastbp.set_threads_adaptive(False), all threads whatever the load")
+    ap.add_argument("--fastbp-adaptive-threads", action="store_true",
+                    help="fastbp only: fastbp.set_threads_adaptive(True), one thread while the machine is oversubscribed")
     args = ap.parse_args(argv)
     env_before = dict(os.environ)
-    if args.framework == "fastbp" and args.fastbp_fixed_threads:
+    if args.framework == "fastbp" and args.fastbp_adaptive_threads:
         import fastbp
-        fastbp.set_threads_adaptive(False)
+        fastbp.set_threads_adaptive(True)
     if args.framework == "fastbp" and args.fastbp_gemm_threads == "blas":
         import fastbp
         # process-wide: GEMMs and conv2d

@@ -32,7 +32,8 @@ cdef extern from *:
 cdef fastbp_threading _state
 _state.num_threads = omp_get_max_threads() if omp_get_max_threads() >= 1 else 1
 _state.parallel_min = PARALLEL_MIN
-_state.adaptive = 1
+# load-adaptive thread count: opt-in (set_threads_adaptive(True), or FASTBP_THREADS_ADAPTIVE=1 at import)
+_state.adaptive = 1 if os.environ.get("FASTBP_THREADS_ADAPTIVE", "0") == "1" else 0
 _state.load_busy = 0
 _state.load_next_ns = 0
 cdef bint _forked = False

@@ -68,7 +68,8 @@ static inline void fastbp_blas_single_exit(void) {
  * load average is at least 2 x CPUs + 1 (at least CPUs + 1 runnable threads besides a fully busy fastbp),
  * regions run on one thread; back to the count once it drops below 2 x CPUs. The load average is read at
  * most once a second (CLOCK_MONOTONIC_COARSE otherwise, ~20 ns). Results do not depend on it (they do not
- * depend on the thread count). fastbp.set_threads_adaptive(False) turns it off. */
+ * depend on the thread count). Off unless asked for: fastbp.set_threads_adaptive(True), or
+ * FASTBP_THREADS_ADAPTIVE=1 in the environment at import. */
 #if defined(__linux__)
 #include <stdlib.h>
 #include <time.h>

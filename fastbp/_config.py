@@ -151,11 +151,12 @@ def set_num_threads(n):
 
 def set_threads_adaptive(on=True):
     """Whether fastbp's parallel kernels drop to one thread while other processes oversubscribe the machine
-    (1-minute load average >= 2 x CPUs + 1, back at < 2 x CPUs; checked at most once a second). On by
-    default: on a machine whose cores are all taken, threaded steps spend their time waiting at barriers for
-    descheduled threads (csrc/fastbp_omp.h). Results are the same either way. `set_threads_adaptive(False)`
-    keeps get_num_threads() threads whatever the load (for timing a fixed configuration, or tests that must
-    reach the parallel paths). Returns the previous setting."""
+    (1-minute load average >= 2 x CPUs + 1, back at < 2 x CPUs; checked at most once a second). Off by
+    default (FASTBP_THREADS_ADAPTIVE=1 at import turns it on): on a machine whose cores are all taken by
+    other processes, threaded steps spend their time waiting at barriers for descheduled threads
+    (csrc/fastbp_omp.h), and one thread is steadier. It is opt-in because the load average is a guess about
+    the machine: in a container it reports the host's load, and a moderately loaded machine may still run
+    two threads faster. Results are the same either way. Returns the previous setting."""
     if _backend.compiled is None:
         return False
     return _runtime().set_threads_adaptive(bool(on))

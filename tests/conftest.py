@@ -7,7 +7,7 @@ import fastbp
 @pytest.fixture(autouse=True, scope="session")
 def _fixed_thread_count():
     """The suite must reach the parallel (OpenMP) paths even when it runs on a loaded machine: no dropping to
-    one thread under load (fastbp.set_threads_adaptive) while tests run."""
+    one thread under load (fastbp.set_threads_adaptive, off by default; also if FASTBP_THREADS_ADAPTIVE=1)."""
     previous = fastbp.set_threads_adaptive(False)
     yield
     fastbp.set_threads_adaptive(previous)

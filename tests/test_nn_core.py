@@ -284,7 +284,8 @@ def test_info_reports_wait_settings_the_user_chose():
 
 def test_threads_adaptive_rule_and_switch():
     """Parallel regions drop to one thread while the 1-minute load average is >= 2 x CPUs + 1 (back below
-    2 x CPUs); the switch is process-wide, adaptive by default, off for the test suite (conftest)."""
+    2 x CPUs); the switch is process-wide and off unless asked for (FASTBP_THREADS_ADAPTIVE=1 or
+    set_threads_adaptive(True))."""
     rt = fastbp._config._runtime()
     assert rt._busy_for_load(5.0, 2, False) and not rt._busy_for_load(4.9, 2, False)
     assert rt._busy_for_load(4.0, 2, True) and not rt._busy_for_load(3.9, 2, True)   # hysteresis
@@ -301,10 +302,14 @@ def test_threads_adaptive_rule_and_switch():
             "busy = os.getloadavg()[0] >= 2 * os.cpu_count() + 1; "
             "print(fastbp._config._runtime().effective_threads() == (1 if busy else fastbp.get_num_threads()) "
             "or 'borderline')")
-    out = run_python(["-c", code])
+    out = run_python(["-c", code], drop=("FASTBP_THREADS_ADAPTIVE",))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "False", out.stdout   # off by default
+    out = run_python(["-c", code], {"FASTBP_THREADS_ADAPTIVE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "True" and out.stdout.split()[1] in ("True", "borderline"), out.stdout
-    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"]).stdout
+    assert "while the machine is oversubscribed" in run_python(["-m", "fastbp", "info"],
+                                                               {"FASTBP_THREADS_ADAPTIVE": "1"}).stdout
 
 
 def test_set_num_threads_leaves_numpy_blas_alone():
