@@ -17,12 +17,16 @@
 # gradient is (x - y) / max(x (1 - x), 1e-12) (PyTorch's, so finite at x = 0 or 1).
 # NaN and infinity follow PyTorch (checked against it in tests/test_nonfinite.py): cross-entropy adds the
 # label-smoothing term only when label_smoothing > 0 (a -inf logit off the target then drops out; on the
-# target the loss is +inf); the hinge counts a term only where z > 0, so a NaN score contributes nothing;
+# target the loss is +inf), reduces its two terms separately (a zero total class weight makes the mean NaN),
+# and for a non-finite incoming gradient or class weight forms a row's gradient in PyTorch's order
+# gl - p sum(gl) (gl the gradient w.r.t. log-softmax); the hinge counts a term only where z > 0, so a NaN
+# score contributes nothing, weights only active terms, and multiplies by the incoming gradient last (0 * NaN
+# is NaN: a NaN gradient reaches its whole row, also for C = 1);
 # BCE with logits takes PyTorch's form (1 - t) x + (1 + (pw - 1) t) softplus(-x) for an infinite logit
 # (x = +inf, t < 1: +inf; a 0 times an infinity: NaN), the more accurate symmetric form otherwise.
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport log, fabs
+from libc.math cimport log, fabs, isfinite
 from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
                      r_exp, r_log, r_log1p, r_abs, out_array)
 
@@ -171,10 +175,12 @@ cdef double _mean_denominator(object weight, object labels):
 
 # ----- softmax cross-entropy -------------------------------------------------------------------------
 cdef void _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[::1] w, bint has_w,
-                      double eps, real[::1] lse, double[::1] row) noexcept nogil:
+                      double eps, real[::1] lse, double[::1] nll, double[::1] smooth) noexcept nogil:
+    # per row the two terms PyTorch reduces separately: nll_n = w_y (-log p_y) and, with smoothing,
+    # smooth_n = sum_c w_c (-log p_c); the caller combines them (1 - eps) nll + eps / C smooth
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
     cdef real m
-    cdef double s, ls, v, t, wy
+    cdef double s, ls, t, wy
     for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
         m = x[i, 0]
         for j in range(1, c):
@@ -187,17 +193,39 @@ cdef void _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[
         lse[i] = <real>(m + ls)
         wy = w[y[i]] if has_w else 1.0
         # -log softmax(x)_k = (m - x_k) + log(s): no cancellation against a large lse
-        v = (1 - eps) * wy * ((<double>m - x[i, y[i]]) + ls)
+        nll[i] = wy * ((<double>m - x[i, y[i]]) + ls)
         if eps != 0:
             t = 0
             for j in range(c):
                 t = t + (w[j] if has_w else 1.0) * ((<double>m - x[i, j]) + ls)
-            v = v + eps / c * t
-        row[i] = v
+            smooth[i] = t
+
+
+cdef inline double _ce_gl(Py_ssize_t j, Py_ssize_t yj, const real[::1] w, bint has_w, double ga,
+                          double gb, bint smoothing) noexcept nogil:
+    """PyTorch's gradient w.r.t. log p_j: -gb w_j from the smoothing term, -ga w_y on the target."""
+    cdef double gl = 0
+    if smoothing:
+        gl = -gb * (w[j] if has_w else 1.0)
+    if j == yj:
+        gl = gl + (w[yj] if has_w else 1.0) * (-ga)
+    return gl
+
+
+cdef void _ce_row_exact(double s, const real[:, ::1] x, Py_ssize_t i, Py_ssize_t yi, const real[::1] w,
+                        bint has_w, double eps, real lse_i, real[:, ::1] dx) noexcept nogil:
+    """One row in PyTorch's order, dx = gl - p sum(gl) (gl the gradient w.r.t. log-softmax), for an
+    incoming gradient or class weight that is not finite: the NaN/inf pattern then depends on the order."""
+    cdef Py_ssize_t j, c = x.shape[1]
+    cdef double ga = (1 - eps) * s, gb = eps / c * s, S = 0
+    for j in range(c):
+        S = S + _ce_gl(j, yi, w, has_w, ga, gb, eps != 0)
+    for j in range(c):
+        dx[i, j] = <real>(_ce_gl(j, yi, w, has_w, ga, gb, eps != 0) - r_exp(x[i, j] - lse_i) * S)
 
 
 cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
-                       const Py_ssize_t[::1] y, const real[::1] w, bint has_w, double eps,
+                       const Py_ssize_t[::1] y, const real[::1] w, bint has_w, bint w_finite, double eps,
                        const real[::1] lse, real[:, ::1] dx) noexcept nogil:
     # d l_n / d x_k = p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
@@ -209,6 +237,9 @@ cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, 
         wsum = c
     for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
         s = scale[i] if per_row_scale else scale[0]
+        if not (w_finite and isfinite(s)):
+            _ce_row_exact(s, x, i, y[i], w, has_w, eps, lse[i], dx)
+            continue
         wy = w[y[i]] if has_w else 1.0
         a = (1 - eps) * wy + eps / c * wsum
         for j in range(c):
@@ -238,15 +269,29 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
     logits, labels, weight, eps = _ce_prepare(logits, labels, weight, label_smoothing)
     n = logits.shape[0]
     lse = np.empty(n, dtype=logits.dtype)
-    row = np.empty(n, dtype=np.float64)
+    nll = np.empty(n, dtype=np.float64)
+    smooth = np.empty(n if eps != 0 else 1, dtype=np.float64)
     w = weight if weight is not None else _dummy(logits.dtype)
     if logits.dtype == np.float32:
-        _ce_forward[float](logits, labels, w, weight is not None, eps, lse, row)
+        _ce_forward[float](logits, labels, w, weight is not None, eps, lse, nll, smooth)
     else:
-        _ce_forward[double](logits, labels, w, weight is not None, eps, lse, row)
+        _ce_forward[double](logits, labels, w, weight is not None, eps, lse, nll, smooth)
+    # PyTorch's combination: (1 - eps) nll + eps / C smooth, each term reduced on its own (with a zero or
+    # non-finite total weight the mean is NaN, not the combined sum over 0)
+    cdef double denom = _mean_denominator(weight, labels), total
+    if eps == 0:
+        if red == RED_NONE:
+            return nll.astype(logits.dtype), lse
+        return _reduced(_ordered_sum(nll), red, denom, logits.dtype), lse
+    cdef double k = eps / logits.shape[1]
     if red == RED_NONE:
-        return row.astype(logits.dtype), lse
-    return _reduced(_ordered_sum(row), red, _mean_denominator(weight, labels), logits.dtype), lse
+        with np.errstate(invalid="ignore"):
+            return ((1 - eps) * nll + k * smooth).astype(logits.dtype), lse
+    if red == RED_MEAN:
+        total = (1 - eps) * (_ordered_sum(nll) / denom) + k * (_ordered_sum(smooth) / denom)
+    else:
+        total = (1 - eps) * _ordered_sum(nll) + k * _ordered_sum(smooth)
+    return np.array(total, dtype=logits.dtype), lse
 
 
 def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0,
@@ -265,10 +310,12 @@ def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weig
     scale = _grad_scale(grad_out, red, reduction, (n,), _mean_denominator(weight, labels), logits.dtype)
     w = weight if weight is not None else _dummy(logits.dtype)
     dx = out_array(out, logits.shape, logits.dtype, "out", (logits, lse))
+    w_finite = weight is None or bool(np.isfinite(weight).all())
     if logits.dtype == np.float32:
-        _ce_backward[float](scale, red == RED_NONE, logits, labels, w, weight is not None, eps, lse, dx)
+        _ce_backward[float](scale, red == RED_NONE, logits, labels, w, weight is not None, w_finite, eps, lse, dx)
     else:
-        _ce_backward[double](scale, red == RED_NONE, logits, labels, w, weight is not None, eps, lse, dx)
+        _ce_backward[double](scale, red == RED_NONE, logits, labels, w, weight is not None, w_finite, eps, lse,
+                             dx)
     return dx
 
 
@@ -326,39 +373,45 @@ cdef void _mm_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[
                       int p, double margin, double norm, double[::1] row) noexcept nogil:
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
     cdef double z, acc, xy
+    cdef int active
     for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
         xy = x[i, y[i]]
         acc = 0
+        active = 0
         for j in range(c):
             if j == y[i]:
                 continue
             z = margin - xy + x[i, j]
             if z > 0:
                 acc = acc + (z if p == 1 else z * z)
-        row[i] = acc * (w[y[i]] if has_w else 1.0) / norm
+                active = 1
+        # PyTorch weights each active term: a row without one is 0 even for an infinite or NaN weight
+        row[i] = acc * (w[y[i]] if has_w else 1.0) / norm if active else 0.0
 
 
 cdef void _mm_backward(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
                        const Py_ssize_t[::1] y, const real[::1] w, bint has_w, int p, double margin,
                        double norm, real[:, ::1] dx) noexcept nogil:
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
-    cdef double z, h, s, xy, total
+    # PyTorch's order: h = hinge gradient times w_y / D (0 where inactive), and only then times the incoming
+    # gradient g, so a NaN or infinite g reaches every entry of its row (0 * g), as in PyTorch
+    cdef double z, h, s, g, xy, total
     for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
-        s = (scale[i] if per_row_scale else scale[0]) * (w[y[i]] if has_w else 1.0) / norm
+        g = scale[i] if per_row_scale else scale[0]
+        s = (w[y[i]] if has_w else 1.0) / norm
         xy = x[i, y[i]]
         total = 0
         for j in range(c):
             if j == y[i]:
-                dx[i, j] = 0
                 continue
             z = margin - xy + x[i, j]
             if z > 0:  # the hinge's gradient at z == 0 is 0
                 h = s if p == 1 else 2 * z * s
             else:
                 h = 0
-            dx[i, j] = <real>h
+            dx[i, j] = <real>(h * g)
             total = total + h
-        dx[i, y[i]] = <real>(-total)
+        dx[i, y[i]] = <real>(-total * g)
 
 
 cdef tuple _mm_prepare(object scores, object labels, object p, object margin, object weight,

@@ -32,12 +32,7 @@ FUZZ_SETTINGS = settings(
 
 # Differences known and tracked in issue 9, expected to fail (strictly: an unexpected pass fails too, so an
 # entry must go when its defect is fixed): {(op, variant): reason}.
-KNOWN = {
-    ("cross_entropy", "nonfinite"): "issue 9 defect 7: NaN/inf rules differ (a -inf logit: compiled NaN, "
-                                    "reference -inf in the gradient)",
-    ("multi_margin", "nonfinite"): "issue 9 defect 7: NaN/inf rules differ (a NaN score: compiled 0, reference "
-                                   "NaN in the gradient)",
-}
+KNOWN = {}  # (op, variant) -> reason, for a strict expected failure of a known, open defect
 
 
 # "parallel": finite values with the parallel threshold at 0, so every kernel runs its OpenMP branches on

@@ -80,24 +80,35 @@ def _log_softmax64(x):
     return (x - m) - ls, (m + ls)[:, 0]
 
 
+@np.errstate(invalid="ignore")  # non-finite inputs: NaN where PyTorch has NaN, no warning
 def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_smoothing=0.0):
     """l_n = (1 - eps) w_{y_n} (-log p_{n, y_n}) + eps / C sum_c w_c (-log p_{n, c}), p = softmax(x_n);
-    mean = sum_n l_n / sum_n w_{y_n}. Returns (reduced loss, per-row logsumexp)."""
+    mean = sum_n l_n / sum_n w_{y_n}, each of the two terms reduced on its own as PyTorch does (a zero
+    total weight makes the mean NaN). Returns (reduced loss, per-row logsumexp)."""
     _reduction(reduction)
     labels, w, eps = _ce_prepare(logits, labels, weight, label_smoothing)
     n, c = logits.shape
     logp, lse = _log_softmax64(logits)
     rows = np.arange(n)
-    per_row = (1 - eps) * w[labels] * -logp[rows, labels]
-    if eps > 0:  # without smoothing the other classes' terms are absent, not 0 * (-log p) (NaN at p = 0)
-        per_row = per_row + eps / c * (-logp * w).sum(axis=1)
-    return _reduce(per_row, reduction, w[labels].sum(), logits.dtype), lse.astype(logits.dtype)
+    nll = w[labels] * -logp[rows, labels]
+    if eps == 0:  # without smoothing the other classes' terms are absent, not 0 * (-log p) (NaN at p = 0)
+        return _reduce(nll, reduction, w[labels].sum(), logits.dtype), lse.astype(logits.dtype)
+    smooth = (-logp * w).sum(axis=1)
+    if reduction == "none":
+        return np.asarray(((1 - eps) * nll + eps / c * smooth).astype(logits.dtype)), lse.astype(logits.dtype)
+    total = (1 - eps) * _reduce(nll, reduction, w[labels].sum(), np.float64) \
+        + eps / c * _reduce(smooth, reduction, w[labels].sum(), np.float64)
+    return np.array(total, dtype=logits.dtype), lse.astype(logits.dtype)
 
 
 @with_out
+@np.errstate(invalid="ignore")
 def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weight=None, label_smoothing=0.0):
-    """dl_n/dx_{n,k} = p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k, times
-    the incoming gradient (divided by sum_n w_{y_n} for the mean)."""
+    """PyTorch's chain: the gradient w.r.t. log p is gl_k = -(eps/C) g w_k - (1 - eps) g w_y [k == y]
+    (g the incoming gradient, divided by sum_n w_{y_n} for the mean; the smoothing term only when
+    eps > 0), and dl/dx_k = gl_k - p_k sum_j gl_j. Equal to
+    g (p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k), and with it NaN and
+    infinity fall where PyTorch's do (an infinite g or weight)."""
     _reduction(reduction)
     labels, w, eps = _ce_prepare(logits, labels, weight, label_smoothing)
     as_float_array(lse, "lse", 1)
@@ -106,13 +117,14 @@ def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weig
     if lse.shape[0] != n:
         raise ValueError(f"lse has shape {lse.shape}, expected ({n},)")
     g = _scale(grad_out, reduction, (n,), w[labels].sum(), logits.dtype)
+    g = np.broadcast_to(np.asarray(g, dtype=np.float64), (n,))[:, None]
     p = np.exp(logits.astype(np.float64) - lse.astype(np.float64)[:, None])
-    onehot = np.zeros((n, c))
-    onehot[np.arange(n), labels] = 1
-    wy = w[labels][:, None]
-    d = p * ((1 - eps) * wy + eps / c * w.sum()) - (1 - eps) * wy * onehot - eps / c * w[None, :]
-    scale = g[:, None] if reduction == "none" else g
-    return (d * scale).astype(logits.dtype)
+    rows = np.arange(n)
+    gl = np.zeros((n, c))
+    if eps != 0:
+        gl = -(eps / c * g) * w[None, :]
+    gl[rows, labels] += w[labels] * -((1 - eps) * g[:, 0])
+    return (gl - p * gl.sum(axis=1, keepdims=True)).astype(logits.dtype)
 
 
 # ----- negative log-likelihood ------------------------------------------------------------------------
@@ -170,8 +182,12 @@ def multi_margin_forward(scores, labels, reduction="mean", p=1, margin=1.0, weig
     _reduction(reduction)
     labels, p, margin, w, norm = _mm_prepare(scores, labels, p, margin, weight, normalization)
     z = _margins(scores, labels, margin)
-    # a term counts only where z > 0 (PyTorch's rule): a NaN score contributes nothing, as in the kernel
-    per_row = w[labels] * (np.where(z > 0, z, 0.0) ** p).sum(axis=1) / norm
+    # a term counts only where z > 0 (PyTorch's rule): a NaN score contributes nothing, as in the kernel;
+    # PyTorch weights each active term, so a row without one is 0 even for a non-finite weight
+    active = z > 0
+    active[np.arange(len(labels)), labels] = False
+    with np.errstate(invalid="ignore"):
+        per_row = np.where(active.any(axis=1), w[labels] * (np.where(active, z, 0.0) ** p).sum(axis=1) / norm, 0.0)
     return _reduce(per_row, reduction, scores.shape[0], scores.dtype)
 
 
@@ -186,10 +202,14 @@ def multi_margin_backward(grad_out, scores, labels, reduction="mean", p=1, margi
     z = _margins(scores, labels, margin)
     active = z > 0
     active[np.arange(n), labels] = False
-    h = np.where(active, 1.0 if p == 1 else 2 * z, 0.0) * (w[labels] / norm)[:, None]
-    h[np.arange(n), labels] = -h.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        # PyTorch's order: 0 where inactive (even for a non-finite weight), then times the incoming gradient,
+        # so a NaN or infinite gradient reaches every entry of its row
+        h = np.where(active, (1.0 if p == 1 else 2 * z) * (w[labels] / norm)[:, None], 0.0)
+        h[np.arange(n), labels] = -h.sum(axis=1)
     scale = g[:, None] if reduction == "none" else g
-    return (h * scale).astype(scores.dtype)
+    with np.errstate(invalid="ignore"):
+        return (h * scale).astype(scores.dtype)
 
 
 # ----- elementwise losses -----------------------------------------------------------------------------
