@@ -36,7 +36,11 @@ cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) no
         nb = GEMM_MAX_BLOCKS
     if nb > edge:
         nb = edge
-    return nb if nb > 1 else 1
+    # a power of two, so that the blocks share evenly among 2 or 4 threads (3 blocks on 2 threads leave
+    # one thread idle for a third of the product)
+    if nb >= 4:
+        return 4
+    return 2 if nb >= 2 else 1
 
 
 cdef void _gemm_block(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
