@@ -14,6 +14,7 @@ from cython.parallel cimport prange
 from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
                       threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit,
                       out_array)
+from _update cimport Update, UPD_NONE, fill_update, apply_update, update_all, update_threads
 
 import numpy as np
 
@@ -43,25 +44,35 @@ cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) no
     return 2 if nb >= 2 else 1
 
 
+cdef inline void _block_bounds(Py_ssize_t extent, Py_ssize_t blk, Py_ssize_t nb, Py_ssize_t* lo,
+                               Py_ssize_t* hi) noexcept nogil:
+    cdef Py_ssize_t size = (extent + nb - 1) // nb
+    lo[0] = blk * size
+    hi[0] = lo[0] + size if lo[0] + size < extent else extent
+
+
 cdef void _gemm_block(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
                       const real* b, int ldb, real beta, real* c, int ldc, Py_ssize_t blk,
-                      Py_ssize_t nb) noexcept nogil:
-    """Block blk of nb of C = alpha op(A) op(B) + beta C: rows of C when m >= n, else columns."""
-    cdef Py_ssize_t lo, hi, size
+                      Py_ssize_t nb, const Update* u) noexcept nogil:
+    """Block blk of nb of C = alpha op(A) op(B) + beta C: rows of C when m >= n, else columns. With an
+    update (u.kind != UPD_NONE; C is then the gradient of the parameter u.p, C-contiguous, ldc == n), the
+    optimizer step is applied to the block right after it is written."""
+    cdef Py_ssize_t lo, hi, r
     if m >= n:
-        size = (m + nb - 1) // nb
-        lo = blk * size
-        hi = lo + size if lo + size < m else m
+        _block_bounds(m, blk, nb, &lo, &hi)
         if hi > lo:  # rows lo..hi of op(A): columns of A when transposed
             gemm_rm(ta, tb, <int>(hi - lo), n, k, alpha, a + (lo if ta else lo * lda), lda, b, ldb, beta,
                     c + lo * ldc, ldc)
+            if u.kind != UPD_NONE:
+                apply_update(u, c, lo * ldc, (hi - lo) * ldc)
     else:
-        size = (n + nb - 1) // nb
-        lo = blk * size
-        hi = lo + size if lo + size < n else n
+        _block_bounds(n, blk, nb, &lo, &hi)
         if hi > lo:  # columns lo..hi of op(B): rows of B when transposed
             gemm_rm(ta, tb, m, <int>(hi - lo), k, alpha, a, lda, b + (lo * ldb if tb else lo), ldb, beta,
                     c + lo, ldc)
+            if u.kind != UPD_NONE:
+                for r in range(m):
+                    apply_update(u, c, r * ldc + lo, hi - lo)
 
 
 cdef void gemm_fixed(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
@@ -69,18 +80,27 @@ cdef void gemm_fixed(bint ta, bint tb, int m, int n, int k, real alpha, const re
     """gemm_rm, bit-identical for any thread count when the BLAS thread hook is set (the caller made BLAS
     single-threaded with fastbp_blas_single_enter): fixed blocks on our threads. Without the hook, one
     call with the BLAS's own threads."""
+    cdef Update none
+    none.kind = UPD_NONE
+    gemm_fixed_update(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &none)
+
+
+cdef void gemm_fixed_update(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
+                            const real* b, int ldb, real beta, real* c, int ldc,
+                            const Update* u) noexcept nogil:
+    """gemm_fixed, then the optimizer step u on C (a parameter's gradient, ldc == n) block by block as the
+    blocks are written; when the product is one block, one threaded pass over C after it."""
     cdef Py_ssize_t blk, nb
     if m == 0 or n == 0:
         return
-    if fastbp_thr.blas_get == NULL:
-        gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-        return
-    nb = _gemm_blocks(m, n, k)
+    nb = 1 if fastbp_thr.blas_get == NULL else _gemm_blocks(m, n, k)
     if nb == 1:
         gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        if u.kind != UPD_NONE:
+            update_all(u, c, <Py_ssize_t>m * n, update_threads(<Py_ssize_t>m * n))
         return
     for blk in prange(nb, schedule="dynamic", num_threads=threads_for(<Py_ssize_t>m * n * k)):
-        _gemm_block(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blk, nb)
+        _gemm_block(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blk, nb, u)
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
@@ -116,17 +136,20 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                            real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                           bint need_dx, bint need_dw, bint need_db) noexcept:
+                           bint need_dx, bint need_dw, bint need_db, const Update* uw,
+                           const Update* ub) noexcept:
     cdef int single = fastbp_blas_single_enter()
     with nogil:
-        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
+        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db, uw, ub)
     if single:
         fastbp_blas_single_exit()
 
 
 cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                                 bint need_dx, bint need_dw, bint need_db) noexcept nogil:
+                                 bint need_dx, bint need_dw, bint need_db, const Update* uw,
+                                 const Update* ub) noexcept nogil:
+    # dx first: it reads the weight, which a fused update (uw) then changes
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     # empty dimensions are settled before any pointer is taken (&g[0, 0] of an empty array is out of bounds)
     if need_dx and fin > 0 and n > 0:
@@ -138,15 +161,19 @@ cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, con
             dx[:, :] = 0
     if need_dw and fout > 0 and fin > 0 and n == 0:
         dw[:, :] = 0
+        if uw.kind != UPD_NONE:
+            update_all(uw, &dw[0, 0], fout * fin, update_threads(fout * fin))
     elif need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
-        gemm_fixed(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
-                   &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
+        gemm_fixed_update(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                          &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin, uw)
     if need_db and fout > 0:
         db[:] = 0
         for i in range(n):
             for j in range(fout):
                 db[j] += g[i, j]
+        if ub.kind != UPD_NONE:
+            apply_update(ub, &db[0], 0, fout)
 
 
 cdef tuple _check_linear(object x, object weight, object bias):
@@ -184,9 +211,16 @@ def linear_forward(x, weight, bias=None, out=None):
 
 
 def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True,
-                    out=None):
+                    out=None, update=None):
     """Gradients of y = x @ weight.T + bias: returns (dx, dweight, dbias), None where not needed. out, if
-    given, is a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into."""
+    given, is a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into.
+
+    update, if given, is (weight_step, bias_step), each None or (name, param, args): the optimizer step
+    `name(param, gradient, *args)` ("sgd_step" or "adam_step" of this backend, with their argument lists
+    minus the gradient) applied right after that gradient is computed, the weight's block by block while
+    each block is in cache (param must be `weight` itself for the weight step). dx is computed before the
+    weight changes; the gradients returned are unchanged by the step. The result is bit-identical to
+    linear_backward followed by the step."""
     x, weight, _ = _check_linear(x, weight, None)
     grad_out = as_float_array(grad_out, "grad_out", 2)
     check_same_dtype(x, "x", grad_out, "grad_out")
@@ -200,11 +234,47 @@ def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=
     dx = out_array(ox, x.shape, dt, "out[0]", ins) if ndx else _SCRATCH2[dt.num]
     dw = out_array(ow, weight.shape, dt, "out[1]", ins) if ndw else _SCRATCH2[dt.num]
     db = out_array(ob, (weight.shape[0],), dt, "out[2]", ins) if ndb else _SCRATCH1[dt.num]
+    cdef Update uw, ub
+    uw.kind = ub.kind = UPD_NONE
+    if update is not None:
+        sw, sb = _update_specs(update, weight, dw if ndw else None, db if ndb else None, ins)
+        if sw is not None:
+            fill_update(&uw, sw)
+        if sb is not None:
+            fill_update(&ub, sb)
     if dt == np.float32:
-        _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
+        _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb, &uw, &ub)
     else:
-        _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
+        _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb, &uw, &ub)
     return (dx if ndx else None, dw if ndw else None, db if ndb else None)
+
+
+def _update_specs(update, weight, dw, db, ins):
+    """Validate linear_backward's update=(weight_step, bias_step) into fill_update tuples (kept alive by
+    the caller for the call)."""
+    from fastbp._C import optim as _optim
+    if not isinstance(update, tuple) or len(update) != 2:
+        raise TypeError(f"linear_backward: update must be a tuple (weight_step, bias_step), got "
+                        f"{type(update).__name__}")
+    specs = []
+    for step, grad, what in ((update[0], dw, "weight"), (update[1], db, "bias")):
+        if step is None:
+            specs.append(None)
+            continue
+        if not isinstance(step, tuple) or len(step) != 3:
+            raise TypeError(f"linear_backward: the {what} step must be (name, param, args), got {step!r:.80}")
+        name, param, args = step
+        if grad is None:
+            raise ValueError(f"linear_backward: a {what} step needs the {what} gradient (need_{what}_grad=True)")
+        if what == "weight" and param is not weight:
+            raise ValueError("linear_backward: the weight step must update `weight` itself (the array passed)")
+        if not isinstance(param, np.ndarray) or param.shape != grad.shape:
+            raise ValueError(f"linear_backward: the bias step's param has shape {getattr(param, 'shape', None)}, "
+                             f"expected {grad.shape}")
+        if any(np.may_share_memory(param, a) for a in ins[:2]) or np.may_share_memory(param, grad):
+            raise ValueError(f"linear_backward: the {what} step's param overlaps an input or the gradient")
+        specs.append(_optim._update_spec(name, param, grad, tuple(args)))
+    return specs
 
 
 # unused outputs of linear_backward (never written: the need_* flags skip them)

@@ -22,9 +22,9 @@
 # The test is fabs(x) < FLT_MIN with a select: two other branch-free forms made the loops 10x slower.
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.float cimport FLT_MIN, DBL_MIN
-from libc.math cimport fabs, fabsf
-from _common cimport bind_threading, real, as_float_array, check_same_dtype, threads_for, r_sqrt
+from _common cimport (bind_threading, real, as_float_array, check_same_dtype, threads_for, r_sqrt,
+                      aligned_c)
+from _update cimport Update, UPD_SGD, UPD_ADAM, fill_update, update_all, update_threads, flush_subnormal
 
 import math
 
@@ -32,14 +32,6 @@ import numpy as np
 
 cnp.import_array()
 bind_threading()
-
-
-cdef inline real _flush(real x) noexcept nogil:
-    """x, or 0 when x is subnormal (see the Design note); NaN and inf pass through."""
-    if real is float:
-        return 0 if fabsf(x) < FLT_MIN else x
-    else:
-        return 0 if fabs(x) < DBL_MIN else x
 
 
 cdef object _check_state(object arr, str name, object param):
@@ -101,27 +93,36 @@ cdef Py_ssize_t _step_count(str fn, object step) except -1:
 
 
 # ----- SGD --------------------------------------------------------------------------------------------
-cdef void _sgd(real[::1] p, const real[::1] g, real[::1] buf, double lr, double momentum,
-               double dampening, double wd, bint nesterov, bint first) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef real d, b
-    cdef real rlr = <real>lr, rmom = <real>momentum, rdamp = <real>(1 - dampening), rwd = <real>wd
-    cdef bint use_mom = momentum != 0
-    for i in prange(n, schedule="static", num_threads=threads_for(n)):
-        d = g[i]
-        if wd != 0:
-            d = d + rwd * p[i]
-        if use_mom:
-            if first:
-                b = d
-            else:
-                b = _flush(rmom * buf[i] + rdamp * d)
-            buf[i] = b
-            if nesterov:
-                d = d + rmom * b
-            else:
-                d = b
-        p[i] = p[i] - rlr * d
+# SGD and Adam run the range loops of csrc/_update.pxd, which linear_backward(update=) also runs on each
+# block of a weight gradient: one rule, the same bits fused or not.
+def _sgd_spec(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+              nesterov=False, first_step=False):
+    """Validated step of sgd_step as the tuple fill_update reads (grad only checked, not kept)."""
+    flat_p = _check_param(param)
+    _check_grad(grad, param)
+    for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        _nonneg("sgd_step", name, v)
+    buf = _optional_state(momentum_buffer, "momentum_buffer", param, momentum != 0, "sgd_step: momentum != 0")
+    return (UPD_SGD, flat_p, buf if momentum != 0 else None, None, None, float(lr), float(momentum),
+            float(dampening), float(weight_decay), bool(nesterov), bool(first_step), 0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, False, False)
+
+
+cdef _run_update(tuple spec, object grad):
+    """Apply a validated step to the whole parameter (threads above the parallel threshold)."""
+    cdef Update u
+    fill_update(&u, spec)
+    flat_g = aligned_c(as_float_array(grad, "grad")).reshape(-1)
+    cdef Py_ssize_t n = flat_g.shape[0]
+    cdef cnp.ndarray ga = flat_g
+    if n == 0:
+        return
+    if cnp.PyArray_TYPE(ga) == cnp.NPY_FLOAT:
+        with nogil:
+            update_all(&u, <const float*>cnp.PyArray_DATA(ga), n, update_threads(n))
+    else:
+        with nogil:
+            update_all(&u, <const double*>cnp.PyArray_DATA(ga), n, update_threads(n))
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -134,15 +135,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weig
         param -= lr * d
 
     momentum_buffer may be None when momentum == 0. Returns None."""
-    flat_p = _check_param(param)
-    flat_g = _check_grad(grad, param)
-    for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        _nonneg("sgd_step", name, v)
-    buf = _optional_state(momentum_buffer, "momentum_buffer", param, momentum != 0, "sgd_step: momentum != 0")
-    if param.dtype == np.float32:
-        _sgd[float](flat_p, flat_g, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(first_step))
-    else:
-        _sgd[double](flat_p, flat_g, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(first_step))
+    _run_update(_sgd_spec(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
+                          first_step), grad)
 
 
 # ----- AdaGrad ------------------------------------------------------------------------------------------
@@ -197,13 +191,13 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
     if centered:
         for i in prange(n, schedule="static", num_threads=threads_for(n)):
             d = g[i] + rwd * p[i] if use_wd else g[i]
-            s = _flush(ralpha * sq[i] + rcalpha * (d * d))
+            s = flush_subnormal(ralpha * sq[i] + rcalpha * (d * d))
             sq[i] = s
-            a = _flush(ralpha * gavg[i] + rcalpha * d)
+            a = flush_subnormal(ralpha * gavg[i] + rcalpha * d)
             gavg[i] = a
             avg = r_sqrt(s - a * a) + reps
             if use_mom:
-                b = _flush(rmom * buf[i] + d / avg)
+                b = flush_subnormal(rmom * buf[i] + d / avg)
                 buf[i] = b
                 p[i] = p[i] - rlr * b
             else:
@@ -211,11 +205,11 @@ cdef void _rmsprop(real[::1] p, const real[::1] g, real[::1] sq, real[::1] gavg,
     else:
         for i in prange(n, schedule="static", num_threads=threads_for(n)):
             d = g[i] + rwd * p[i] if use_wd else g[i]
-            s = _flush(ralpha * sq[i] + rcalpha * (d * d))
+            s = flush_subnormal(ralpha * sq[i] + rcalpha * (d * d))
             sq[i] = s
             avg = r_sqrt(s) + reps
             if use_mom:
-                b = _flush(rmom * buf[i] + d / avg)
+                b = flush_subnormal(rmom * buf[i] + d / avg)
                 buf[i] = b
                 p[i] = p[i] - rlr * b
             else:
@@ -251,32 +245,25 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
 
 
 # ----- Adam / AdamW -------------------------------------------------------------------------------------
-cdef void _adam(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real[::1] vmax,
-                double beta1, double beta2, double eps, double wd, double decay, double step_size,
-                double bc2_sqrt, bint amsgrad, bint decoupled) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef real x, d, mi, vi
-    cdef real rb1 = <real>beta1, rcb1 = <real>(1 - beta1), rb2 = <real>beta2, rcb2 = <real>(1 - beta2)
-    cdef real reps = <real>eps, rwd = <real>wd, rdecay = <real>decay, rstep = <real>step_size
-    cdef real rbc2 = <real>bc2_sqrt
-    cdef bint coupled = wd != 0 and not decoupled
-    cdef bint shrink = wd != 0 and decoupled
-    for i in prange(n, schedule="static", num_threads=threads_for(n)):
-        x = p[i]
-        d = g[i]
-        if shrink:
-            x = x * rdecay
-        elif coupled:
-            d = d + rwd * x
-        mi = _flush(rb1 * m[i] + rcb1 * d)
-        vi = _flush(rb2 * v[i] + rcb2 * (d * d))
-        m[i] = mi
-        v[i] = vi
-        if amsgrad:
-            if vmax[i] > vi or vmax[i] != vmax[i]:  # a NaN on either side wins, as in torch.maximum
-                vi = vmax[i]
-            vmax[i] = vi
-        p[i] = x - rstep * (mi / (r_sqrt(vi) / rbc2 + reps))
+def _adam_spec(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
+               eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled_weight_decay=False):
+    """Validated step of adam_step as the tuple fill_update reads (grad only checked, not kept)."""
+    flat_p = _check_param(param)
+    _check_grad(grad, param)
+    t = _step_count("adam_step", step)
+    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+        _nonneg("adam_step", name, v)
+    _unit("adam_step", "beta1", beta1)
+    _unit("adam_step", "beta2", beta2)
+    m = _check_state(exp_avg, "exp_avg", param)
+    v2 = _check_state(exp_avg_sq, "exp_avg_sq", param)
+    vmax = _optional_state(max_exp_avg_sq, "max_exp_avg_sq", param, bool(amsgrad), "adam_step: amsgrad=True")
+    step_size = lr / (1 - beta1 ** t)
+    bc2_sqrt = math.sqrt(1 - beta2 ** t)
+    decay = 1 - lr * weight_decay
+    return (UPD_ADAM, flat_p, m, v2, vmax if amsgrad else None, float(lr), 0.0, 0.0, float(weight_decay),
+            False, False, float(beta1), float(beta2), float(eps), float(decay), float(step_size),
+            float(bc2_sqrt), bool(amsgrad), bool(decoupled_weight_decay))
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
@@ -291,25 +278,20 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
         param -= lr / (1 - beta1^step) * exp_avg / (sqrt(v) / sqrt(1 - beta2^step) + eps)
 
     All state starts at zero. max_exp_avg_sq may be None unless amsgrad. Returns None."""
-    flat_p = _check_param(param)
-    flat_g = _check_grad(grad, param)
-    t = _step_count("adam_step", step)
-    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
-        _nonneg("adam_step", name, v)
-    _unit("adam_step", "beta1", beta1)
-    _unit("adam_step", "beta2", beta2)
-    m = _check_state(exp_avg, "exp_avg", param)
-    v2 = _check_state(exp_avg_sq, "exp_avg_sq", param)
-    vmax = _optional_state(max_exp_avg_sq, "max_exp_avg_sq", param, bool(amsgrad), "adam_step: amsgrad=True")
-    step_size = lr / (1 - beta1 ** t)
-    bc2_sqrt = math.sqrt(1 - beta2 ** t)
-    decay = 1 - lr * weight_decay
-    if param.dtype == np.float32:
-        _adam[float](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
-                     bool(amsgrad), bool(decoupled_weight_decay))
-    else:
-        _adam[double](flat_p, flat_g, m, v2, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
-                      bool(amsgrad), bool(decoupled_weight_decay))
+    _run_update(_adam_spec(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                           weight_decay, amsgrad, decoupled_weight_decay), grad)
+
+
+_SPECS = {"sgd_step": _sgd_spec, "adam_step": _adam_spec}
+
+
+def _update_spec(name, param, grad, args):
+    """The validated step `name(param, grad, *args)` ("sgd_step" or "adam_step") as the tuple that
+    csrc/_update.pxd's fill_update reads: what linear_backward(update=) applies inside the backward."""
+    make = _SPECS.get(name)
+    if make is None:
+        raise ValueError(f"update: unknown optimizer step {name!r}; expected one of {sorted(_SPECS)}")
+    return make(param, grad, *args)
 
 
 # ----- Adadelta -----------------------------------------------------------------------------------------
@@ -321,10 +303,10 @@ cdef void _adadelta(real[::1] p, const real[::1] g, real[::1] sq, real[::1] acc,
     cdef bint use_wd = wd != 0
     for i in prange(n, schedule="static", num_threads=threads_for(n)):
         d = g[i] + rwd * p[i] if use_wd else g[i]
-        s = _flush(rrho * sq[i] + rcrho * (d * d))
+        s = flush_subnormal(rrho * sq[i] + rcrho * (d * d))
         sq[i] = s
         delta = r_sqrt(acc[i] + reps) / r_sqrt(s + reps) * d
-        a = _flush(rrho * acc[i] + rcrho * (delta * delta))
+        a = flush_subnormal(rrho * acc[i] + rcrho * (delta * delta))
         acc[i] = a
         p[i] = p[i] - rlr * delta
 
