@@ -87,6 +87,7 @@ cdef extern from "fastbp_omp.h":
         int adaptive
         int load_busy
         long long load_next_ns
+        int gemm_blocks_max
     fastbp_threading* fastbp_thr
     int fastbp_threads_for(Py_ssize_t work) noexcept nogil
     int fastbp_machine_busy() noexcept nogil

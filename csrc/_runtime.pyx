@@ -36,6 +36,21 @@ _state.parallel_min = PARALLEL_MIN
 _state.adaptive = 1 if os.environ.get("FASTBP_THREADS_ADAPTIVE", "0") == "1" else 0
 _state.load_busy = 0
 _state.load_next_ns = 0
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Matrix products are split into a fixed number of blocks that our threads share (csrc/gemm.pyx). Each
+# block re-packs the shared operand, so more blocks than cores cost time: a 256x784x256 product on one
+# core took 576 us in 4 blocks, 510 us in 2 (NumPy, one call: 475 us). The number comes from the CPUs
+# this process may use at import, never from set_num_threads, so results do not depend on the thread count.
+_cpus = _usable_cpus()
+_state.gemm_blocks_max = 4 if _cpus >= 4 else (2 if _cpus >= 2 else 1)
 cdef bint _forked = False
 
 _threading_capsule = PyCapsule_New(&_state, b"fastbp._C._runtime.threading", NULL)
@@ -101,6 +116,16 @@ def _set_parallel_min(Py_ssize_t n):
         raise ValueError(f"parallel threshold must be >= 0, got {n}")
     previous = _state.parallel_min
     _state.parallel_min = n
+    return previous
+
+
+def _set_gemm_blocks_max(int n):
+    """Test hook: at most n (1, 2 or 4) blocks per matrix product (default from the usable CPUs). Returns
+    the previous value."""
+    if n not in (1, 2, 4):
+        raise ValueError(f"gemm blocks must be 1, 2 or 4, got {n}")
+    previous = _state.gemm_blocks_max
+    _state.gemm_blocks_max = n
     return previous
 
 

@@ -36,6 +36,9 @@ typedef struct {
     volatile int adaptive;
     volatile int load_busy;
     volatile long long load_next_ns;
+    /* At most this many fixed blocks per matrix product (csrc/gemm.pyx): 1, 2 or 4, from the CPUs this
+       process may use, not from the thread count, so products stay bit-identical for any thread count. */
+    volatile int gemm_blocks_max;
 } fastbp_threading;
 
 /* Until bind_threading runs (module import), a module runs serially. */

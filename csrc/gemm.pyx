@@ -21,11 +21,11 @@ import numpy as np
 cnp.import_array()
 bind_threading()
 
-# Splitting a product into blocks: at most GEMM_MAX_BLOCKS blocks, each of at least GEMM_BLOCK_WORK
-# multiply-adds and GEMM_MIN_EDGE rows (or columns). Each block re-packs the shared operand, so blocks are
-# kept large; the count depends only on the shape.
+# Splitting a product into blocks: 1, 2 or 4 blocks (at most fastbp_thr.gemm_blocks_max, set once from
+# the CPUs the process may use), each of at least GEMM_BLOCK_WORK multiply-adds and GEMM_MIN_EDGE rows (or
+# columns). Each block re-packs the shared operand, so blocks are kept large; the count depends only on the
+# shape and the machine, never on the thread count.
 cdef enum:
-    GEMM_MAX_BLOCKS = 4
     GEMM_BLOCK_WORK = 1 << 22
     GEMM_MIN_EDGE = 32
 
@@ -33,15 +33,13 @@ cdef enum:
 cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t nb = m * n * k // GEMM_BLOCK_WORK
     cdef Py_ssize_t edge = (m if m >= n else n) // GEMM_MIN_EDGE
-    if nb > GEMM_MAX_BLOCKS:
-        nb = GEMM_MAX_BLOCKS
     if nb > edge:
         nb = edge
     # a power of two, so that the blocks share evenly among 2 or 4 threads (3 blocks on 2 threads leave
     # one thread idle for a third of the product)
-    if nb >= 4:
+    if nb >= 4 and fastbp_thr.gemm_blocks_max >= 4:
         return 4
-    return 2 if nb >= 2 else 1
+    return 2 if nb >= 2 and fastbp_thr.gemm_blocks_max >= 2 else 1
 
 
 cdef inline void _block_bounds(Py_ssize_t extent, Py_ssize_t blk, Py_ssize_t nb, Py_ssize_t* lo,

@@ -62,11 +62,19 @@ def _fused_and_separate(kernels, shape, dtype, kind, first=False):
     return (list(res1) + [w1, b1] + sw1 + sb1), (list(res2) + [w2, b2] + sw2 + sb2)
 
 
+@pytest.fixture(params=[1, 2, 4], ids=lambda b: f"blocks{b}")
+def gemm_blocks(request):
+    """Products split in at most 1, 2 or 4 blocks (the count a 1-, 2- or 4-CPU machine uses)."""
+    previous = _runtime._set_gemm_blocks_max(request.param)
+    yield request.param
+    _runtime._set_gemm_blocks_max(previous)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", sorted(STEPS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fused_step_is_bit_identical_to_separate(shape, dtype, kind, threads):
+def test_fused_step_is_bit_identical_to_separate(shape, dtype, kind, threads, gemm_blocks):
     before = fastbp.get_num_threads()
     fastbp.set_num_threads(threads)
     try:
@@ -91,6 +99,24 @@ def test_fused_step_parallel_branches_small(kind):
     finally:
         _runtime._set_parallel_min(previous)
         fastbp.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape", [(256, 784, 256), (64, 784, 256), (300, 100, 1000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_products_identical_for_any_thread_count(shape, gemm_blocks):
+    """Whatever the block count, 1, 2 and 3 threads give the same bits (forward and backward)."""
+    g, x, w, b, _, _ = _problem(shape, np.float32)
+    before = fastbp.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fastbp.set_num_threads(threads)
+            results.append((gemm.linear_forward(x, w, b),) + gemm.linear_backward(g, x, w))
+    finally:
+        fastbp.set_num_threads(before)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
 
 
 def test_first_sgd_step_fused():

@@ -1,7 +1,6 @@
 """Adam and AdamW with PyTorch's update rules, one fused kernel call (`adam_step`) per parameter."""
 import numpy as np
 
-from .. import _backend
 from .optimizer import Optimizer, _check_betas, _check_nonneg
 
 
@@ -35,23 +34,23 @@ class Adam(Optimizer):
     def step(self, closure=None):
         """One Adam step over every parameter that has a gradient; returns closure() if given."""
         loss = closure() if closure is not None else None
-        kernel = _backend.current.adam_step
-        for g in self.param_groups:
-            beta1, beta2 = g["betas"]
-            amsgrad = g["amsgrad"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state.get(id(p))
-                if st is None:
-                    st = self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
-                                              "exp_avg_sq": np.zeros_like(p.data)}
-                if amsgrad and st.get("max_exp_avg_sq") is None:
-                    st["max_exp_avg_sq"] = np.zeros_like(p.data)
-                st["step"] += 1
-                kernel(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), st["step"],
-                       g["lr"], beta1, beta2, g["eps"], g["weight_decay"], amsgrad, g["decoupled_weight_decay"])
+        self._step_params()
         return loss
+
+    def _param_step(self, g, p):
+        """The step of p (in group g) as (kernel name, arguments after param and gradient), with its
+        bookkeeping done (state made on the first step, the step count advanced)."""
+        st = self.state.get(id(p))
+        if st is None:
+            st = self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
+                                      "exp_avg_sq": np.zeros_like(p.data)}
+        amsgrad = g["amsgrad"]
+        if amsgrad and st.get("max_exp_avg_sq") is None:
+            st["max_exp_avg_sq"] = np.zeros_like(p.data)
+        st["step"] += 1
+        beta1, beta2 = g["betas"]
+        return "adam_step", (st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), st["step"], g["lr"], beta1,
+                             beta2, g["eps"], g["weight_decay"], amsgrad, g["decoupled_weight_decay"])
 
 
 class AdamW(Adam):

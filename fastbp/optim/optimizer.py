@@ -9,6 +9,8 @@ import copy
 
 import numpy as np
 
+from .. import _backend
+
 from ..tensor import Tensor
 
 
@@ -47,6 +49,23 @@ class Optimizer:
 
     def _check_group(self, group):
         pass
+
+    def _param_step(self, group, p):
+        """Optimizers whose step is one kernel call per parameter define this: the step of p as (name of
+        the backend kernel, its arguments after param and gradient), the per-parameter bookkeeping done.
+        step() then runs them all (_step_params), and a captured step (fastbp.compile) may instead hand a
+        parameter's step to the kernel that produces its gradient (linear_backward(update=))."""
+        raise NotImplementedError
+
+    def _step_params(self, skip=None):
+        """The step of every parameter with a gradient, except those whose id is in `skip`."""
+        kernels = _backend.current
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None or skip is not None and id(p) in skip:
+                    continue
+                name, args = self._param_step(g, p)
+                getattr(kernels, name)(p.data, p.grad, *args)
 
     def zero_grad(self, set_to_none=True):
         for g in self.param_groups:

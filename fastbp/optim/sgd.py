@@ -1,7 +1,6 @@
 """Stochastic gradient descent with PyTorch's update rule, one fused kernel call per parameter."""
 import numpy as np
 
-from .. import _backend
 from .optimizer import Optimizer
 
 
@@ -29,19 +28,19 @@ class SGD(Optimizer):
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        step = _backend.current.sgd_step
-        for g in self.param_groups:
-            lr, mom, damp, wd, nest = g["lr"], g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                buf = None
-                first = False
-                if mom != 0:
-                    st = self.state.get(id(p))
-                    if st is None:
-                        st = self.state[id(p)] = {"momentum_buffer": np.empty_like(p.data)}
-                        first = True
-                    buf = st["momentum_buffer"]
-                step(p.data, p.grad, buf, lr, mom, damp, wd, nest, first)
+        self._step_params()
         return loss
+
+    def _param_step(self, g, p):
+        """The step of p (in group g) as (kernel name, arguments after param and gradient), with its
+        bookkeeping done (the momentum buffer made on the first step)."""
+        mom = g["momentum"]
+        buf = None
+        first = False
+        if mom != 0:
+            st = self.state.get(id(p))
+            if st is None:
+                st = self.state[id(p)] = {"momentum_buffer": np.empty_like(p.data)}
+                first = True
+            buf = st["momentum_buffer"]
+        return "sgd_step", (buf, g["lr"], mom, g["dampening"], g["weight_decay"], g["nesterov"], first)
