@@ -50,6 +50,11 @@ cdef inline real r_log1p(real v) noexcept nogil:
         return log1p(v)
 
 
+cdef inline real r_relu(real x) noexcept nogil:
+    """max(x, 0) with NaN kept (PyTorch's relu): the rule of relu_forward and of linear_forward's epilogue."""
+    return 0 if x <= 0 else x
+
+
 cdef inline real r_abs(real v) noexcept nogil:
     if real is float:
         return fabsf(v)

@@ -1,4 +1,5 @@
-# Optimizer update rules over a range of elements, shared by csrc/optim.pyx (the optimizer steps) and
+# Passes run on each block of a matrix product right after it is written (while it is in cache): the
+# optimizer update rules over a range of elements, shared by csrc/optim.pyx (the optimizer steps) and
 # csrc/gemm.pyx (linear_backward's `update=`: the step applied to each block of the weight gradient right
 # after the block is written, while it is in cache). Both call the same inline loops with the same
 # scalars, so a step fused into the backward gives the same bits as the separate step (C99 mode: no FMA
@@ -11,12 +12,13 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport FLT_MIN, DBL_MIN
 from libc.math cimport fabs, fabsf
-from _common cimport real, r_sqrt, threads_for
+from _common cimport real, r_sqrt, r_relu, threads_for
 
 cdef enum:
     UPD_NONE = 0
     UPD_SGD = 1
     UPD_ADAM = 2
+    UPD_RELU = 3        # not a step: linear_forward's epilogue, p[i] = relu(C[i]) into the activation output
     UPD_CHUNK = 16384   # a threaded update gives each thread at least this many elements
 
 cdef struct Update:
@@ -89,6 +91,12 @@ cdef inline void adam_range(real* p, const real* g, real* m, real* v, real* vmax
         p[i] = x - rstep * (mi / (r_sqrt(vi) / rbc2 + reps))
 
 
+cdef inline void relu_range(real* h, const real* z, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        h[i] = r_relu(z[i])
+
+
 cdef inline real* _at(void* base, Py_ssize_t off, const real* like) noexcept nogil:
     return NULL if base == NULL else <real*>base + off
 
@@ -101,6 +109,8 @@ cdef inline void apply_update(const Update* u, const real* g, Py_ssize_t off, Py
         sgd_range(_at(u.p, off, g), g + off, _at(u.s1, off, g), n, u)
     elif u.kind == UPD_ADAM:
         adam_range(_at(u.p, off, g), g + off, _at(u.s1, off, g), _at(u.s2, off, g), _at(u.s3, off, g), n, u)
+    elif u.kind == UPD_RELU:
+        relu_range(_at(u.p, off, g), g + off, n)
 
 
 cdef inline void _update_part(const Update* u, const real* g, Py_ssize_t n, Py_ssize_t part,

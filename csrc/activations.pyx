@@ -22,7 +22,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport log
 from _common cimport (bind_threading, aligned_c, real, as_float_array, check_same_dtype, threads_for, finite_scalar,
-                     r_exp, r_expm1, r_abs, r_tanh, out_array)
+                     r_exp, r_expm1, r_abs, r_tanh, r_relu, out_array)
 
 import numpy as np
 
@@ -48,7 +48,7 @@ cdef inline real _sigmoid(real x) noexcept nogil:
 cdef inline real _fwd(real x, int op, real a) noexcept nogil:
     # `a` is the op's parameter: negative_slope (LEAKY_RELU) or alpha (ELU); unused otherwise
     if op == RELU:
-        return 0 if x <= 0 else x
+        return r_relu(x)
     if op == LEAKY_RELU:
         return x if x > 0 else x * a
     if op == ELU:

@@ -14,7 +14,7 @@ from cython.parallel cimport prange
 from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
                       threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit,
                       out_array)
-from _update cimport Update, UPD_NONE, fill_update, apply_update, update_all, update_threads
+from _update cimport Update, UPD_NONE, UPD_RELU, fill_update, apply_update, update_all, update_threads
 
 import numpy as np
 
@@ -102,16 +102,17 @@ cdef void gemm_fixed_update(bint ta, bint tb, int m, int n, int k, real alpha, c
 
 
 cdef void _linear_forward(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, bint has_bias,
-                          real[:, ::1] y) noexcept:
+                          real[:, ::1] y, const Update* epi) noexcept:
     cdef int single = fastbp_blas_single_enter()
     with nogil:
-        _linear_forward_nogil(x, w, b, has_bias, y)
+        _linear_forward_nogil(x, w, b, has_bias, y, epi)
     if single:
         fastbp_blas_single_exit()
 
 
 cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
-                                bint has_bias, real[:, ::1] y) noexcept nogil:
+                                bint has_bias, real[:, ::1] y, const Update* epi) noexcept nogil:
+    """y = x w^T + b; with an epilogue (epi.kind == UPD_RELU) also relu(y) into epi.p, block by block."""
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     cdef real beta = 0
     if has_bias:
@@ -127,9 +128,11 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
             for i in range(n):
                 for j in range(fout):
                     y[i, j] = 0
+        if epi.kind != UPD_NONE:
+            update_all(epi, &y[0, 0], n * fout, 1)
         return
-    gemm_fixed(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0], <int>fin,
-               beta, &y[0, 0], <int>fout)
+    gemm_fixed_update(False, True, <int>n, <int>fout, <int>fin, <real>1, &x[0, 0], <int>fin, &w[0, 0],
+                      <int>fin, beta, &y[0, 0], <int>fout, epi)
 
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
@@ -194,18 +197,33 @@ cdef tuple _check_linear(object x, object weight, object bias):
     return x, weight, bias
 
 
-def linear_forward(x, weight, bias=None, out=None):
+def linear_forward(x, weight, bias=None, out=None, activation=None, activation_out=None):
     """y = x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None; written into `out`
-    (an (N, out) C-contiguous array of x's dtype) when given."""
+    (an (N, out) C-contiguous array of x's dtype) when given.
+
+    activation="relu" also computes h = relu(y) in the same pass (each block of y as it is written, while
+    it is in cache) and returns (y, h), h written into activation_out when given: the bits of
+    linear_forward followed by relu_forward."""
     x, weight, bias = _check_linear(x, weight, bias)
+    if activation not in (None, "relu"):
+        raise ValueError(f"linear_forward: activation must be None or 'relu', got {activation!r}")
+    if activation is None and activation_out is not None:
+        raise ValueError("linear_forward: activation_out given without an activation")
     y = out_array(out, (x.shape[0], weight.shape[0]), x.dtype, "out", (x, weight, bias))
+    cdef Update epi
+    epi.kind = UPD_NONE
+    h = None
+    if activation is not None:
+        h = out_array(activation_out, y.shape, x.dtype, "activation_out", (x, weight, bias, y))
+        epi.kind = UPD_RELU
+        epi.p = cnp.PyArray_DATA(<cnp.ndarray>h)
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
     if x.dtype == np.float32:
-        _linear_forward[float](x, weight, b, has_bias, y)
+        _linear_forward[float](x, weight, b, has_bias, y, &epi)
     else:
-        _linear_forward[double](x, weight, b, has_bias, y)
-    return y
+        _linear_forward[double](x, weight, b, has_bias, y, &epi)
+    return y if h is None else (y, h)
 
 
 def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True,

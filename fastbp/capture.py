@@ -615,6 +615,24 @@ def _plan_optimizer_fusion(tape):
     return fused, skips
 
 
+def _plan_relu_epilogues(tape, escaping):
+    """{index of a linear_forward: index of the relu_forward right after it that reads its output}: the
+    pair runs as one linear_forward(activation="relu") writing both buffers (neither may be returned)."""
+    ops = tape.ops
+    plan = {}
+    for j in range(len(ops) - 1):
+        a, b = ops[j], ops[j + 1]
+        if a[0] != "k" or a[1] != "linear_forward" or b[0] != "k" or b[1] != "relu_forward":
+            continue
+        if a[5][0] != "s" or b[5][0] != "s" or "out" in a[4] or b[4] or len(b[3]) != 1 or b[3][0] != a[5]:
+            continue
+        if a[5][1] in escaping or b[5][1] in escaping or \
+                a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:  # one backend
+            continue
+        plan[j] = j + 1
+    return plan
+
+
 def _fused_steps(opt, w, b):
     """linear_backward's update= at replay: the steps of the weight and bias, bookkeeping done now."""
     return (_one_step(opt, w), _one_step(opt, b))
@@ -653,13 +671,16 @@ class _Tape:
         fusions of _plan_optimizer_fusion are applied."""
         ns = {"_Stale": _Stale, "_view": _view, "_fused_steps": _fused_steps}
         fused, skips = _plan_optimizer_fusion(self) if fuse else ({}, {})
-        self.fused = {"optimizer steps in linear_backward": sum((e[1] is not None) + (e[2] is not None)
-                                                                for e in fused.values())}
         lines = []
         counter = [0]
         escaping = set()
         _slots_of(self.result_spec, escaping)
         fixed = {}   # slot -> name of its buffer
+        epilogues = _plan_relu_epilogues(self, escaping) if fuse else {}
+        dropped = set(epilogues.values())
+        self.fused = {"optimizer steps in linear_backward": sum((e[1] is not None) + (e[2] is not None)
+                                                                for e in fused.values()),
+                      "relu in linear_forward": len(epilogues)}
 
         def const(v):
             name = f"C{counter[0]}"
@@ -702,6 +723,17 @@ class _Tape:
             lines.append("    if " + " or ".join(guards) + ":")
             lines.append("        raise _Stale")
         for j, op in enumerate(self.ops):
+            if j in dropped:
+                continue
+            if j in epilogues:  # linear_forward + relu_forward as one kernel call, into both buffers
+                _, name, fn, a, k, out = op
+                hout = self.ops[epilogues[j]][5]
+                call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
+                fixed[out[1]] = const(slot_objs[out[1]])
+                fixed[hout[1]] = const(slot_objs[hout[1]])
+                lines.append(f"    {const(fn)}({call}, out={fixed[out[1]]}, activation='relu', "
+                             f"activation_out={fixed[hout[1]]})")
+                continue
             if op[0] == "k":
                 _, name, fn, a, k, out = op
                 call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])

@@ -546,7 +546,8 @@ def test_optimizer_steps_fused_into_linear_backward(name):
     data = batches((8, 20), 5, np.float32)
     cap = train(lambda: mlp(np.float32), OPTIMIZERS[name], data, 5, compiled=True)
     expected = 6 if name in FUSED_OPTIMIZERS else 0
-    assert cap[3].fusions() == [{"optimizer steps in linear_backward": expected}]
+    assert cap[3].fusions()[0]["optimizer steps in linear_backward"] == expected
+    assert cap[3].fusions()[0]["relu in linear_forward"] == 1   # Linear-ReLU (Linear-Tanh is not fused)
     eager = train(lambda: mlp(np.float32), OPTIMIZERS[name], data, 5, compiled=False)
     assert_same_bits(eager, cap)
 
@@ -557,7 +558,7 @@ def test_fusion_off_and_blocked_cases():
     # clipping between backward and step reads every gradient first: nothing fused, same bits
     eager = train(lambda: mlp(np.float64), make_opt, data, 5, compiled=False, clip=0.05)
     cap = train(lambda: mlp(np.float64), make_opt, data, 5, compiled=True, clip=0.05)
-    assert cap[3].fusions() == [{"optimizer steps in linear_backward": 0}]
+    assert cap[3].fusions()[0]["optimizer steps in linear_backward"] == 0
     assert_same_bits(eager, cap)
 
     # fuse=False
@@ -573,7 +574,7 @@ def test_fusion_off_and_blocked_cases():
     run = fastbp.compile(step, fuse=False)
     for i in range(3):
         run(*data[i])
-    assert run.fusions() == [{"optimizer steps in linear_backward": 0}]
+    assert run.fusions() == [{"optimizer steps in linear_backward": 0, "relu in linear_forward": 0}]
     assert "update=" not in run.replay_source()[0]
 
 
@@ -601,7 +602,7 @@ def test_fusion_skips_tied_weights_and_subclasses():
         eager = train(make_model, make_opt, data, 5, compiled=False)
         cap = train(make_model, make_opt, data, 5, compiled=True)
         assert_same_bits(eager, cap)
-        assert cap[3].fusions() == [{"optimizer steps in linear_backward": expected}]
+        assert cap[3].fusions()[0]["optimizer steps in linear_backward"] == expected
 
 
 def test_fused_parameter_read_after_its_gradient_is_not_fused():
@@ -629,3 +630,31 @@ def test_fused_parameter_read_after_its_gradient_is_not_fused():
             assert_replayed(run)
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_relu_epilogue_not_used_when_the_pre_activation_is_returned(backend):
+    data = batches((8, 20), 5, np.float64)
+    results = []
+    with fastbp.backend(backend):
+        for compiled in (False, True):
+            fastbp.manual_seed(0)
+            lin1, lin2 = nn.Linear(20, 16).double(), nn.Linear(16, 5).double()
+            opt = optim.SGD(list(lin1.parameters()) + list(lin2.parameters()), lr=0.1)
+
+            def step(x, y):
+                opt.zero_grad()
+                z = lin1(x)
+                loss = nn.functional.cross_entropy(lin2(z.relu()), y)
+                loss.backward()
+                opt.step()
+                return loss, z
+            run = fastbp.compile(step) if compiled else step
+            outs = [tuple(t.data.copy() for t in run(*data[i % 4])) for i in range(5)]
+            results.append(outs + [p.data.copy() for p in list(lin1.parameters()) + list(lin2.parameters())])
+            if compiled:
+                assert run.fusions()[0]["relu in linear_forward"] == 0
+                assert run.fusions()[0]["optimizer steps in linear_backward"] == 4
+    for a, b in zip(*results):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert np.array_equal(x, y)

@@ -21,8 +21,21 @@ def _check_linear(x, weight, bias):
                              f"bias must have shape ({weight.shape[0]},)")
 
 
+def linear_forward(x, weight, bias=None, out=None, activation=None, activation_out=None):
+    """y[n, o] = sum_i x[n, i] * weight[o, i] + bias[o]; with activation="relu" returns (y, relu(y))."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"linear_forward: activation must be None or 'relu', got {activation!r}")
+    if activation is None and activation_out is not None:
+        raise ValueError("linear_forward: activation_out given without an activation")
+    y = _linear(x, weight, bias, out=out)
+    if activation is None:
+        return y
+    from .activations import relu_forward
+    return y, relu_forward(y, out=activation_out)
+
+
 @with_out
-def linear_forward(x, weight, bias=None):
+def _linear(x, weight, bias=None):
     """y[n, o] = sum_i x[n, i] * weight[o, i] + bias[o]."""
     _check_linear(x, weight, bias)
     y = x @ weight.T
