@@ -282,3 +282,36 @@ def test_noncontiguous_and_int32_inputs():
         w = rng.uniform(0, 2, 14).astype(dt)[::2]
         _check_against_separate(x, y, 0.5, "mean", w, 0.3)
         _check_against_separate(np.asfortranarray(x), y.astype(np.uint8), 0.5, "sum", None, 0.0)
+
+
+def test_overlap_check_agrees_with_numpy_on_views_of_one_buffer():
+    # out= buffers are checked against the arrays the kernel reads by memory bounds (fastbp's own check,
+    # np.may_share_memory's rule without its call overhead): logits, weight and buffers as views of one array
+    base = np.arange(400, dtype=np.float64) / 100
+    y = np.array([0, 2, 1, 1, 0])
+    seen = set()
+    for xs in (slice(0, 15), slice(100, 115)):
+        x = base[xs].reshape(5, 3)
+        w = base[50:53]
+        want = C.cross_entropy_fused(x.copy(), y, 1.0, "mean", w.copy())
+        for os_ in (slice(300, 315), slice(15, 30), slice(10, 25), slice(85, 100), slice(90, 105), slice(40, 55),
+                    slice(53, 68), slice(114, 129)):
+            o = base[os_].reshape(5, 3)
+            expect = np.may_share_memory(o, x) or np.may_share_memory(o, w)
+            seen.add(expect)
+            keep = base.copy()
+            if expect:
+                with pytest.raises(ValueError, match="overlaps"):
+                    C.cross_entropy_fused(x, y, 1.0, "mean", w, out=(None, None, o))
+                np.testing.assert_array_equal(base, keep)
+            else:
+                got = C.cross_entropy_fused(x, y, 1.0, "mean", w, out=(None, None, o))
+                assert got[2] is o and all(a.tobytes() == b.tobytes() for a, b in zip(got, want))
+                base[:] = keep
+    assert seen == {True, False}
+    # a non-contiguous input is copied before the kernel reads it: a buffer in its gaps is no hazard
+    x = base[200:230:2].reshape(5, 3)
+    o = base[201:216].reshape(5, 3)
+    want = C.cross_entropy_fused(x.copy(), y)
+    got = C.cross_entropy_fused(x, y, out=(None, None, o))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want))
