@@ -5,8 +5,9 @@
 #     class weights and label smoothing), NLL on log-probabilities, multiclass hinge (MultiMargin).
 #     Cross-entropy's forward saves only the per-row log-sum-exp (N values); its backward forms
 #     softmax(x) from it and writes the whole gradient in one pass. cross_entropy_fused does both in one
-#     pass over the rows (a captured training step's loss): each row's log-sum-exp and at once its gradient
-#     row, through the same per-row helpers, so its results are the separate kernels' bit for bit.
+#     pass over the rows (a captured training step's loss): per block of rows that stays in L1, each row's
+#     log-sum-exp, then its gradient row, through the same per-row helpers as the separate kernels, so its
+#     results are theirs bit for bit.
 #   * Elementwise losses over any shape (pred and target of equal shape): squared error, absolute error,
 #     binary cross-entropy on probabilities, binary cross-entropy on logits.
 #   * norm_penalty: l1 * sum|p| + l2 * sum p^2 of one parameter array (the L1/L2/elastic-net regularizers).
