@@ -4,7 +4,10 @@
 #   * Row losses over logits / scores (N, C) with integer labels (N,): softmax cross-entropy (optional
 #     class weights and label smoothing), NLL on log-probabilities, multiclass hinge (MultiMargin).
 #     Cross-entropy's forward saves only the per-row log-sum-exp (N values); its backward forms
-#     softmax(x) from it and writes the whole gradient in one pass.
+#     softmax(x) from it and writes the whole gradient in one pass. cross_entropy_fused does both in one
+#     pass over the rows (a captured training step's loss): per block of rows that stays in L1, each row's
+#     log-sum-exp, then its gradient row, through the same per-row helpers as the separate kernels, so its
+#     results are theirs bit for bit.
 #   * Elementwise losses over any shape (pred and target of equal shape): squared error, absolute error,
 #     binary cross-entropy on probabilities, binary cross-entropy on logits.
 #   * norm_penalty: l1 * sum|p| + l2 * sum p^2 of one parameter array (the L1/L2/elastic-net regularizers).
@@ -48,6 +51,9 @@ cdef enum:
 
 cdef enum:
     CHUNK = 8192  # elements per partial sum: fixed, so sums do not depend on the thread count
+
+cdef enum:
+    CE_BLOCK = 2048  # logits per block of rows in cross_entropy_fused (8 or 16 KB: stays in L1)
 
 cdef double BCE_LOG_MIN = -100.0   # PyTorch clamps log(p) and log(1 - p) at -100
 cdef double BCE_GRAD_EPS = 1e-12   # and divides the gradient by max(p (1 - p), 1e-12)
@@ -174,31 +180,39 @@ cdef double _mean_denominator(object weight, object labels):
 
 
 # ----- softmax cross-entropy -------------------------------------------------------------------------
+# The row math lives in per-row helpers (_ce_row_forward, _ce_row_backward) that the separate kernels and
+# the fused one (_ce_fused) all call, so the three give the same bits; each prange body is one call (every
+# variable the row writes is a local of the helper, private to its thread).
+cdef inline real _ce_row_forward(const real[:, ::1] x, Py_ssize_t i, Py_ssize_t yi, const real[::1] w,
+                                 bint has_w, double eps, double[::1] nll, double[::1] smooth) noexcept nogil:
+    """Row i's log-sum-exp (returned), and the two terms PyTorch reduces separately: nll[i] = w_y (-log p_y)
+    and, with smoothing, smooth[i] = sum_c w_c (-log p_c); the caller combines them (1 - eps) nll + eps / C
+    smooth."""
+    cdef Py_ssize_t j, c = x.shape[1]
+    cdef real m = x[i, 0]
+    cdef double s = 0, ls, t, wy
+    for j in range(1, c):
+        if x[i, j] > m:
+            m = x[i, j]
+    for j in range(c):
+        s = s + r_exp(x[i, j] - m)
+    ls = log(s)
+    wy = w[yi] if has_w else 1.0
+    # -log softmax(x)_k = (m - x_k) + log(s): no cancellation against a large lse
+    nll[i] = wy * ((<double>m - x[i, yi]) + ls)
+    if eps != 0:
+        t = 0
+        for j in range(c):
+            t = t + (w[j] if has_w else 1.0) * ((<double>m - x[i, j]) + ls)
+        smooth[i] = t
+    return <real>(m + ls)
+
+
 cdef void _ce_forward(const real[:, ::1] x, const Py_ssize_t[::1] y, const real[::1] w, bint has_w,
                       double eps, real[::1] lse, double[::1] nll, double[::1] smooth) noexcept nogil:
-    # per row the two terms PyTorch reduces separately: nll_n = w_y (-log p_y) and, with smoothing,
-    # smooth_n = sum_c w_c (-log p_c); the caller combines them (1 - eps) nll + eps / C smooth
-    cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
-    cdef real m
-    cdef double s, ls, t, wy
-    for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
-        m = x[i, 0]
-        for j in range(1, c):
-            if x[i, j] > m:
-                m = x[i, j]
-        s = 0
-        for j in range(c):
-            s = s + r_exp(x[i, j] - m)
-        ls = log(s)
-        lse[i] = <real>(m + ls)
-        wy = w[y[i]] if has_w else 1.0
-        # -log softmax(x)_k = (m - x_k) + log(s): no cancellation against a large lse
-        nll[i] = wy * ((<double>m - x[i, y[i]]) + ls)
-        if eps != 0:
-            t = 0
-            for j in range(c):
-                t = t + (w[j] if has_w else 1.0) * ((<double>m - x[i, j]) + ls)
-            smooth[i] = t
+    cdef Py_ssize_t i, n = x.shape[0]
+    for i in prange(n, schedule="static", num_threads=threads_for(n * x.shape[1])):
+        lse[i] = _ce_row_forward(x, i, y[i], w, has_w, eps, nll, smooth)
 
 
 cdef inline double _ce_gl(Py_ssize_t j, Py_ssize_t yj, const real[::1] w, bint has_w, double ga,
@@ -224,28 +238,72 @@ cdef void _ce_row_exact(double s, const real[:, ::1] x, Py_ssize_t i, Py_ssize_t
         dx[i, j] = <real>(_ce_gl(j, yi, w, has_w, ga, gb, eps != 0) - r_exp(x[i, j] - lse_i) * S)
 
 
+cdef inline void _ce_row_backward(double s, const real[:, ::1] x, Py_ssize_t i, Py_ssize_t yi,
+                                  const real[::1] w, bint has_w, bint w_finite, double wsum, double eps,
+                                  real lse_i, real[:, ::1] dx) noexcept nogil:
+    """Row i of the gradient for incoming gradient s (already divided by the mean's denominator):
+    d l_n / d x_k = s (p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k)."""
+    cdef Py_ssize_t j, c = x.shape[1]
+    cdef double wy, a, p
+    if not (w_finite and isfinite(s)):
+        _ce_row_exact(s, x, i, yi, w, has_w, eps, lse_i, dx)
+        return
+    wy = w[yi] if has_w else 1.0
+    a = (1 - eps) * wy + eps / c * wsum
+    for j in range(c):
+        p = r_exp(x[i, j] - lse_i)
+        dx[i, j] = <real>(s * (p * a - eps / c * (w[j] if has_w else 1.0)))
+    dx[i, yi] = <real>(dx[i, yi] - s * (1 - eps) * wy)
+
+
+cdef double _ce_wsum(const real[::1] w, bint has_w, Py_ssize_t c) noexcept nogil:
+    """sum_c w_c in index order (C without weights)."""
+    cdef Py_ssize_t j
+    cdef double wsum = 0
+    if not has_w:
+        return c
+    for j in range(c):
+        wsum += w[j]
+    return wsum
+
+
 cdef void _ce_backward(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
                        const Py_ssize_t[::1] y, const real[::1] w, bint has_w, bint w_finite, double eps,
                        const real[::1] lse, real[:, ::1] dx) noexcept nogil:
-    # d l_n / d x_k = p_k ((1 - eps) w_y + eps/C sum_c w_c) - (1 - eps) w_y [k == y] - eps/C w_k
-    cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
-    cdef double s, wy, wsum = 0, a, p
-    if has_w:
-        for j in range(c):
-            wsum += w[j]
-    else:
-        wsum = c
+    cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    cdef double wsum = _ce_wsum(w, has_w, c)
     for i in prange(n, schedule="static", num_threads=threads_for(n * c)):
-        s = scale[i] if per_row_scale else scale[0]
-        if not (w_finite and isfinite(s)):
-            _ce_row_exact(s, x, i, y[i], w, has_w, eps, lse[i], dx)
-            continue
-        wy = w[y[i]] if has_w else 1.0
-        a = (1 - eps) * wy + eps / c * wsum
-        for j in range(c):
-            p = r_exp(x[i, j] - lse[i])
-            dx[i, j] = <real>(s * (p * a - eps / c * (w[j] if has_w else 1.0)))
-        dx[i, y[i]] = <real>(dx[i, y[i]] - s * (1 - eps) * wy)
+        _ce_row_backward(scale[i] if per_row_scale else scale[0], x, i, y[i], w, has_w, w_finite, wsum, eps,
+                         lse[i], dx)
+
+
+cdef void _ce_fused_block(const real[::1] scale, bint per_row_scale, const real[:, ::1] x,
+                          const Py_ssize_t[::1] y, Py_ssize_t block, Py_ssize_t rows, const real[::1] w,
+                          bint has_w, bint w_finite, double wsum, double eps, real[::1] lse, double[::1] nll,
+                          double[::1] smooth, real[:, ::1] dx) noexcept nogil:
+    """Rows [block * rows, (block + 1) * rows) of the fused kernel: each row's forward, then, while the block
+    is in L1, each row's gradient, with the bits of _ce_forward then _ce_backward (the gradient reads the
+    log-sum-exp rounded to the logits' precision, as the separate backward reads the forward's output).
+    A block rather than one row at a time: a row's gradient waits on its log-sum-exp (a log's latency),
+    which short rows cannot hide; across a block the rows' independent work overlaps."""
+    cdef Py_ssize_t i, lo = block * rows, hi = lo + rows
+    if hi > x.shape[0]:
+        hi = x.shape[0]
+    for i in range(lo, hi):
+        lse[i] = _ce_row_forward(x, i, y[i], w, has_w, eps, nll, smooth)
+    for i in range(lo, hi):
+        _ce_row_backward(scale[i] if per_row_scale else scale[0], x, i, y[i], w, has_w, w_finite, wsum, eps,
+                         lse[i], dx)
+
+
+cdef void _ce_fused(const real[::1] scale, bint per_row_scale, const real[:, ::1] x, const Py_ssize_t[::1] y,
+                    const real[::1] w, bint has_w, bint w_finite, double eps, real[::1] lse, double[::1] nll,
+                    double[::1] smooth, real[:, ::1] dx) noexcept nogil:
+    cdef Py_ssize_t b, n = x.shape[0], c = x.shape[1]
+    cdef Py_ssize_t rows = CE_BLOCK // c if c < CE_BLOCK else 1
+    cdef double wsum = _ce_wsum(w, has_w, c)
+    for b in prange((n + rows - 1) // rows, schedule="static", num_threads=threads_for(n * c)):
+        _ce_fused_block(scale, per_row_scale, x, y, b, rows, w, has_w, w_finite, wsum, eps, lse, nll, smooth, dx)
 
 
 cdef tuple _ce_prepare(object logits, object labels, object weight, object label_smoothing):
@@ -255,6 +313,42 @@ cdef tuple _ce_prepare(object logits, object labels, object weight, object label
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     return logits, labels, weight, eps
+
+
+cdef double _ce_total(const double[::1] nll, const double[::1] smooth, int red, double denom, double eps,
+                      Py_ssize_t c):
+    """The mean or sum over rows, PyTorch's combination (1 - eps) nll + eps / C smooth with each term reduced
+    on its own (with a zero or non-finite total weight the mean is NaN, not the combined sum over 0); the
+    rows added in index order, so the total does not depend on the thread count."""
+    cdef double total
+    if eps == 0:
+        total = _ordered_sum(nll)
+        if red == RED_MEAN:
+            total = total / denom  # C division: 0/0 is NaN (all-zero class weights), as PyTorch
+        return total
+    cdef double k = eps / c
+    if red == RED_MEAN:
+        return (1 - eps) * (_ordered_sum(nll) / denom) + k * (_ordered_sum(smooth) / denom)
+    return (1 - eps) * _ordered_sum(nll) + k * _ordered_sum(smooth)
+
+
+cdef object _ce_unreduced(object nll, object smooth, double eps, Py_ssize_t c, object dtype, object out):
+    """The per-row losses (1 - eps) nll + eps / C smooth cast to dtype, into `out` when given (nll and smooth
+    are scratch: overwritten)."""
+    if eps == 0:
+        if out is None:
+            return nll.astype(dtype)
+        np.copyto(out, nll, casting="unsafe")
+        return out
+    cdef double k = eps / c
+    with np.errstate(invalid="ignore"):
+        if out is None:
+            return ((1 - eps) * nll + k * smooth).astype(dtype)
+        np.multiply(nll, 1 - eps, out=nll)
+        np.multiply(smooth, k, out=smooth)
+        np.add(nll, smooth, out=nll)
+    np.copyto(out, nll, casting="unsafe")
+    return out
 
 
 def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_smoothing=0.0):
@@ -276,21 +370,9 @@ def cross_entropy_forward(logits, labels, reduction="mean", weight=None, label_s
         _ce_forward[float](logits, labels, w, weight is not None, eps, lse, nll, smooth)
     else:
         _ce_forward[double](logits, labels, w, weight is not None, eps, lse, nll, smooth)
-    # PyTorch's combination: (1 - eps) nll + eps / C smooth, each term reduced on its own (with a zero or
-    # non-finite total weight the mean is NaN, not the combined sum over 0)
-    cdef double denom = _mean_denominator(weight, labels), total
-    if eps == 0:
-        if red == RED_NONE:
-            return nll.astype(logits.dtype), lse
-        return _reduced(_ordered_sum(nll), red, denom, logits.dtype), lse
-    cdef double k = eps / logits.shape[1]
     if red == RED_NONE:
-        with np.errstate(invalid="ignore"):
-            return ((1 - eps) * nll + k * smooth).astype(logits.dtype), lse
-    if red == RED_MEAN:
-        total = (1 - eps) * (_ordered_sum(nll) / denom) + k * (_ordered_sum(smooth) / denom)
-    else:
-        total = (1 - eps) * _ordered_sum(nll) + k * _ordered_sum(smooth)
+        return _ce_unreduced(nll, smooth, eps, logits.shape[1], logits.dtype, None), lse
+    total = _ce_total(nll, smooth, red, _mean_denominator(weight, labels), eps, logits.shape[1])
     return np.array(total, dtype=logits.dtype), lse
 
 
@@ -317,6 +399,49 @@ def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weig
         _ce_backward[double](scale, red == RED_NONE, logits, labels, w, weight is not None, w_finite, eps, lse,
                              dx)
     return dx
+
+
+def cross_entropy_fused(logits, labels, grad_out=1.0, reduction="mean", weight=None, label_smoothing=0.0,
+                        out=None):
+    """Cross-entropy's forward and backward in one pass over the rows: returns (loss, lse, dx), where
+    (loss, lse) are bit for bit what cross_entropy_forward(logits, labels, reduction, weight,
+    label_smoothing) returns and dx what cross_entropy_backward(grad_out, logits, labels, lse, reduction,
+    weight, label_smoothing) returns. grad_out is the incoming gradient: a scalar for "mean"/"sum", shape
+    (N,) for "none". out, if given, is a tuple (loss, lse, dx) of arrays (None entries allocate) the
+    results are written into: loss 0-d ("mean"/"sum") or (N,) ("none"), lse (N,), dx (N, C), all of the
+    logits' dtype."""
+    cdef int red = _reduction_code(reduction)
+    cdef double eps
+    logits, labels, weight, eps = _ce_prepare(logits, labels, weight, label_smoothing)
+    n, c = logits.shape
+    dt = logits.dtype
+    denom = _mean_denominator(weight, labels)
+    scale = _grad_scale(grad_out, red, reduction, (n,), denom, dt)
+    if out is not None and (not isinstance(out, tuple) or len(out) != 3):
+        raise TypeError(f"cross_entropy_fused: out must be a tuple of 3 arrays (loss, lse, dx) or None, got "
+                        f"{type(out).__name__}")
+    oloss, olse, odx = out if out is not None else (None, None, None)
+    ins = (logits, labels, weight, scale)
+    loss = out_array(oloss, (n,) if red == RED_NONE else (), dt, "out[0]", ins) if oloss is not None else None
+    lse = out_array(olse, (n,), dt, "out[1]", ins + (loss,))
+    dx = out_array(odx, logits.shape, dt, "out[2]", ins + (loss, lse))
+    nll = np.empty(n, dtype=np.float64)
+    smooth = np.empty(n if eps != 0 else 1, dtype=np.float64)
+    w = weight if weight is not None else _dummy(dt)
+    w_finite = weight is None or bool(np.isfinite(weight).all())
+    if dt == np.float32:
+        _ce_fused[float](scale, red == RED_NONE, logits, labels, w, weight is not None, w_finite, eps, lse, nll,
+                         smooth, dx)
+    else:
+        _ce_fused[double](scale, red == RED_NONE, logits, labels, w, weight is not None, w_finite, eps, lse, nll,
+                          smooth, dx)
+    if red == RED_NONE:
+        return _ce_unreduced(nll, smooth, eps, c, dt, loss), lse, dx
+    total = _ce_total(nll, smooth, red, denom, eps, c)
+    if loss is None:
+        return np.array(total, dtype=dt), lse, dx
+    loss[()] = total
+    return loss, lse, dx
 
 
 # ----- negative log-likelihood on log-probabilities ----------------------------------------------------

@@ -43,6 +43,8 @@ CALLS = {
     "maxout_rows0": lambda B: B.maxout_forward(z(0, 4), 2),
     "maxout_backward_rows0": lambda B: B.maxout_backward(z(0, 2), np.zeros((0, 2), np.int64), 2),
     "cross_entropy_rows0": lambda B: B.cross_entropy_forward(z(0, 3), lab(0), reduction="none"),
+    "cross_entropy_fused_rows0": lambda B: B.cross_entropy_fused(z(0, 3), lab(0), z(0), reduction="none"),
+    "cross_entropy_fused_classes0": lambda B: B.cross_entropy_fused(z(2, 0), lab(2)),
     "nll_rows0": lambda B: B.nll_forward(z(0, 3), lab(0), reduction="sum"),
     "multi_margin_rows0": lambda B: B.multi_margin_forward(z(0, 3), lab(0), reduction="sum"),
     "mse_empty": lambda B: B.mse_forward(z(0), z(0), reduction="sum"),

@@ -178,6 +178,23 @@ def _penalty(p, l1=0.0, l2=0.0):
     return F.l1_penalty(p, l1) + F.l2_penalty(p, l2)
 
 
+class FusedCrossEntropy(Function):
+    """cross_entropy_fused as a graph op (the form a captured step runs): the loss from the fused kernel, and
+    as gradient the fused kernel's dx for the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, reduction="mean", weight=None, label_smoothing=0.0):
+        g = np.ones(len(labels), logits.dtype) if reduction == "none" else 1.0
+        ctx.args = (logits, labels, reduction, weight, label_smoothing)
+        return fastbp._backend.current.cross_entropy_fused(logits, labels, g, reduction, weight, label_smoothing)[0]
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, labels, reduction, weight, label_smoothing = ctx.args
+        return (fastbp._backend.current.cross_entropy_fused(logits, labels, g, reduction, weight, label_smoothing)[2],
+                None)
+
+
 # registry op name -> graph-level form, called as form(*inputs, **case.params)
 GRAPH_FORMS = {
     "linear": lambda x, w, b: F.linear(x, w, b),
@@ -192,6 +209,7 @@ GRAPH_FORMS = {
     "log_softmax": lambda x, axis=-1: F.log_softmax(x, axis),
     "maxout": F.maxout,
     "cross_entropy": F.cross_entropy,
+    "cross_entropy_fused": lambda x, y, **p: FusedCrossEntropy.apply(x, y, **p),
     "nll": F.nll_loss,
     "multi_margin": F.multi_margin_loss,
     "mse": F.mse_loss,

@@ -65,7 +65,8 @@ def finite_scalar(value, name):
     return v
 
 
-def _into(res, out, name):
+def _into(res, out, name, write=True):
+    """`out` checked against the result `res` and (write=True) filled with it; res when out is None."""
     if out is None or res is None:
         return res
     if not isinstance(out, np.ndarray):
@@ -76,7 +77,8 @@ def _into(res, out, name):
         raise ValueError(f"{name} has shape {out.shape}, expected {res.shape}")
     if not out.flags.c_contiguous or not out.flags.aligned or not out.flags.writeable:
         raise ValueError(f"{name} must be C-contiguous, aligned and writeable")
-    np.copyto(out, res)
+    if write:
+        np.copyto(out, res)
     return out
 
 
@@ -99,7 +101,10 @@ def with_out(fn):
             if not isinstance(out, tuple) or len(out) != len(res):
                 raise TypeError(f"{fn.__name__}: out must be a tuple of {len(res)} arrays or None, got "
                                 f"{type(out).__name__}")
-            return tuple(_into(r, o, f"out[{k}]") for k, (r, o) in enumerate(zip(res, out)))
+            pairs = [(r, o, f"out[{k}]") for k, (r, o) in enumerate(zip(res, out))]
+            for r, o, name in pairs:  # every buffer checked before any is written, as the compiled kernels do
+                _into(r, o, name, write=False)
+            return tuple(_into(r, o, name) for r, o, name in pairs)
         return _into(res, out, "out")
 
     wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [

@@ -127,6 +127,15 @@ def cross_entropy_backward(grad_out, logits, labels, lse, reduction="mean", weig
     return (gl - p * gl.sum(axis=1, keepdims=True)).astype(logits.dtype)
 
 
+@with_out
+def cross_entropy_fused(logits, labels, grad_out=1.0, reduction="mean", weight=None, label_smoothing=0.0):
+    """Forward and backward together: (loss, lse, dx) with (loss, lse) = cross_entropy_forward(logits, labels,
+    reduction, weight, label_smoothing) and dx = cross_entropy_backward(grad_out, logits, labels, lse,
+    reduction, weight, label_smoothing); grad_out a scalar for "mean"/"sum", shape (N,) for "none"."""
+    loss, lse = cross_entropy_forward(logits, labels, reduction, weight, label_smoothing)
+    return loss, lse, cross_entropy_backward(grad_out, logits, labels, lse, reduction, weight, label_smoothing)
+
+
 # ----- negative log-likelihood ------------------------------------------------------------------------
 def nll_forward(log_probs, labels, reduction="mean", weight=None):
     """l_n = -w_{y_n} x_{n, y_n}; mean = sum_n l_n / sum_n w_{y_n}."""

@@ -21,6 +21,7 @@ from . import REGISTRY
 PUBLIC_NAMES = {
     "linear_nobias": ("linear", "fastbp.nn.functional.linear", "bias=None"),
     "matmul": ("matmul", "fastbp.Tensor.__matmul__", None),
+    "cross_entropy_fused": ("cross_entropy", "fastbp.nn.functional.cross_entropy", "fused forward+backward"),
     "nll": ("nll_loss", "fastbp.nn.functional.nll_loss", None),
     "multi_margin": ("multi_margin_loss", "fastbp.nn.functional.multi_margin_loss", None),
     "mse": ("mse_loss", "fastbp.nn.functional.mse_loss", None),

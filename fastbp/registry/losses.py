@@ -49,6 +49,13 @@ def _ce_samples(rng, dt):
     return cases
 
 
+def _fused_grad(x, reduction):
+    """A fixed incoming gradient for cross_entropy_fused's forward: per row for "none", else a scalar."""
+    if reduction == "none":
+        return np.linspace(-1.5, 2.0, x.shape[0]).astype(x.dtype)
+    return 0.75
+
+
 def _nll_samples(rng, dt):
     def logp(n, c):
         x = rng.standard_normal((n, c)) * 2
@@ -227,6 +234,17 @@ SPECS = [
             B.cross_entropy_forward(x, y, reduction, weight, label_smoothing),
         backward=lambda B, g, out, x, y, reduction="mean", weight=None, label_smoothing=0.0:
             (B.cross_entropy_backward(g, x, y, out[1], reduction, weight, label_smoothing),),
+        samples=_ce_samples,
+    ),
+    # forward and backward in one kernel: the forward test compares (loss, lse, dx) for a fixed incoming
+    # gradient, the backward tests take dx for theirs
+    OpSpec(
+        name="cross_entropy_fused",
+        kernels=("cross_entropy_fused",),
+        forward=lambda B, x, y, reduction="mean", weight=None, label_smoothing=0.0:
+            B.cross_entropy_fused(x, y, _fused_grad(x, reduction), reduction, weight, label_smoothing),
+        backward=lambda B, g, out, x, y, reduction="mean", weight=None, label_smoothing=0.0:
+            (B.cross_entropy_fused(x, y, g, reduction, weight, label_smoothing)[2],),
         samples=_ce_samples,
     ),
     OpSpec(
