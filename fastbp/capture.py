@@ -633,6 +633,29 @@ def _plan_relu_epilogues(tape, escaping):
     return plan
 
 
+def _plan_cross_entropy(tape, escaping):
+    """{index of a cross_entropy_backward: index of its cross_entropy_forward} where the backward follows
+    the forward with only the backward seed (a constant) in between, on the same logits, labels and
+    options: the pair runs as one cross_entropy_fused call (the bits of the two kernels)."""
+    ops = tape.ops
+    plan = {}
+    for j in range(len(ops) - 2):
+        f, seed, b = ops[j], ops[j + 1], ops[j + 2]
+        if f[0] != "k" or f[1] != "cross_entropy_forward" or seed[0] != "k" or seed[1] != "<seed>" or \
+                b[0] != "k" or b[1] != "cross_entropy_backward":
+            continue
+        if f[5][0] != "t" or len(f[5][1]) != 2 or any(x[0] != "s" for x in f[5][1]) or b[5][0] != "s":
+            continue
+        fa, ba = f[3], b[3]
+        if len(fa) < 2 or len(ba) < 4 or ba[0] != seed[5] or ba[1] != fa[0] or ba[2] != fa[1] or \
+                ba[3] != f[5][1][1] or ba[4:] != fa[2:] or b[4] != f[4] or "out" in f[4]:
+            continue
+        if b[5][1] in escaping or not hasattr(sys.modules.get(f[2].__module__), "cross_entropy_fused"):
+            continue
+        plan[j + 2] = j
+    return plan
+
+
 def _fused_steps(opt, w, b):
     """linear_backward's update= at replay: the steps of the weight and bias, bookkeeping done now."""
     return (_one_step(opt, w), _one_step(opt, b))
@@ -677,10 +700,12 @@ class _Tape:
         _slots_of(self.result_spec, escaping)
         fixed = {}   # slot -> name of its buffer
         epilogues = _plan_relu_epilogues(self, escaping) if fuse else {}
-        dropped = set(epilogues.values())
+        ce_pairs = _plan_cross_entropy(self, escaping) if fuse else {}
+        dropped = set(epilogues.values()) | set(ce_pairs.values())
         self.fused = {"optimizer steps in linear_backward": sum((e[1] is not None) + (e[2] is not None)
                                                                 for e in fused.values()),
-                      "relu in linear_forward": len(epilogues)}
+                      "relu in linear_forward": len(epilogues),
+                      "cross-entropy forward+backward": len(ce_pairs)}
 
         def const(v):
             name = f"C{counter[0]}"
@@ -733,6 +758,26 @@ class _Tape:
                 fixed[hout[1]] = const(slot_objs[hout[1]])
                 lines.append(f"    {const(fn)}({call}, out={fixed[out[1]]}, activation='relu', "
                              f"activation_out={fixed[hout[1]]})")
+                continue
+            if j in ce_pairs:  # cross_entropy_forward + backward as one cross_entropy_fused call
+                f = self.ops[ce_pairs[j]]
+                fa, fk, (loss_s, lse_s) = f[3], f[4], f[5][1]
+                fn = getattr(sys.modules[f[2].__module__], "cross_entropy_fused")
+                call = ", ".join([expr(fa[0]), expr(fa[1]), expr(op[3][0])] + [expr(x) for x in fa[2:]] +
+                                 [f"{key}={expr(x)}" for key, x in fk.items()])
+                bufs = []
+                for slot in (lse_s[1], op[5][1]):
+                    if slot in escaping:
+                        bufs.append("None")
+                    else:
+                        fixed[slot] = const(slot_objs[slot])
+                        bufs.append(fixed[slot])
+                lines.append(f"    t = {const(fn)}({call}, out=(None, {bufs[0]}, {bufs[1]}))")
+                lines.append(f"    s{loss_s[1]} = t[0]")
+                if lse_s[1] in escaping:
+                    lines.append(f"    s{lse_s[1]} = t[1]")
+                if op[5][1] in escaping:
+                    lines.append(f"    s{op[5][1]} = t[2]")
                 continue
             if op[0] == "k":
                 _, name, fn, a, k, out = op

@@ -548,6 +548,7 @@ def test_optimizer_steps_fused_into_linear_backward(name):
     expected = 6 if name in FUSED_OPTIMIZERS else 0
     assert cap[3].fusions()[0]["optimizer steps in linear_backward"] == expected
     assert cap[3].fusions()[0]["relu in linear_forward"] == 1   # Linear-ReLU (Linear-Tanh is not fused)
+    assert cap[3].fusions()[0]["cross-entropy forward+backward"] == 1
     eager = train(lambda: mlp(np.float32), OPTIMIZERS[name], data, 5, compiled=False)
     assert_same_bits(eager, cap)
 
@@ -574,7 +575,8 @@ def test_fusion_off_and_blocked_cases():
     run = fastbp.compile(step, fuse=False)
     for i in range(3):
         run(*data[i])
-    assert run.fusions() == [{"optimizer steps in linear_backward": 0, "relu in linear_forward": 0}]
+    assert run.fusions() == [{"optimizer steps in linear_backward": 0, "relu in linear_forward": 0,
+                              "cross-entropy forward+backward": 0}]
     assert "update=" not in run.replay_source()[0]
 
 
@@ -658,3 +660,35 @@ def test_relu_epilogue_not_used_when_the_pre_activation_is_returned(backend):
     for a, b in zip(*results):
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(reduction="sum"), dict(label_smoothing=0.1),
+                                     dict(weight="w"), dict(reduction="none")])
+def test_cross_entropy_pair_fused(options):
+    """cross_entropy's forward and backward run as one cross_entropy_fused call when the loss is the
+    backward's root (reduction "none" needs a gradient per row: not the seed pattern, not fused)."""
+    data = batches((8, 20), 5, np.float64)
+    results = []
+    for compiled in (False, True):
+        model = mlp(np.float64)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        kw = dict(options)
+        if kw.get("weight") == "w":
+            kw["weight"] = fastbp.tensor(np.linspace(0.5, 2.0, 5))
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y, **kw)
+            if loss.data.ndim:
+                loss = loss.mean()
+            loss.backward()
+            opt.step()
+            return loss
+        run = fastbp.compile(step) if compiled else step
+        losses = [run(*data[i % 4]).data.copy() for i in range(6)]
+        results.append(losses + [p.data.copy() for p in model.parameters()])
+        if compiled:
+            assert_replayed(run)
+            assert run.fusions()[0]["cross-entropy forward+backward"] == (0 if kw.get("reduction") == "none" else 1)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
