@@ -14,7 +14,7 @@ from cython.parallel cimport prange
 from _common cimport (bind_threading, real, gemm_rm, as_float_array, check_same_dtype, check_blas_size,
                       threads_for, fastbp_thr, fastbp_blas_single_enter, fastbp_blas_single_exit,
                       out_array)
-from _update cimport Update, UPD_NONE, UPD_RELU, fill_update, apply_update, update_all, update_threads
+from _update cimport Update, UPD_NONE, UPD_RELU, apply_update, update_all, update_threads
 
 import numpy as np
 
@@ -53,8 +53,8 @@ cdef void _gemm_block(bint ta, bint tb, int m, int n, int k, real alpha, const r
                       const real* b, int ldb, real beta, real* c, int ldc, Py_ssize_t blk,
                       Py_ssize_t nb, const Update* u) noexcept nogil:
     """Block blk of nb of C = alpha op(A) op(B) + beta C: rows of C when m >= n, else columns. With an
-    update (u.kind != UPD_NONE; C is then the gradient of the parameter u.p, C-contiguous, ldc == n), the
-    optimizer step is applied to the block right after it is written."""
+    epilogue (u.kind != UPD_NONE, csrc/_update.pxd; C C-contiguous, ldc == n), the elementwise pass from C
+    into u's array runs on the block right after it is written, while it is in cache."""
     cdef Py_ssize_t lo, hi, r
     if m >= n:
         _block_bounds(m, blk, nb, &lo, &hi)
@@ -86,8 +86,8 @@ cdef void gemm_fixed(bint ta, bint tb, int m, int n, int k, real alpha, const re
 cdef void gemm_fixed_update(bint ta, bint tb, int m, int n, int k, real alpha, const real* a, int lda,
                             const real* b, int ldb, real beta, real* c, int ldc,
                             const Update* u) noexcept nogil:
-    """gemm_fixed, then the optimizer step u on C (a parameter's gradient, ldc == n) block by block as the
-    blocks are written; when the product is one block, one threaded pass over C after it."""
+    """gemm_fixed, then the epilogue u on C (ldc == n) block by block as the blocks are written; when the
+    product is one block, one threaded pass over C after it."""
     cdef Py_ssize_t blk, nb
     if m == 0 or n == 0:
         return
@@ -137,20 +137,17 @@ cdef void _linear_forward_nogil(const real[:, ::1] x, const real[:, ::1] w, cons
 
 cdef void _linear_backward(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                            real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                           bint need_dx, bint need_dw, bint need_db, const Update* uw,
-                           const Update* ub) noexcept:
+                           bint need_dx, bint need_dw, bint need_db) noexcept:
     cdef int single = fastbp_blas_single_enter()
     with nogil:
-        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db, uw, ub)
+        _linear_backward_nogil(g, x, w, dx, dw, db, need_dx, need_dw, need_db)
     if single:
         fastbp_blas_single_exit()
 
 
 cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, const real[:, ::1] w,
                                  real[:, ::1] dx, real[:, ::1] dw, real[::1] db,
-                                 bint need_dx, bint need_dw, bint need_db, const Update* uw,
-                                 const Update* ub) noexcept nogil:
-    # dx first: it reads the weight, which a fused update (uw) then changes
+                                 bint need_dx, bint need_dw, bint need_db) noexcept nogil:
     cdef Py_ssize_t n = x.shape[0], fin = x.shape[1], fout = w.shape[0], i, j
     # empty dimensions are settled before any pointer is taken (&g[0, 0] of an empty array is out of bounds)
     if need_dx and fin > 0 and n > 0:
@@ -162,19 +159,15 @@ cdef void _linear_backward_nogil(const real[:, ::1] g, const real[:, ::1] x, con
             dx[:, :] = 0
     if need_dw and fout > 0 and fin > 0 and n == 0:
         dw[:, :] = 0
-        if uw.kind != UPD_NONE:
-            update_all(uw, &dw[0, 0], fout * fin, update_threads(fout * fin))
     elif need_dw and fout > 0 and fin > 0:
         # dw[out, in] = g[n, out]^T @ x[n, in]
-        gemm_fixed_update(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
-                          &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin, uw)
+        gemm_fixed(True, False, <int>fout, <int>fin, <int>n, <real>1, &g[0, 0], <int>fout,
+                   &x[0, 0], <int>fin, <real>0, &dw[0, 0], <int>fin)
     if need_db and fout > 0:
         db[:] = 0
         for i in range(n):
             for j in range(fout):
                 db[j] += g[i, j]
-        if ub.kind != UPD_NONE:
-            apply_update(ub, &db[0], 0, fout)
 
 
 cdef tuple _check_linear(object x, object weight, object bias):
@@ -227,16 +220,9 @@ def linear_forward(x, weight, bias=None, out=None, activation=None, activation_o
 
 
 def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True,
-                    out=None, update=None):
+                    out=None):
     """Gradients of y = x @ weight.T + bias: returns (dx, dweight, dbias), None where not needed. out, if
-    given, is a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into.
-
-    update, if given, is (weight_step, bias_step), each None or (name, param, args): the optimizer step
-    `name(param, gradient, *args)` ("sgd_step" or "adam_step" of this backend, with their argument lists
-    minus the gradient) applied right after that gradient is computed, the weight's block by block while
-    each block is in cache (param must be `weight` itself for the weight step). dx is computed before the
-    weight changes; the gradients returned are unchanged by the step. The result is bit-identical to
-    linear_backward followed by the step."""
+    given, is a tuple (dx, dweight, dbias) of arrays (None entries allocate) the results are written into."""
     x, weight, _ = _check_linear(x, weight, None)
     grad_out = as_float_array(grad_out, "grad_out", 2)
     check_same_dtype(x, "x", grad_out, "grad_out")
@@ -250,47 +236,11 @@ def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=
     dx = out_array(ox, x.shape, dt, "out[0]", ins) if ndx else _SCRATCH2[dt.num]
     dw = out_array(ow, weight.shape, dt, "out[1]", ins) if ndw else _SCRATCH2[dt.num]
     db = out_array(ob, (weight.shape[0],), dt, "out[2]", ins) if ndb else _SCRATCH1[dt.num]
-    cdef Update uw, ub
-    uw.kind = ub.kind = UPD_NONE
-    if update is not None:
-        sw, sb = _update_specs(update, weight, dw if ndw else None, db if ndb else None, ins)
-        if sw is not None:
-            fill_update(&uw, sw)
-        if sb is not None:
-            fill_update(&ub, sb)
     if dt == np.float32:
-        _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb, &uw, &ub)
+        _linear_backward[float](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
     else:
-        _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb, &uw, &ub)
+        _linear_backward[double](grad_out, x, weight, dx, dw, db, ndx, ndw, ndb)
     return (dx if ndx else None, dw if ndw else None, db if ndb else None)
-
-
-def _update_specs(update, weight, dw, db, ins):
-    """Validate linear_backward's update=(weight_step, bias_step) into fill_update tuples (kept alive by
-    the caller for the call)."""
-    from fastbp._C import optim as _optim
-    if not isinstance(update, tuple) or len(update) != 2:
-        raise TypeError(f"linear_backward: update must be a tuple (weight_step, bias_step), got "
-                        f"{type(update).__name__}")
-    specs = []
-    for step, grad, what in ((update[0], dw, "weight"), (update[1], db, "bias")):
-        if step is None:
-            specs.append(None)
-            continue
-        if not isinstance(step, tuple) or len(step) != 3:
-            raise TypeError(f"linear_backward: the {what} step must be (name, param, args), got {step!r:.80}")
-        name, param, args = step
-        if grad is None:
-            raise ValueError(f"linear_backward: a {what} step needs the {what} gradient (need_{what}_grad=True)")
-        if what == "weight" and param is not weight:
-            raise ValueError("linear_backward: the weight step must update `weight` itself (the array passed)")
-        if not isinstance(param, np.ndarray) or param.shape != grad.shape:
-            raise ValueError(f"linear_backward: the bias step's param has shape {getattr(param, 'shape', None)}, "
-                             f"expected {grad.shape}")
-        if any(np.may_share_memory(param, a) for a in ins[:2]) or np.may_share_memory(param, grad):
-            raise ValueError(f"linear_backward: the {what} step's param overlaps an input or the gradient")
-        specs.append(_optim._update_spec(name, param, grad, tuple(args)))
-    return specs
 
 
 # unused outputs of linear_backward (never written: the need_* flags skip them)

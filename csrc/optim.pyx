@@ -93,9 +93,8 @@ cdef Py_ssize_t _step_count(str fn, object step) except -1:
 
 
 # ----- SGD --------------------------------------------------------------------------------------------
-# SGD and Adam run the range loops of csrc/_update.pxd, which linear_backward(update=) also runs on each
-# block of a weight gradient: one rule, the same bits fused or not.
-def _sgd_spec(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+# SGD and Adam run the range loops of csrc/_update.pxd over contiguous parts of the parameter.
+cdef tuple _sgd_spec(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
               nesterov=False, first_step=False):
     """Validated step of sgd_step as the tuple fill_update reads (grad only checked, not kept)."""
     flat_p = _check_param(param)
@@ -245,7 +244,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
 
 
 # ----- Adam / AdamW -------------------------------------------------------------------------------------
-def _adam_spec(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
+cdef tuple _adam_spec(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9, beta2=0.999,
                eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled_weight_decay=False):
     """Validated step of adam_step as the tuple fill_update reads (grad only checked, not kept)."""
     flat_p = _check_param(param)
@@ -280,18 +279,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
     All state starts at zero. max_exp_avg_sq may be None unless amsgrad. Returns None."""
     _run_update(_adam_spec(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
                            weight_decay, amsgrad, decoupled_weight_decay), grad)
-
-
-_SPECS = {"sgd_step": _sgd_spec, "adam_step": _adam_spec}
-
-
-def _update_spec(name, param, grad, args):
-    """The validated step `name(param, grad, *args)` ("sgd_step" or "adam_step") as the tuple that
-    csrc/_update.pxd's fill_update reads: what linear_backward(update=) applies inside the backward."""
-    make = _SPECS.get(name)
-    if make is None:
-        raise ValueError(f"update: unknown optimizer step {name!r}; expected one of {sorted(_SPECS)}")
-    return make(param, grad, *args)
 
 
 # ----- Adadelta -----------------------------------------------------------------------------------------

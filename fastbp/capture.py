@@ -489,132 +489,6 @@ def _spec_eq(s, t, a, b):
 
 # ----------------------------------------------------------------------------------------------------------
 # fusions: rewrites of a finished tape that keep every bit of the eager step
-def _fusable_optimizer(op):
-    """The optimizer of a recorded `optimizer.step()` whose per-parameter steps can be handed to the
-    kernels that produce the gradients (SGD, Adam, AdamW, not subclasses that change the step), else None."""
-    if op[0] != "py" or op[3] or len(op[2]) != 1:
-        return None
-    from .optim.adam import Adam
-    from .optim.optimizer import Optimizer
-    from .optim.sgd import SGD
-    opt = op[2][0]
-    if not isinstance(opt, Optimizer):
-        return None
-    cls = type(opt)
-    if op[1] is not cls.step or cls.step not in (SGD.step, Adam.step) or \
-            cls._param_step not in (SGD._param_step, Adam._param_step) or \
-            cls._step_params is not Optimizer._step_params:
-        return None
-    return opt
-
-
-def _spec_refs(spec, tape, acc):
-    """Add to acc what a spec reads: ("slot", i) for slots and views of them, ("arr", id) for persistent arrays."""
-    kind = spec[0]
-    if kind in ("s", "v"):
-        acc.add(("slot", spec[1]))
-    elif kind == "u":
-        r = tape.resolved[spec[1]]
-        if r[0] == "p":
-            acc.add(("arr", id(r[1])))
-    elif kind in ("t", "l"):
-        for x in spec[1]:
-            _spec_refs(x, tape, acc)
-    elif kind == "d":
-        for x in spec[1].values():
-            _spec_refs(x, tape, acc)
-
-
-def _op_refs(tape, j, fwd_of):
-    """What op j reads (None: unknown, e.g. a Python call)."""
-    op = tape.ops[j]
-    acc = set()
-    if op[0] == "k":
-        for x in op[3]:
-            _spec_refs(x, tape, acc)
-        for x in op[4].values():
-            _spec_refs(x, tape, acc)
-    elif op[0] == "fwd":
-        _spec_refs(("t", op[2]), tape, acc)
-        _spec_refs(("d", op[3]), tape, acc)
-    elif op[0] == "bwd":
-        _spec_refs(op[3], tape, acc)
-        f = fwd_of.get(op[2])
-        if f is None:
-            return None
-        acc |= _op_refs(tape, f, fwd_of)  # its ctx may hold what its forward received
-    elif op[0] == "grad":
-        pass
-    else:
-        return None
-    return acc
-
-
-def _plan_optimizer_fusion(tape):
-    """Which optimizer steps linear_backward can apply as it writes the gradients: {op index of the
-    linear_backward: (optimizer, (group, weight tensor) or None, (group, bias tensor) or None)} and
-    {op index of optimizer.step(): (optimizer, ids of the parameters it then skips)}.
-
-    A parameter's step moves into the linear_backward that writes its whole gradient (weight: the
-    product's weight is the parameter itself) when nothing between that kernel and optimizer.step() reads
-    the parameter or its gradient and no Python call (clipping, a scheduler, user code) runs in between:
-    the step then sees the same values as in eager order, and each element's update is independent."""
-    ops = tape.ops
-    fwd_of = {op[5]: j for j, op in enumerate(ops) if op[0] == "fwd"}
-    producer = {}   # grad slot -> (op index, 1 for the weight gradient / 2 for the bias gradient)
-    for j, op in enumerate(ops):
-        if op[0] == "k" and op[1] == "linear_backward" and op[5][0] == "t" and len(op[5][1]) == 3:
-            for pos in (1, 2):
-                if op[5][1][pos][0] == "s":
-                    producer[op[5][1][pos][1]] = (j, pos)
-    fused, skips = {}, {}
-    for sidx, op in enumerate(ops):
-        opt = _fusable_optimizer(op)
-        if opt is None:
-            continue
-        grad_of = {}
-        for j in range(sidx):
-            if ops[j][0] == "grad":
-                grad_of[id(ops[j][1])] = ops[j][2]
-        skip = set()
-        for group in opt.param_groups:
-            for t in group["params"]:
-                spec = grad_of.get(id(t))
-                if spec is None or spec[0] != "s" or spec[1] not in producer:
-                    continue
-                k, pos = producer[spec[1]]
-                kop = ops[k]
-                if pos == 1:
-                    w = kop[3][2] if len(kop[3]) > 2 else None
-                    if w is None or w[0] != "u" or tape.resolved[w[1]][0] != "p" or \
-                            tape.resolved[w[1]][1] is not t.data:
-                        continue
-                mine = {("arr", id(t.data)), ("slot", spec[1])}
-                own = set()
-                for x in kop[3][:2] + tuple(kop[4].values()):
-                    _spec_refs(x, tape, own)
-                if own & mine:
-                    continue
-                clear = True
-                for j in range(k + 1, sidx):
-                    refs = _op_refs(tape, j, fwd_of)
-                    if refs is None or refs & mine:
-                        clear = False
-                        break
-                if not clear:
-                    continue
-                entry = fused.get(k)
-                if entry is not None and entry[0] is not opt:
-                    continue
-                entry = list(entry) if entry is not None else [opt, None, None]
-                entry[pos] = (group, t)
-                fused[k] = tuple(entry)
-                skip.add(id(t))
-        if skip:
-            skips[sidx] = (opt, frozenset(skip))
-    return fused, skips
-
-
 def _plan_relu_epilogues(tape, escaping):
     """{index of a linear_forward: index of the relu_forward right after it that reads its output}: the
     pair runs as one linear_forward(activation="relu") writing both buffers (neither may be returned)."""
@@ -656,19 +530,6 @@ def _plan_cross_entropy(tape, escaping):
     return plan
 
 
-def _fused_steps(opt, w, b):
-    """linear_backward's update= at replay: the steps of the weight and bias, bookkeeping done now."""
-    return (_one_step(opt, w), _one_step(opt, b))
-
-
-def _one_step(opt, gt):
-    if gt is None:
-        return None
-    group, t = gt
-    name, args = opt._param_step(group, t)
-    return (name, t.data, args)
-
-
 class _Tape:
     """One finished recording: ops, inputs, what was returned, and the persistent arrays it reads."""
 
@@ -691,9 +552,8 @@ class _Tape:
     def build(self, slot_objs, fuse=True):
         """Generate the straight-line replay function. Kernels that take `out=` write into the arrays the
         capture produced (kept as the step's buffers), except the arrays the step returns. With fuse, the
-        fusions of _plan_optimizer_fusion are applied."""
-        ns = {"_Stale": _Stale, "_view": _view, "_fused_steps": _fused_steps}
-        fused, skips = _plan_optimizer_fusion(self) if fuse else ({}, {})
+        pairs of _plan_relu_epilogues and _plan_cross_entropy run as one kernel call each."""
+        ns = {"_Stale": _Stale, "_view": _view}
         lines = []
         counter = [0]
         escaping = set()
@@ -702,9 +562,7 @@ class _Tape:
         epilogues = _plan_relu_epilogues(self, escaping) if fuse else {}
         ce_pairs = _plan_cross_entropy(self, escaping) if fuse else {}
         dropped = set(epilogues.values()) | set(ce_pairs.values())
-        self.fused = {"optimizer steps in linear_backward": sum((e[1] is not None) + (e[2] is not None)
-                                                                for e in fused.values()),
-                      "relu in linear_forward": len(epilogues),
+        self.fused = {"relu in linear_forward": len(epilogues),
                       "cross-entropy forward+backward": len(ce_pairs)}
 
         def const(v):
@@ -782,8 +640,6 @@ class _Tape:
             if op[0] == "k":
                 _, name, fn, a, k, out = op
                 call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
-                if j in fused:
-                    call += f", update=_fused_steps({const(fused[j][0])}, {const(fused[j][1])}, {const(fused[j][2])})"
                 form = _OUT_KERNELS.get(name)
                 outs = set()
                 _slots_of(out, outs)
@@ -823,10 +679,7 @@ class _Tape:
                     bind("t", out)
             elif op[0] == "py":
                 _, fn, args, kwargs = op
-                if j in skips:  # the optimizer's step, minus the parameters stepped inside linear_backward
-                    lines.append(f"    {const(skips[j][0])}._step_params({const(skips[j][1])})")
-                else:
-                    lines.append(f"    {const(fn)}(*{const(args)}, **{const(kwargs)})")
+                lines.append(f"    {const(fn)}(*{const(args)}, **{const(kwargs)})")
             else:
                 _, t, s = op
                 lines.append(f"    {const(t)}.grad = {expr(s)}")
@@ -1019,10 +872,10 @@ def compile(fn=None, *, disable=False, cache_size=8, warn=True, fuse=True):  # n
     recently used dropped). disable=True (or set_compile_enabled(False), or FASTBP_COMPILE=0) runs every call
     eagerly. warn=False silences the CaptureWarning of a step that cannot be captured.
 
-    fuse=True (default) lets the replay combine kernels where that keeps every bit of the eager step:
-    an SGD/Adam/AdamW parameter's step runs inside the linear_backward that writes its gradient (block by
-    block while the block is in cache) when nothing in between reads the parameter or its gradient and no
-    Python call (clipping, a scheduler) runs before optimizer.step(). fuse=False replays kernel by kernel."""
+    fuse=True (default) lets the replay combine kernels where that keeps every bit of the eager step: a
+    Linear followed by a ReLU runs as one linear_forward(activation="relu") (the ReLU on each block of the
+    product as BLAS writes it), and cross-entropy's forward and backward as one cross_entropy_fused call
+    when the loss is what backward() starts from. fuse=False replays kernel by kernel."""
     if fn is None:
         return lambda f: CapturedStep(f, disable=disable, cache_size=cache_size, warn=warn, fuse=fuse)
     return CapturedStep(fn, disable=disable, cache_size=cache_size, warn=warn, fuse=fuse)

@@ -53,8 +53,7 @@ class Optimizer:
     def _param_step(self, group, p):
         """Optimizers whose step is one kernel call per parameter define this: the step of p as (name of
         the backend kernel, its arguments after param and gradient), the per-parameter bookkeeping done.
-        step() then runs them all (_step_params), and a captured step (fastbp.compile) may instead hand a
-        parameter's step to the kernel that produces its gradient (linear_backward(update=))."""
+        step() then runs them all (_step_params)."""
         raise NotImplementedError
 
     def _step_params(self, skip=None):

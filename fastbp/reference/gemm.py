@@ -44,33 +44,8 @@ def _linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True,
-                    out=None, update=None):
-    """dL/dx = g W,  dL/dW = g^T x,  dL/db = sum_n g[n, :]; then the optimizer steps of `update`
-    ((weight_step, bias_step), each None or (name, param, args): `name(param, gradient, *args)`), after dx
-    is computed from the weight as it was."""
-    dx, dw, db = _linear_grads(grad_out, x, weight, need_input_grad, need_weight_grad, need_bias_grad,
-                               out=out)
-    if update is not None:
-        from . import optim
-        if not isinstance(update, tuple) or len(update) != 2:
-            raise TypeError(f"linear_backward: update must be a tuple (weight_step, bias_step), got "
-                            f"{type(update).__name__}")
-        for step, grad, what in ((update[0], dw, "weight"), (update[1], db, "bias")):
-            if step is None:
-                continue
-            name, param, args = step
-            if grad is None:
-                raise ValueError(f"linear_backward: a {what} step needs the {what} gradient "
-                                 f"(need_{what}_grad=True)")
-            if what == "weight" and param is not weight:
-                raise ValueError("linear_backward: the weight step must update `weight` itself (the array passed)")
-            getattr(optim, name)(param, grad, *args)
-    return dx, dw, db
-
-
 @with_out
-def _linear_grads(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
+def linear_backward(grad_out, x, weight, need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
     """dL/dx = g W,  dL/dW = g^T x,  dL/db = sum_n g[n, :]."""
     _check_linear(x, weight, None)
     as_float_array(grad_out, "grad_out", 2)
