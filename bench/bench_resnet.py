@@ -10,6 +10,8 @@ Cases (float32, training mode):
   * resnet: one SGD step (momentum 0.9) of examples/resnet_mnist.py's ResNet (width 16, BasicBlocks with
             BatchNorm, 1x1 projection shortcuts, global average pooling) on a batch of 64 1x28x28 images:
             zero_grad, forward, cross-entropy, backward, step.
+  * resnet_captured: the same step, fastbp's run through fastbp.compile (PyTorch's stays eager: the
+            issue's target compares fastbp's captured step with PyTorch's step).
 The driver runs, per round and thread count, one process per (framework, case), alternating the order, in
 the default environment except OMP_NUM_THREADS (each worker also sets the framework's thread count), and
 prints every round's medians and the range of the fastbp / PyTorch ratio over the rounds. Benchmarks are never
@@ -25,7 +27,7 @@ import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = ("bn", "resnet")
+CASES = ("bn", "resnet", "resnet_captured")
 
 
 def _median_ms(fn, repeat, warmup, min_time=1.0):
@@ -89,7 +91,7 @@ def worker(framework, case, threads, repeat):
             x.grad = None
             bn.weight.grad = bn.bias.grad = None
             bn(x).backward(g)
-    else:
+    else:  # resnet, resnet_captured
         mod = _resnet_module(framework)
         model = mod.ResNet(width=16)
         model.train()
@@ -97,13 +99,18 @@ def worker(framework, case, threads, repeat):
         loss_fn = nn.CrossEntropyLoss()
         xb = tensor(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
         yb = rng.integers(0, 10, 64)
-        yb = yb if framework == "fastbp" else fw.from_numpy(yb)
+        yb = fw.tensor(yb) if framework == "fastbp" else fw.from_numpy(yb)
 
-        def step():
+        def train_step(x, y):
             opt.zero_grad()
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
+            return loss
+        run = fw.compile(train_step) if case == "resnet_captured" and framework == "fastbp" else train_step
+
+        def step():
+            run(xb, yb)
     ms, cpu_ms, n = _median_ms(step, repeat, warmup=3)
     print(json.dumps({"framework": framework, "case": case, "threads": threads, "median_ms": ms,
                       "median_cpu_ms": cpu_ms, "calls": n}))
