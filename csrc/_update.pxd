@@ -67,32 +67,48 @@ cdef inline void sgd_range(real* p, const real* g, real* buf, Py_ssize_t n, cons
         p[i] = p[i] - rlr * d
 
 
-cdef inline void adam_range(real* p, const real* g, real* m, real* v, real* vmax, Py_ssize_t n,
-                            const Update* u) noexcept nogil:
+cdef inline void _adam_loop(real* p, const real* g, real* m, real* v, real* vmax, Py_ssize_t n,
+                            bint coupled, bint amsgrad, real rb1, real rcb1, real rb2, real rcb2, real reps,
+                            real rwd, real rdecay, real rstep, real rbc2) noexcept nogil:
+    # Called with constant flags (adam_range), so each of the four copies has no branch left but the
+    # data-dependent selects and vectorizes: one loop testing the flags per element stayed scalar
+    # (1M float32 elements: 1.21 ms on 2 threads, against 0.65 for PyTorch). rdecay is 1 without decoupled
+    # weight decay: x * 1 is x exactly, NaN and inf included.
     cdef Py_ssize_t i
-    cdef real x, d, mi, vi
-    cdef real rb1 = <real>u.beta1, rcb1 = <real>(1 - u.beta1), rb2 = <real>u.beta2, rcb2 = <real>(1 - u.beta2)
-    cdef real reps = <real>u.eps, rwd = <real>u.wd, rdecay = <real>u.decay, rstep = <real>u.step_size
-    cdef real rbc2 = <real>u.bc2_sqrt
-    cdef bint coupled = u.wd != 0 and not u.decoupled
-    cdef bint shrink = u.wd != 0 and u.decoupled
-    cdef bint amsgrad = u.amsgrad
+    cdef real x, d, mi, vi, vm
     for i in range(n):
-        x = p[i]
+        x = p[i] * rdecay
         d = g[i]
-        if shrink:
-            x = x * rdecay
-        elif coupled:
+        if coupled:
             d = d + rwd * x
         mi = flush_subnormal(rb1 * m[i] + rcb1 * d)
         vi = flush_subnormal(rb2 * v[i] + rcb2 * (d * d))
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            if vmax[i] > vi or vmax[i] != vmax[i]:  # a NaN on either side wins, as in torch.maximum
-                vi = vmax[i]
+            vm = vmax[i]
+            vi = vm if (vm > vi or vm != vm) else vi  # a NaN on either side wins, as in torch.maximum
             vmax[i] = vi
         p[i] = x - rstep * (mi / (r_sqrt(vi) / rbc2 + reps))
+
+
+cdef inline void adam_range(real* p, const real* g, real* m, real* v, real* vmax, Py_ssize_t n,
+                            const Update* u) noexcept nogil:
+    cdef real rb1 = <real>u.beta1, rcb1 = <real>(1 - u.beta1), rb2 = <real>u.beta2, rcb2 = <real>(1 - u.beta2)
+    cdef real reps = <real>u.eps, rwd = <real>u.wd, rstep = <real>u.step_size
+    cdef real rbc2 = <real>u.bc2_sqrt
+    cdef real rdecay = <real>u.decay if (u.wd != 0 and u.decoupled) else <real>1
+    cdef bint coupled = u.wd != 0 and not u.decoupled
+    if coupled:
+        if u.amsgrad:
+            _adam_loop(p, g, m, v, vmax, n, True, True, rb1, rcb1, rb2, rcb2, reps, rwd, rdecay, rstep, rbc2)
+        else:
+            _adam_loop(p, g, m, v, vmax, n, True, False, rb1, rcb1, rb2, rcb2, reps, rwd, rdecay, rstep, rbc2)
+    else:
+        if u.amsgrad:
+            _adam_loop(p, g, m, v, vmax, n, False, True, rb1, rcb1, rb2, rcb2, reps, rwd, rdecay, rstep, rbc2)
+        else:
+            _adam_loop(p, g, m, v, vmax, n, False, False, rb1, rcb1, rb2, rcb2, reps, rwd, rdecay, rstep, rbc2)
 
 
 cdef inline void relu_range(real* h, const real* z, Py_ssize_t n) noexcept nogil:
