@@ -9,8 +9,8 @@ Workloads (real MNIST digits from fastbp.data.load_mnist_5k(), the same batches 
 Frameworks: fastbp eager, fastbp captured (fastbp.compile), PyTorch (if installed), JAX jit (if installed:
 `pip install jax`; forward, loss, grad and the optimizer update in one jitted function, block_until_ready).
 Each process warms up, then times 7 blocks of steps and reports its median ms per step; the table gives, per
-configuration, the range of those medians over the rounds, and the captured step's ratio to the best of
-PyTorch and JAX (per round, then the range). Targets (issue 13): captured MLP <= 0.9x the best at every
+configuration, the median and range of those medians over the rounds, and the captured step's ratio to the
+best of PyTorch and JAX (per round, then the median and range). Targets (issue 13): captured MLP <= 0.9x the best at every
 batch, LeNet <= 0.7x. The machine may be shared: say so with any figure (load average is printed)."""
 import argparse
 import json
@@ -232,19 +232,24 @@ def main(argv=None):
         cells = []
         for f in frameworks:
             v = res[(w, f)]
-            cells.append(f"{min(v):.3f}-{max(v):.3f}" if v else "-")
+            cells.append(f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-")
         ratio_e = ratio_b = "-"
         cap = res.get((w, "captured"), [])
         if cap and res.get((w, "eager")):
             rs = [c / e for c, e in zip(cap, res[(w, "eager")])]
-            ratio_e = f"{min(rs):.2f}-{max(rs):.2f}"
+            ratio_e = f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f})"
         others = [f for f in ("torch", "jax") if res.get((w, f))]
         if cap and others:
             rs = [c / min(res[(w, f)][i] for f in others if i < len(res[(w, f)]))
                   for i, c in enumerate(cap)]
-            ratio_b = f"{min(rs):.2f}-{max(rs):.2f}"
+            ratio_b = f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f})"
         print(f"| {w} (ms/step) | " + " | ".join(cells) + f" | {ratio_e} | {ratio_b} |")
     print(f"\nload average at end: {os.getloadavg()}")
+    os.makedirs(os.path.join(os.path.dirname(here), "results"), exist_ok=True)
+    out = os.path.join(os.path.dirname(here), "results", "capture.json")
+    with open(out, "w") as f:
+        json.dump({f"{w} {fw}": v for (w, fw), v in res.items()}, f, indent=1)
+    print(f"per-round medians (ms): {out}")
 
 
 if __name__ == "__main__":
