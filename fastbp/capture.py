@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _backend
 
-from .tensor import Function, Tensor, is_grad_enabled
+from .tensor import Function, Tensor, _pool_enter, _pool_exit, is_grad_enabled
 
 __all__ = ["compile", "capture", "set_compile_enabled", "is_compile_enabled", "CaptureError", "CaptureWarning",
            "CapturedStep"]
@@ -799,10 +799,16 @@ class CapturedStep:
         else:
             self._cache.move_to_end(key)
         if entry.state == "ready":
+            # under fastbp's block cache, as eager ops run (fastbp.memory): the arrays that kernels and
+            # whole-recorded ops still allocate are reused instead of page-faulted in at every replay
+            previous = _pool_enter() if _pool_enter is not None else None
             try:
                 return _rebuild(entry.result_shape, entry.replay(*arrays))
             except _Stale:
                 entry.state = "new"
+            finally:
+                if _pool_enter is not None:
+                    _pool_exit(previous)
         if entry.state == "eager":
             return self.fn(*args, **kwargs)
         if entry.state == "pending" and all(a is b or np.array_equal(a, b) for a, b in zip(arrays, entry.inputs0)):
