@@ -1,6 +1,7 @@
 """Helpers shared by test modules: a plain module, imported as `from helpers import ...` (pyproject's
 pytest `pythonpath` puts tests/ on sys.path in every import mode). Fixtures stay in conftest.py, which is
 never imported as a module."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,3 +33,18 @@ def run_code(code, env_update=None, cwd=None, timeout=300):
         return subprocess.run([sys.executable, "-c", code], env=python_env(env_update), cwd=cwd,
                               capture_output=True, text=True, timeout=timeout)
     return run_python(["-c", code], env_update, timeout=timeout)
+
+
+@contextlib.contextmanager
+def parallel_branches(threads=2):
+    """Run the block with the parallel threshold at 0 and `threads` OpenMP threads, so every kernel loop
+    takes its OpenMP branch even on small inputs; restores both afterwards."""
+    from fastbp._C import _runtime
+    before_threads = _runtime.get_num_threads()
+    previous = _runtime._set_parallel_min(0)
+    _runtime.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        _runtime._set_parallel_min(previous)
+        _runtime.set_num_threads(before_threads)

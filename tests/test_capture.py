@@ -548,16 +548,8 @@ def test_fusions_counted_and_same_bits(name):
 
 
 def test_fuse_false_replays_kernel_by_kernel():
-    data = batches((8, 20), 5, np.float64)
-    model = mlp(np.float64)
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    data = batches((8, 20), 5, np.float32)
+    _, _, step = make_step()
     run = fastbp.compile(step, fuse=False)
     for i in range(3):
         run(*data[i])

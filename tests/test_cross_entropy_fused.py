@@ -11,6 +11,7 @@ import pytest
 import fastbp
 from fastbp import _backend
 from fastbp._C import _runtime
+from helpers import parallel_branches
 
 C, R = _backend.compiled, _backend.reference
 DTYPES = (np.float32, np.float64)
@@ -61,15 +62,11 @@ def _check_against_separate(x, y, g, reduction, weight, eps, out=None):
 def path(request):
     """"serial": the real parallel threshold (the samples here are below it); "parallel": threshold 0 on 2
     threads, so the fused kernel's prange branch runs (as the registry tests do)."""
-    threads, previous = fastbp.get_num_threads(), _runtime._get_parallel_min()
-    if request.param == "parallel":
-        _runtime._set_parallel_min(0)
-        fastbp.set_num_threads(2)
-    try:
+    if request.param == "serial":
         yield request.param
-    finally:
-        _runtime._set_parallel_min(previous)
-        fastbp.set_num_threads(threads)
+        return
+    with parallel_branches():
+        yield request.param
 
 
 @pytest.mark.parametrize("nonfinite", [False, True], ids=["finite", "nonfinite"])

@@ -7,6 +7,7 @@ import pytest
 import fastbp
 from fastbp._C import _runtime, gemm
 from fastbp.reference import gemm as rgemm
+from helpers import parallel_branches
 
 
 @pytest.fixture(params=[1, 2, 4], ids=lambda b: f"blocks{b}")
@@ -42,7 +43,6 @@ def test_products_identical_for_any_thread_count(shape, gemm_blocks):
 
 # ----- linear_forward(activation="relu"): bias and ReLU in the product's epilogue ------------------------
 from fastbp._C import activations  # noqa: E402
-from fastbp.reference import activations as ractivations  # noqa: E402
 
 FWD_SHAPES = [(1, 784, 256), (64, 784, 256), (256, 100, 700), (7, 0, 5), (5, 3, 4), (33, 257, 65)]
 
@@ -76,19 +76,13 @@ def test_relu_epilogue_is_bit_identical(shape, dtype, bias, threads, gemm_blocks
 
 
 def test_relu_epilogue_parallel_small_and_out():
-    previous = _runtime._set_parallel_min(0)
-    before = fastbp.get_num_threads()
-    fastbp.set_num_threads(2)
-    try:
+    with parallel_branches():
         rng = np.random.default_rng(4)
         x, w, b = rng.standard_normal((40, 9)), rng.standard_normal((70, 9)), rng.standard_normal(70)
         y, h = np.empty((40, 70)), np.empty((40, 70))
         res = gemm.linear_forward(x, w, b, out=y, activation="relu", activation_out=h)
         assert res[0] is y and res[1] is h
         np.testing.assert_array_equal(h, activations.relu_forward(gemm.linear_forward(x, w, b)))
-    finally:
-        _runtime._set_parallel_min(previous)
-        fastbp.set_num_threads(before)
 
 
 @pytest.mark.parametrize("mod", [gemm, rgemm], ids=["compiled", "reference"])

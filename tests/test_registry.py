@@ -20,6 +20,7 @@ import fastbp
 from fastbp import _backend
 from fastbp._C import _runtime
 from fastbp.registry import REGISTRY
+from helpers import parallel_branches
 
 C, R = _backend.compiled, _backend.reference
 DTYPES = (np.float32, np.float64)
@@ -74,14 +75,8 @@ def path(request):
     if request.param == "serial":
         yield request.param
         return
-    threads = _runtime.get_num_threads()
-    previous = _runtime._set_parallel_min(0)
-    _runtime.set_num_threads(2)
-    try:
+    with parallel_branches():
         yield request.param
-    finally:
-        _runtime._set_parallel_min(previous)
-        _runtime.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("spec,dt,i", _params(OPS))
