@@ -6,7 +6,8 @@ its own process in the default environment, processes alternated over several ro
 Workloads (real MNIST digits from fastbp.data.load_mnist_5k(), the same batches for every framework, float32):
   mlp1 / mlp64 / mlp256: 784-256-128-10 ReLU MLP, cross-entropy, SGD momentum 0.9, batch 1 / 64 / 256
   lenet64: LeNet-5 (conv5x5(6, pad 2)-relu-maxpool-conv5x5(16)-relu-maxpool-120-84-10), Adam, batch 64
-Frameworks: fastbp eager, fastbp captured (fastbp.compile), PyTorch (if installed), JAX jit (if installed:
+Frameworks: fastbp eager, fastbp captured (fastbp.compile; captured_nofuse, not run by default:
+fastbp.compile(fn, fuse=False), to measure the fusions), PyTorch (if installed), JAX jit (if installed:
 `pip install jax`; forward, loss, grad and the optimizer update in one jitted function, block_until_ready).
 Each process warms up, then times 7 blocks of steps and reports its median ms per step; the table gives, per
 configuration, the median and range of those medians over the rounds, and the captured step's ratio to the
@@ -38,7 +39,7 @@ def batches(workload, n=16):
              np.ascontiguousarray(y[order[i * batch:(i + 1) * batch]])) for i in range(n)]
 
 
-def fastbp_step(workload, data, captured):
+def fastbp_step(workload, data, captured, fuse=True):
     import fastbp
     from fastbp import nn, optim
     fastbp.manual_seed(0)
@@ -58,7 +59,7 @@ def fastbp_step(workload, data, captured):
         loss.backward()
         opt.step()
         return loss
-    run = fastbp.compile(step) if captured else step
+    run = fastbp.compile(step, fuse=fuse) if captured else step
     tensors = [(fastbp.tensor(x), fastbp.tensor(y)) for x, y in data]
     state = [0]
 
@@ -172,8 +173,8 @@ def jax_step(workload, data):
 
 def worker(workload, framework):
     data = batches(workload)
-    if framework in ("eager", "captured"):
-        one = fastbp_step(workload, data, framework == "captured")
+    if framework in ("eager", "captured", "captured_nofuse"):
+        one = fastbp_step(workload, data, framework != "eager", fuse=framework != "captured_nofuse")
     elif framework == "torch":
         one = torch_step(workload, data)
     else:
