@@ -18,8 +18,9 @@
 #     (each sample owns its dx plane: no races). On 2 cores this ran the benchmark forward ~2x faster than
 #     the chunked path: at these sizes (e.g. 32x144 @ 144x1024) OpenBLAS gets nothing from a second thread,
 #     so 32 sequential threaded GEMMs used one core.
-#   * chunked (no hook: an unknown BLAS; or the batched layout): im2col of a chunk of samples in prange,
-#     then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
+#   * chunked (no hook: an unknown BLAS; or the batched layout's forward): im2col of a chunk of samples in
+#     prange, then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
+#     The batched layout's backward with the hook runs block-parallel instead (see the layouts below).
 # The project rule "no threaded BLAS inside prange" (oversubscription) holds on both: the BLAS thread hook is
 # the setter/getter of the thread count of scipy's OpenBLAS (resolved once at import by fastbp._config via
 # threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around every call on the sample-parallel
@@ -51,6 +52,16 @@
 #     (O, chunk P) output block; one GEMM per chunk, then a parallel copy into y adding the bias (backward
 #     gathers g into that block first). For larger P OpenBLAS ran the per-sample GEMMs faster than the long
 #     batched ones (LeNet-5's convs: 2-3x), so P decides, not the amount of work.
+#     Its backward, when the thread hook exists, runs on the block-parallel path (_backward_block): each
+#     thread takes whole weight-gradient blocks (the bs samples of block k, as on the sample-parallel
+#     path) and multiplies their samples side by side, at most BLOCK_COLUMNS columns per GEMM pair (a
+#     constant: the grouping, like the blocks, never depends on the thread count), single-threaded BLAS,
+#     its own slot of (K + O) sub P elements; dweight partials per block summed in block order. Before, the
+#     chunks ran one after another with single-threaded GEMMs (threaded OpenBLAS was slower there, see
+#     conv2d_forward), so the whole backward used one core: the ResNet's 7x7 maps, (64,64,7,7)x(64,64,3,3)
+#     and (64,32,14,14)x(64,32,3,3) stride 2, ~3.6 and ~2.2 ms on 2 threads. A block of 4 samples per
+#     GEMM costs ~5-10% more single-threaded than chunks of 8 (smaller GEMMs, the partials' sum).
+#     When one group's slot exceeds the workspace limit it keeps the chunked path.
 # The forward of the per-sample layout has a second orientation, the row layout (_forward_rows), used when
 # the layer has >= 16 input and output channels (`_tuning(row_min_channels=...)`): the sample is copied into
 # a zero-padded channels-last plane, im2row writes rows (P, K) in (kh, kw, c) order (each piece kW C
@@ -748,6 +759,44 @@ cdef void _backward_sample(const real* gy, const real* x, const real* w, real* d
                 _col2im_plane(col + c * g.taps * P, P, dx + n * xs + c * HW, g)
 
 
+cdef void _backward_block(const real* gy, const real* x, const real* w, real* dx, real* part, real* slot,
+                          bint ndx, bint ndw, Py_ssize_t n0, Py_ssize_t nb, Py_ssize_t sub, bint poll,
+                          const Geom* g, fastbp_interrupt* it) noexcept nogil:
+    """One weight-gradient block in the batched layout (small maps): samples n0 .. n0 + nb - 1, taken sub
+    at a time (a constant of the geometry) side by side: g gathered into blk (O, sub P), the columns into
+    col (K, sub P); part (K, O) (+)= col @ blk^T (= for the block's first group), then dcol = w^T @ blk
+    into col and col2im into dx. slot holds (K + O) sub P elements. With poll (the calling thread), polls
+    for signals after each group; once stopped, the groups left are skipped."""
+    cdef Py_ssize_t j, c, o, m, a, K = g.K, P = g.P, O = g.O, HW = g.H * g.W, ld
+    cdef real* col = slot
+    cdef real* blk
+    a = n0
+    while a < n0 + nb:
+        if fastbp_stopped(it):
+            return
+        m = sub if sub < n0 + nb - a else n0 + nb - a
+        ld = m * P
+        blk = slot + K * ld
+        for j in range(m):
+            for o in range(O):
+                memcpy(blk + o * ld + j * P, gy + ((a + j) * O + o) * P, P * sizeof(real))
+        if ndw:
+            for j in range(m):
+                for c in range(g.C):
+                    _im2col_plane(x + ((a + j) * g.C + c) * HW, col + j * P + c * g.taps * ld, ld, g)
+            gemm_rm(False, True, <int>K, <int>O, <int>ld, <real>1, col, <int>ld, blk, <int>ld,
+                    <real>0 if a == n0 else <real>1, part, <int>O)
+        if ndx:
+            gemm_rm(True, False, <int>K, <int>ld, <int>O, <real>1, w, <int>K, blk, <int>ld, <real>0,
+                    col, <int>ld)
+            for j in range(m):
+                for c in range(g.C):
+                    _col2im_plane(col + j * P + c * g.taps * ld, ld, dx + ((a + j) * g.C + c) * HW, g)
+        if poll:
+            fastbp_poll(it)
+        a += m
+
+
 cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_t size) noexcept nogil:
     """dwt[i] = parts[0][i] + parts[1][i] + ... in block order (each element's order is fixed)."""
     cdef Py_ssize_t i, k
@@ -761,7 +810,8 @@ cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_
 
 cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
                              real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
-                             Py_ssize_t nblk, int nt, const Geom* g, fastbp_interrupt* it) noexcept nogil:
+                             Py_ssize_t nblk, int nt, Py_ssize_t sub, const Geom* g,
+                             fastbp_interrupt* it) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
     parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The
     blocks do not depend on the thread count, so neither does the result. Thread t uses the slot
@@ -780,15 +830,22 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
         hi = (k + 1) * bs
         if hi > g.N:
             hi = g.N
-        for n in range(k * bs, hi):
-            if fastbp_stopped(it):
-                break
-            _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
-                             ndx, ndw, n == k * bs, n, g)
+        if sub > 0:
+            _backward_block(gy, x, w, dx, parts + k * KO, ws + tid * g.slot, ndx, ndw, k * bs, hi - k * bs,
+                            sub, tid == 0, g, it)
             if bsums != NULL:
-                _bias_sample_sums(gy, bsums, n, g)
-            if tid == 0:
-                fastbp_poll(it)
+                for n in range(k * bs, hi):
+                    _bias_sample_sums(gy, bsums, n, g)
+        else:
+            for n in range(k * bs, hi):
+                if fastbp_stopped(it):
+                    break
+                _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
+                                 ndx, ndw, n == k * bs, n, g)
+                if bsums != NULL:
+                    _bias_sample_sums(gy, bsums, n, g)
+                if tid == 0:
+                    fastbp_poll(it)
     if fastbp_stopped(it):
         return
     if ndw and nblk > 1:
@@ -910,6 +967,10 @@ DEFAULT_MAX_BLOCKS = 16
 cdef enum:
     PARTIALS_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t _max_blocks = DEFAULT_MAX_BLOCKS
+# The block-parallel backward of the batched layout multiplies at most this many columns (samples side by
+# side) at once: bounds its workspace and the time between two polls for Ctrl-C.
+cdef enum:
+    BLOCK_COLUMNS = 1024
 
 
 cdef struct Plan:
@@ -919,6 +980,7 @@ cdef struct Plan:
     int nt              # OpenMP threads of the sample-parallel loop
     Py_ssize_t bs       # samples per weight-gradient block (independent of the thread count)
     Py_ssize_t nblk     # number of blocks
+    Py_ssize_t sub      # backward, batched layout on the block-parallel path: samples per GEMM (else 0)
 
 
 cdef bint _wino_fits(const Geom* g):
@@ -1009,6 +1071,22 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
         pl.nblk = cap if cap > 1 else 1
     pl.bs = (n + pl.nblk - 1) // pl.nblk
     pl.nblk = (n + pl.bs - 1) // pl.bs
+    pl.sub = 0
+    if backward and pl.batched and _blas_hooks():
+        # the backward of the batched layout runs block-parallel too: each thread takes whole
+        # weight-gradient blocks, sub samples side by side per GEMM pair (at most BLOCK_COLUMNS columns,
+        # a constant of the geometry like the blocks, so the result does not depend on the thread count)
+        pl.sub = BLOCK_COLUMNS // g.P
+        if pl.sub > pl.bs:
+            pl.sub = pl.bs
+        if pl.sub < 1:
+            pl.sub = 1
+        if g.slot * pl.sub * itemsize <= _workspace_limit:
+            pl.par = True
+            g.slot *= pl.sub
+            per = g.slot * itemsize
+        else:
+            pl.sub = 0
     pl.nt = 1
     if pl.par:
         if threads_for(n * g.K * g.P) > 1:
@@ -1032,7 +1110,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
         if pl.chunk > n:
             pl.chunk = n
     if pl.batched:
-        check_blas_size(pl.chunk * g.P, "conv2d chunk*OH*OW")
+        check_blas_size((pl.sub if pl.par else pl.chunk) * g.P, "conv2d chunk*OH*OW")
     return 0
 
 
@@ -1238,7 +1316,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     if g.wino and ndx:  # Winograd multiplies by the transformed weight U (16, O, C)
         weight = _winograd_weight(weight)
     db = out_array(ob, (g.O,), dt, "out[2]", ins) if ndb else None
-    parts = np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
+    parts = (np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and (pl.par or not pl.batched)
+             else None)
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
@@ -1270,7 +1349,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                                   <float*>ppa, <float*>pws, pbs, <float*>pdb, ndx, ndw, pl.bs,
-                                                  pl.nblk, pl.nt, &g, &it)
+                                                  pl.nblk, pl.nt, pl.sub, &g, &it)
                     elif ndx or ndw:
                         _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                               <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.chunk,
@@ -1282,7 +1361,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                    <double*>pdw, <double*>ppa, <double*>pws, pbs,
-                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g, &it)
+                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, pl.sub, &g,
+                                                   &it)
                     elif ndx or ndw:
                         _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
@@ -1377,14 +1457,15 @@ def _simd_variant():
     return fastbp_clone_variant().decode()
 
 
-def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):
-    """How a forward call with these shapes would run: {"layout", "parallel", "threads", "chunk", "chunks",
-    "workspace_bytes", "grad_blocks"}. parallel: the sample-parallel path (BLAS thread hook found); chunk:
-    samples whose columns the workspace holds at once (on the parallel path, one per thread)."""
+def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4, backward=False):
+    """How a forward (or, with backward, a backward) call with these shapes would run: {"layout",
+    "parallel", "threads", "chunk", "chunks", "workspace_bytes", "grad_blocks"}. parallel: the
+    sample-parallel path (BLAS thread hook found; the backward's batched layout then runs block-parallel);
+    chunk: samples whose columns the workspace holds at once (on the parallel path, one slot per thread)."""
     cdef Geom g
     cdef Plan pl
     _geometry(&g, tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
-    _plan(&g, itemsize, &pl, False)
+    _plan(&g, itemsize, &pl, bool(backward))
     nbytes = g.slot * pl.chunk * itemsize
     layout = ("batched" if pl.batched else "winograd" if g.wino else "direct" if g.direct else "rows" if g.rows
               else "wide" if g.wide else "per-sample")
