@@ -622,6 +622,29 @@ def test_batched_backward_is_block_parallel_and_thread_independent(conv_settings
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())
 
 
+STRIDE2_CASES = [
+    # stride 2: planes small enough go through their 4 phases (shifted copies), larger ones the row gather
+    ((2, 3, 28, 28), (4, 3, 3, 3), 1), ((2, 3, 29, 27), (4, 3, 3, 3), 1), ((2, 2, 15, 16), (3, 2, 5, 4), 2),
+    ((2, 2, 9, 10), (3, 2, 2, 2), 0), ((2, 2, 11, 7), (3, 2, 4, 5), (2, 1)), ((1, 2, 3, 2), (2, 2, 3, 3), 1),
+    ((2, 2, 64, 64), (3, 2, 3, 3), 1), ((1, 2, 70, 70), (3, 2, 3, 3), 1),  # 4 x 35 x 35 > the phase buffer
+    ((2, 2, 17, 17), (3, 2, 3, 3), 0),  # ceil(W / 2) > OW: the gather
+]
+
+
+@pytest.mark.parametrize("layout", ["per_sample", "batched"])
+@pytest.mark.parametrize("xs,ws,pad", STRIDE2_CASES, ids=[f"{c[0][2]}x{c[0][3]}k{c[1][2]}{c[1][3]}p{c[2]}"
+                                                         for c in STRIDE2_CASES])
+def test_stride2_columns_match_reference(conv_settings, layout, xs, ws, pad, rng):
+    conv_settings._tuning(**LAYOUTS[layout])
+    x, w, b = _rand(rng, xs), _rand(rng, ws), _rand(rng, ws[0])
+    y = C.conv2d_forward(x, w, b, stride=2, padding=pad)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, w, b, stride=2, padding=pad), rtol=1e-10, atol=1e-10)
+    g = _rand(rng, y.shape)
+    for a, e in zip(C.conv2d_backward(g, x, w, stride=2, padding=pad),
+                    R.conv2d_backward(g, x, w, stride=2, padding=pad)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("blas_threads", [1, 2])
 def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
     threadpoolctl = pytest.importorskip("threadpoolctl")
