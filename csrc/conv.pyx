@@ -58,9 +58,10 @@
 #     constant: the grouping, like the blocks, never depends on the thread count), single-threaded BLAS,
 #     its own slot of (K + O) sub P elements; dweight partials per block summed in block order. Before, the
 #     chunks ran one after another with single-threaded GEMMs (threaded OpenBLAS was slower there, see
-#     conv2d_forward), so the whole backward used one core: the ResNet's 7x7 maps, (64,64,7,7)x(64,64,3,3)
-#     and (64,32,14,14)x(64,32,3,3) stride 2, ~3.6 and ~2.2 ms on 2 threads. A block of 4 samples per
-#     GEMM costs ~5-10% more single-threaded than chunks of 8 (smaller GEMMs, the partials' sum).
+#     conv2d_forward), so the whole backward used one core. Measured, 2 threads, idle 2-core machine,
+#     inside the ResNet step: (64,64,7,7)x(64,64,3,3) 3.4-3.9 -> 2.0-2.4 ms, (64,32,14,14)x(64,32,3,3)
+#     stride 2 2.1-2.4 -> 1.1-1.3 ms. On one thread a block of 4 samples per GEMM costs ~5-10% more than
+#     the chunks of 8 did (smaller GEMMs, the partials' sum).
 #     When one group's slot exceeds the workspace limit it keeps the chunked path.
 # The forward of the per-sample layout has a second orientation, the row layout (_forward_rows), used when
 # the layer has >= 16 input and output channels (`_tuning(row_min_channels=...)`): the sample is copied into
@@ -92,8 +93,8 @@
 # can come out NaN; finite inputs give finite results as before.
 # im2col / col2im with stride 2 (dilation 1, planes up to 4096 elements once split) go through the
 # plane's 4 phases (_im2col_plane_phase): each column row is then one shifted copy, not a strided gather
-# row by row; the same bits (see PHASE_MAX). One thread, (64,16,28,28)x(32,16,3,3) stride 2, backward
-# 3.0 -> 2.1-2.3 ms.
+# row by row; the same bits (see PHASE_MAX). (64,16,28,28)x(32,16,3,3) stride 2, backward: one thread
+# 3.0 -> 2.1-2.3 ms; 2 threads in the ResNet step 1.6-2.0 -> 1.2-1.6 ms.
 # On the chunked path im2col/col2im run in prange over (sample, channel) pairs of the chunk; each pair owns
 # its rows of the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order.
 # Index arithmetic is Py_ssize_t throughout.
