@@ -18,8 +18,9 @@
 #     (each sample owns its dx plane: no races). On 2 cores this ran the benchmark forward ~2x faster than
 #     the chunked path: at these sizes (e.g. 32x144 @ 144x1024) OpenBLAS gets nothing from a second thread,
 #     so 32 sequential threaded GEMMs used one core.
-#   * chunked (no hook: an unknown BLAS; or the batched layout): im2col of a chunk of samples in prange,
-#     then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
+#   * chunked (no hook: an unknown BLAS; or the batched layout's forward): im2col of a chunk of samples in
+#     prange, then threaded BLAS calls outside prange, one per sample (or one per chunk, batched layout).
+#     The batched layout's backward with the hook runs block-parallel instead (see the layouts below).
 # The project rule "no threaded BLAS inside prange" (oversubscription) holds on both: the BLAS thread hook is
 # the setter/getter of the thread count of scipy's OpenBLAS (resolved once at import by fastbp._config via
 # threadpoolctl and ctypes, passed in by _set_blas_thread_hooks). Around every call on the sample-parallel
@@ -51,6 +52,17 @@
 #     (O, chunk P) output block; one GEMM per chunk, then a parallel copy into y adding the bias (backward
 #     gathers g into that block first). For larger P OpenBLAS ran the per-sample GEMMs faster than the long
 #     batched ones (LeNet-5's convs: 2-3x), so P decides, not the amount of work.
+#     Its backward, when the thread hook exists, runs on the block-parallel path (_backward_block): each
+#     thread takes whole weight-gradient blocks (the bs samples of block k, as on the sample-parallel
+#     path) and multiplies their samples side by side, at most BLOCK_COLUMNS columns per GEMM pair (a
+#     constant: the grouping, like the blocks, never depends on the thread count), single-threaded BLAS,
+#     its own slot of (K + O) sub P elements; dweight partials per block summed in block order. Before, the
+#     chunks ran one after another with single-threaded GEMMs (threaded OpenBLAS was slower there, see
+#     conv2d_forward), so the whole backward used one core. Measured, 2 threads, idle 2-core machine,
+#     inside the ResNet step: (64,64,7,7)x(64,64,3,3) 3.4-3.9 -> 2.0-2.4 ms, (64,32,14,14)x(64,32,3,3)
+#     stride 2 2.1-2.4 -> 1.1-1.3 ms. On one thread a block of 4 samples per GEMM costs ~5-10% more than
+#     the chunks of 8 did (smaller GEMMs, the partials' sum).
+#     When one group's slot exceeds the workspace limit it keeps the chunked path.
 # The forward of the per-sample layout has a second orientation, the row layout (_forward_rows), used when
 # the layer has >= 16 input and output channels (`_tuning(row_min_channels=...)`): the sample is copied into
 # a zero-padded channels-last plane, im2row writes rows (P, K) in (kh, kw, c) order (each piece kW C
@@ -79,6 +91,10 @@
 # Winograd has the same caveat in a milder form: an inf input can meet a zero transformed weight
 # (0 * inf) or another inf of opposite sign inside a transform, so an output the direct sum makes +-inf
 # can come out NaN; finite inputs give finite results as before.
+# im2col / col2im with stride 2 (dilation 1, planes up to 4096 elements once split) go through the
+# plane's 4 phases (_im2col_plane_phase): each column row is then one shifted copy, not a strided gather
+# row by row; the same bits (see PHASE_MAX). (64,16,28,28)x(32,16,3,3) stride 2, backward: one thread
+# 3.0 -> 2.1-2.3 ms; 2 threads in the ResNet step 1.6-2.0 -> 1.2-1.6 ms.
 # On the chunked path im2col/col2im run in prange over (sample, channel) pairs of the chunk; each pair owns
 # its rows of the workspace / its plane of dx, so there are no races, and col2im adds in a fixed order.
 # Index arithmetic is Py_ssize_t throughout.
@@ -170,6 +186,7 @@ cdef struct Geom:
     Py_ssize_t K, P, taps       # K = C kH kW, P = OH OW, taps = kH kW
     bint direct                 # 1x1 kernel, stride 1, no padding: x[n] is its own column matrix
     bint same                   # stride 1 and OW == W: each column row is one shifted copy of the plane
+    bint phase                  # stride 2, small plane: column rows are shifted copies of its 4 phases
     bint rows                   # forward in the row layout (set by _plan)
     bint wide                   # forward in the wide column layout (set by _plan)
     bint wino                   # forward by Winograd F(2x2, 3x3) (set by _plan)
@@ -183,6 +200,127 @@ cdef struct Geom:
 # ----- index helpers --------------------------------------------------------------------------------
 
 
+# Stride 2 (dilation 1, more than one tap, ceil(W / 2) <= OW, 4 ceil(H / 2) OW <= PHASE_MAX): the plane is
+# split into its 4 phases, q[a, b][i, j] = xc[2 i + a, 2 j + b], each stored (ceil(H / 2), OW) in a buffer
+# on the stack; tap (kh, kw) then reads phase ((kh - pH) mod 2, (kw - pW) mod 2) shifted by
+# (floor((kh - pH) / 2), floor((kw - pW) / 2)), so its column row is one shifted copy of that phase with the
+# edge columns zeroed, as in the "same"-width case, instead of a strided gather row by row (the short
+# rows' overhead: at (64,16,28,28)x(32,16,3,3) stride 2, im2col and col2im took 47% of the backward).
+# Same values, and col2im adds the same terms in the same (tap) order: the same bits as the gather.
+cdef enum:
+    PHASE_MAX = 4096
+
+
+cdef void _phase_split(const real* xc, real* q, const Geom* g) noexcept nogil:
+    """The 4 phases of the plane xc (H, W) into q: phase 2 a + b at q + (2 a + b) Hp OW, Hp = ceil(H / 2)."""
+    cdef Py_ssize_t ih, j, W = g.W, OW = g.OW, Hp = (g.H + 1) // 2, half = g.W // 2
+    cdef const real* src
+    cdef real* d0
+    cdef real* d1
+    for ih in range(g.H):
+        src = xc + ih * W
+        d0 = q + (2 * (ih % 2)) * Hp * OW + (ih // 2) * OW
+        d1 = d0 + Hp * OW
+        for j in range(half):
+            d0[j] = src[2 * j]
+            d1[j] = src[2 * j + 1]
+        if W % 2:
+            d0[half] = src[W - 1]
+
+
+cdef inline void _phase_tap(const Geom* g, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t* offset,
+                            Py_ssize_t* base) noexcept nogil:
+    """The phase tap (kh, kw) reads (its offset in the buffer) and the shift within it."""
+    cdef Py_ssize_t ih0 = kh - g.pH, iw0 = kw - g.pW, a, b
+    a = ih0 % 2
+    if a < 0:
+        a += 2
+    b = iw0 % 2
+    if b < 0:
+        b += 2
+    offset[0] = (2 * a + b) * ((g.H + 1) // 2) * g.OW
+    base[0] = ((ih0 - a) // 2) * g.OW + (iw0 - b) // 2
+
+
+cdef void _im2col_plane_phase(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
+    cdef real q[PHASE_MAX]
+    cdef Py_ssize_t kh, kw, oh, ow, lo, hi, ohl, ohh, base, off, a, b, OW = g.OW
+    cdef Py_ssize_t HWq = ((g.H + 1) // 2) * g.OW
+    cdef real* row
+    cdef real* dst
+    _phase_split(xc, q, g)
+    for kh in range(g.kH):
+        valid_range(kh - g.pH, 2, g.H, g.OH, &ohl, &ohh)
+        for kw in range(g.kW):
+            row = col + (kh * g.kW + kw) * ld
+            valid_range(kw - g.pW, 2, g.W, OW, &lo, &hi)
+            if ohh == ohl or hi == lo:
+                memset(row, 0, g.P * sizeof(real))
+                continue
+            memset(row, 0, ohl * OW * sizeof(real))
+            memset(row + ohh * OW, 0, (g.OH - ohh) * OW * sizeof(real))
+            _phase_tap(g, kh, kw, &off, &base)
+            a = ohl * OW
+            b = ohh * OW
+            if a < -base:
+                a = -base
+            if b > HWq - base:
+                b = HWq - base
+            if b > a:
+                memcpy(row + a, q + off + (a + base), (b - a) * sizeof(real))
+            for oh in range(ohl, ohh):
+                dst = row + oh * OW
+                for ow in range(lo):
+                    dst[ow] = 0
+                for ow in range(hi, OW):
+                    dst[ow] = 0
+
+
+cdef void _col2im_plane_phase(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noexcept nogil:
+    cdef real q[PHASE_MAX]
+    cdef Py_ssize_t kh, kw, oh, ow, lo, hi, ohl, ohh, base, off, a, b, i, ih, j, OW = g.OW
+    cdef Py_ssize_t Hp = (g.H + 1) // 2, HWq = ((g.H + 1) // 2) * g.OW, W = g.W, half = g.W // 2
+    cdef real* row
+    cdef real* src
+    cdef real* qt
+    cdef real* d
+    cdef const real* s0
+    cdef const real* s1
+    memset(q, 0, 4 * HWq * sizeof(real))
+    for kh in range(g.kH):
+        valid_range(kh - g.pH, 2, g.H, g.OH, &ohl, &ohh)
+        for kw in range(g.kW):
+            row = col + (kh * g.kW + kw) * ld
+            valid_range(kw - g.pW, 2, g.W, OW, &lo, &hi)
+            if ohh == ohl or hi == lo:
+                continue
+            for oh in range(ohl, ohh):
+                src = row + oh * OW
+                for ow in range(lo):
+                    src[ow] = 0
+                for ow in range(hi, OW):
+                    src[ow] = 0
+            _phase_tap(g, kh, kw, &off, &base)
+            a = ohl * OW
+            b = ohh * OW
+            if a < -base:
+                a = -base
+            if b > HWq - base:
+                b = HWq - base
+            qt = q + off + base
+            for i in range(a, b):
+                qt[i] += row[i]
+    for ih in range(g.H):
+        d = dxc + ih * W
+        s0 = q + (2 * (ih % 2)) * Hp * OW + (ih // 2) * OW
+        s1 = s0 + Hp * OW
+        for j in range(half):
+            d[2 * j] = s0[j]
+            d[2 * j + 1] = s1[j]
+        if W % 2:
+            d[W - 1] = s0[half]
+
+
 cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
     """The kH kW column rows of one input plane xc (H, W); row t starts at col + t ld, P entries.
 
@@ -194,6 +332,9 @@ cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g)
     cdef Py_ssize_t OW = g.OW, HW = g.H * g.W
     cdef real* row
     cdef real* dst
+    if g.phase:
+        _im2col_plane_phase(xc, col, ld, g)
+        return
     for kh in range(g.kH):
         ih0 = kh * g.dH - g.pH
         valid_range(ih0, g.sH, g.H, g.OH, &ohl, &ohh)
@@ -250,6 +391,9 @@ cdef void _col2im_plane(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noex
     cdef Py_ssize_t OW = g.OW, HW = g.H * g.W
     cdef real* row
     cdef real* src
+    if g.phase:
+        _col2im_plane_phase(col, ld, dxc, g)
+        return
     memset(dxc, 0, HW * sizeof(real))
     for kh in range(g.kH):
         ih0 = kh * g.dH - g.pH
@@ -748,6 +892,44 @@ cdef void _backward_sample(const real* gy, const real* x, const real* w, real* d
                 _col2im_plane(col + c * g.taps * P, P, dx + n * xs + c * HW, g)
 
 
+cdef void _backward_block(const real* gy, const real* x, const real* w, real* dx, real* part, real* slot,
+                          bint ndx, bint ndw, Py_ssize_t n0, Py_ssize_t nb, Py_ssize_t sub, bint poll,
+                          const Geom* g, fastbp_interrupt* it) noexcept nogil:
+    """One weight-gradient block in the batched layout (small maps): samples n0 .. n0 + nb - 1, taken sub
+    at a time (a constant of the geometry) side by side: g gathered into blk (O, sub P), the columns into
+    col (K, sub P); part (K, O) (+)= col @ blk^T (= for the block's first group), then dcol = w^T @ blk
+    into col and col2im into dx. slot holds (K + O) sub P elements. With poll (the calling thread), polls
+    for signals after each group; once stopped, the groups left are skipped."""
+    cdef Py_ssize_t j, c, o, m, a, K = g.K, P = g.P, O = g.O, HW = g.H * g.W, ld
+    cdef real* col = slot
+    cdef real* blk
+    a = n0
+    while a < n0 + nb:
+        if fastbp_stopped(it):
+            return
+        m = sub if sub < n0 + nb - a else n0 + nb - a
+        ld = m * P
+        blk = slot + K * ld
+        for j in range(m):
+            for o in range(O):
+                memcpy(blk + o * ld + j * P, gy + ((a + j) * O + o) * P, P * sizeof(real))
+        if ndw:
+            for j in range(m):
+                for c in range(g.C):
+                    _im2col_plane(x + ((a + j) * g.C + c) * HW, col + j * P + c * g.taps * ld, ld, g)
+            gemm_rm(False, True, <int>K, <int>O, <int>ld, <real>1, col, <int>ld, blk, <int>ld,
+                    <real>0 if a == n0 else <real>1, part, <int>O)
+        if ndx:
+            gemm_rm(True, False, <int>K, <int>ld, <int>O, <real>1, w, <int>K, blk, <int>ld, <real>0,
+                    col, <int>ld)
+            for j in range(m):
+                for c in range(g.C):
+                    _col2im_plane(col + j * P + c * g.taps * ld, ld, dx + ((a + j) * g.C + c) * HW, g)
+        if poll:
+            fastbp_poll(it)
+        a += m
+
+
 cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_t size) noexcept nogil:
     """dwt[i] = parts[0][i] + parts[1][i] + ... in block order (each element's order is fixed)."""
     cdef Py_ssize_t i, k
@@ -761,7 +943,8 @@ cdef void _sum_partials(const real* parts, Py_ssize_t nblk, real* dwt, Py_ssize_
 
 cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real* dx, real* dwt, real* parts,
                              real* ws, double* bsums, real* db, bint ndx, bint ndw, Py_ssize_t bs,
-                             Py_ssize_t nblk, int nt, const Geom* g, fastbp_interrupt* it) noexcept nogil:
+                             Py_ssize_t nblk, int nt, Py_ssize_t sub, const Geom* g,
+                             fastbp_interrupt* it) noexcept nogil:
     """Block-parallel backward: block k = samples [k bs, (k + 1) bs) accumulates its weight gradient into
     parts + k g.part (K O, or 16 O C with Winograd), then the partials are summed in block order. The
     blocks do not depend on the thread count, so neither does the result. Thread t uses the slot
@@ -780,15 +963,22 @@ cdef void _conv_backward_par(const real* gy, const real* x, const real* w, real*
         hi = (k + 1) * bs
         if hi > g.N:
             hi = g.N
-        for n in range(k * bs, hi):
-            if fastbp_stopped(it):
-                break
-            _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
-                             ndx, ndw, n == k * bs, n, g)
+        if sub > 0:
+            _backward_block(gy, x, w, dx, parts + k * KO, ws + tid * g.slot, ndx, ndw, k * bs, hi - k * bs,
+                            sub, tid == 0, g, it)
             if bsums != NULL:
-                _bias_sample_sums(gy, bsums, n, g)
-            if tid == 0:
-                fastbp_poll(it)
+                for n in range(k * bs, hi):
+                    _bias_sample_sums(gy, bsums, n, g)
+        else:
+            for n in range(k * bs, hi):
+                if fastbp_stopped(it):
+                    break
+                _backward_sample(gy, x, w, dx, parts + k * KO, ws + tid * g.slot,
+                                 ndx, ndw, n == k * bs, n, g)
+                if bsums != NULL:
+                    _bias_sample_sums(gy, bsums, n, g)
+                if tid == 0:
+                    fastbp_poll(it)
     if fastbp_stopped(it):
         return
     if ndw and nblk > 1:
@@ -900,6 +1090,8 @@ cdef int _geometry(Geom* g, tuple xs, tuple wsh, object stride, object padding, 
     g.P = g.OH * g.OW
     g.direct = g.taps == 1 and g.sH == 1 and g.sW == 1 and g.pH == 0 and g.pW == 0
     g.same = g.sH == 1 and g.sW == 1 and g.OW == g.W
+    g.phase = (g.sH == 2 and g.sW == 2 and g.dH == 1 and g.dW == 1 and g.taps > 1
+               and (g.W + 1) // 2 <= g.OW and 4 * ((g.H + 1) // 2) * g.OW <= PHASE_MAX)
     for d, what in ((g.K, "C*kH*kW"), (g.P, "OH*OW"), (g.O, "out_channels"), (g.C * g.H * g.W, "C*H*W")):
         check_blas_size(d, f"conv2d {what}")
     return 0
@@ -910,6 +1102,10 @@ DEFAULT_MAX_BLOCKS = 16
 cdef enum:
     PARTIALS_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t _max_blocks = DEFAULT_MAX_BLOCKS
+# The block-parallel backward of the batched layout multiplies at most this many columns (samples side by
+# side) at once: bounds its workspace and the time between two polls for Ctrl-C.
+cdef enum:
+    BLOCK_COLUMNS = 1024
 
 
 cdef struct Plan:
@@ -919,6 +1115,7 @@ cdef struct Plan:
     int nt              # OpenMP threads of the sample-parallel loop
     Py_ssize_t bs       # samples per weight-gradient block (independent of the thread count)
     Py_ssize_t nblk     # number of blocks
+    Py_ssize_t sub      # backward, batched layout on the block-parallel path: samples per GEMM (else 0)
 
 
 cdef bint _wino_fits(const Geom* g):
@@ -1009,6 +1206,22 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
         pl.nblk = cap if cap > 1 else 1
     pl.bs = (n + pl.nblk - 1) // pl.nblk
     pl.nblk = (n + pl.bs - 1) // pl.bs
+    pl.sub = 0
+    if backward and pl.batched and _blas_hooks():
+        # the backward of the batched layout runs block-parallel too: each thread takes whole
+        # weight-gradient blocks, sub samples side by side per GEMM pair (at most BLOCK_COLUMNS columns,
+        # a constant of the geometry like the blocks, so the result does not depend on the thread count)
+        pl.sub = BLOCK_COLUMNS // g.P
+        if pl.sub > pl.bs:
+            pl.sub = pl.bs
+        if pl.sub < 1:
+            pl.sub = 1
+        if g.slot * pl.sub * itemsize <= _workspace_limit:
+            pl.par = True
+            g.slot *= pl.sub
+            per = g.slot * itemsize
+        else:
+            pl.sub = 0
     pl.nt = 1
     if pl.par:
         if threads_for(n * g.K * g.P) > 1:
@@ -1032,7 +1245,7 @@ cdef int _plan(Geom* g, Py_ssize_t itemsize, Plan* pl, bint backward) except -1:
         if pl.chunk > n:
             pl.chunk = n
     if pl.batched:
-        check_blas_size(pl.chunk * g.P, "conv2d chunk*OH*OW")
+        check_blas_size((pl.sub if pl.par else pl.chunk) * g.P, "conv2d chunk*OH*OW")
     return 0
 
 
@@ -1238,7 +1451,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
     if g.wino and ndx:  # Winograd multiplies by the transformed weight U (16, O, C)
         weight = _winograd_weight(weight)
     db = out_array(ob, (g.O,), dt, "out[2]", ins) if ndb else None
-    parts = np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and not pl.batched else None
+    parts = (np.empty((pl.nblk, g.part), dtype=dt) if ndw and pl.nblk > 1 and (pl.par or not pl.batched)
+             else None)
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
     cdef void* pw = _ptr(weight)
@@ -1270,7 +1484,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                                   <float*>ppa, <float*>pws, pbs, <float*>pdb, ndx, ndw, pl.bs,
-                                                  pl.nblk, pl.nt, &g, &it)
+                                                  pl.nblk, pl.nt, pl.sub, &g, &it)
                     elif ndx or ndw:
                         _conv_backward[float](<float*>pg, <float*>px, <float*>pw, <float*>pdx, <float*>pdw,
                                               <float*>ppa, <float*>pws, ndx, ndw, pl.bs, pl.nblk, pl.chunk,
@@ -1282,7 +1496,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, need_i
                     if (ndx or ndw) and pl.par:
                         _conv_backward_par[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                    <double*>pdw, <double*>ppa, <double*>pws, pbs,
-                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, &g, &it)
+                                                   <double*>pdb, ndx, ndw, pl.bs, pl.nblk, pl.nt, pl.sub, &g,
+                                                   &it)
                     elif ndx or ndw:
                         _conv_backward[double](<double*>pg, <double*>px, <double*>pw, <double*>pdx,
                                                <double*>pdw, <double*>ppa, <double*>pws, ndx, ndw, pl.bs,
@@ -1377,14 +1592,15 @@ def _simd_variant():
     return fastbp_clone_variant().decode()
 
 
-def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4):
-    """How a forward call with these shapes would run: {"layout", "parallel", "threads", "chunk", "chunks",
-    "workspace_bytes", "grad_blocks"}. parallel: the sample-parallel path (BLAS thread hook found); chunk:
-    samples whose columns the workspace holds at once (on the parallel path, one per thread)."""
+def _plan_info(x_shape, weight_shape, stride=1, padding=0, dilation=1, itemsize=4, backward=False):
+    """How a forward (or, with backward, a backward) call with these shapes would run: {"layout",
+    "parallel", "threads", "chunk", "chunks", "workspace_bytes", "grad_blocks"}. parallel: the
+    sample-parallel path (BLAS thread hook found; the backward's batched layout then runs block-parallel);
+    chunk: samples whose columns the workspace holds at once (on the parallel path, one slot per thread)."""
     cdef Geom g
     cdef Plan pl
     _geometry(&g, tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
-    _plan(&g, itemsize, &pl, False)
+    _plan(&g, itemsize, &pl, bool(backward))
     nbytes = g.slot * pl.chunk * itemsize
     layout = ("batched" if pl.batched else "winograd" if g.wino else "direct" if g.direct else "rows" if g.rows
               else "wide" if g.wide else "per-sample")

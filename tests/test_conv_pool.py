@@ -583,6 +583,68 @@ def test_conv_fallback_path_equals_parallel_path(cid, xs, ws, params, rng):
         np.testing.assert_array_equal(a, e)
 
 
+BATCHED_BACKWARD_CASES = [
+    # (id, x shape, weight shape, params, max_blocks): output maps under 64 pixels (the batched layout)
+    ("resnet_7x7", (64, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}, 16),
+    ("strided_short_last_block", (37, 8, 9, 9), (12, 8, 3, 3), {"stride": 2, "padding": 1}, 16),
+    ("groups_within_blocks", (50, 6, 7, 7), (5, 6, 3, 3), {"padding": 1}, 2),  # blocks of 25: 20 + 5
+    ("projection_1x1", (21, 16, 14, 14), (32, 16, 1, 1), {"stride": 2}, 16),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cid,xs,ws,params,blocks", BATCHED_BACKWARD_CASES,
+                         ids=[c[0] for c in BATCHED_BACKWARD_CASES])
+def test_batched_backward_is_block_parallel_and_thread_independent(conv_settings, restore_threads, cid, xs,
+                                                                   ws, params, blocks, dtype, rng):
+    """The batched layout's backward runs block-parallel (each thread on whole weight-gradient blocks,
+    batched GEMMs inside): the same bits on 1, 2 and 3 threads, with and without the other gradients."""
+    conv_settings._tuning(max_blocks=blocks)
+    info = conv_settings._plan_info(xs, ws, backward=True, **params)
+    assert info["layout"] == "batched"
+    assert info["parallel"] == conv_kernels._blas_thread_hooks_set()
+    x, w = _rand(rng, xs, dtype), _rand(rng, ws, dtype)
+    g = _rand(rng, C.conv2d_forward(x, w, None, **params).shape, dtype)
+    results = []
+    for n in (1, 2, 3):
+        fastbp.set_num_threads(n)
+        results.append(C.conv2d_backward(g, x, w, **params))
+    for other in results[1:]:
+        for a, e in zip(other, results[0]):
+            np.testing.assert_array_equal(a, e)
+    only_dx = C.conv2d_backward(g, x, w, need_weight_grad=False, need_bias_grad=False, **params)
+    only_dw = C.conv2d_backward(g, x, w, need_input_grad=False, need_bias_grad=False, **params)
+    np.testing.assert_array_equal(only_dx[0], results[0][0])
+    np.testing.assert_array_equal(only_dw[1], results[0][1])
+    assert only_dx[1] is None and only_dw[0] is None
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, e in zip(results[0], R.conv2d_backward(g, x, w, **params)):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())
+
+
+STRIDE2_CASES = [
+    # stride 2: planes small enough go through their 4 phases (shifted copies), larger ones the row gather
+    ((2, 3, 28, 28), (4, 3, 3, 3), 1), ((2, 3, 29, 27), (4, 3, 3, 3), 1), ((2, 2, 15, 16), (3, 2, 5, 4), 2),
+    ((2, 2, 9, 10), (3, 2, 2, 2), 0), ((2, 2, 11, 7), (3, 2, 4, 5), (2, 1)), ((1, 2, 3, 2), (2, 2, 3, 3), 1),
+    ((2, 2, 64, 64), (3, 2, 3, 3), 1), ((1, 2, 70, 70), (3, 2, 3, 3), 1),  # 4 x 35 x 35 > the phase buffer
+    ((2, 2, 17, 17), (3, 2, 3, 3), 0),  # ceil(W / 2) > OW: the gather
+]
+
+
+@pytest.mark.parametrize("layout", ["per_sample", "batched"])
+@pytest.mark.parametrize("xs,ws,pad", STRIDE2_CASES, ids=[f"{c[0][2]}x{c[0][3]}k{c[1][2]}{c[1][3]}p{c[2]}"
+                                                         for c in STRIDE2_CASES])
+def test_stride2_columns_match_reference(conv_settings, layout, xs, ws, pad, rng):
+    conv_settings._tuning(**LAYOUTS[layout])
+    x, w, b = _rand(rng, xs), _rand(rng, ws), _rand(rng, ws[0])
+    y = C.conv2d_forward(x, w, b, stride=2, padding=pad)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, w, b, stride=2, padding=pad), rtol=1e-10, atol=1e-10)
+    g = _rand(rng, y.shape)
+    for a, e in zip(C.conv2d_backward(g, x, w, stride=2, padding=pad),
+                    R.conv2d_backward(g, x, w, stride=2, padding=pad)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("blas_threads", [1, 2])
 def test_conv_restores_blas_thread_count(restore_threads, blas_threads, rng):
     threadpoolctl = pytest.importorskip("threadpoolctl")
