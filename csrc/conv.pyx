@@ -242,12 +242,38 @@ cdef inline void _phase_tap(const Geom* g, Py_ssize_t kh, Py_ssize_t kw, Py_ssiz
     base[0] = ((ih0 - a) // 2) * g.OW + (iw0 - b) // 2
 
 
+cdef inline void _phase_span(const Geom* g, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ohl, Py_ssize_t ohh,
+                             Py_ssize_t HWq, Py_ssize_t* off, Py_ssize_t* base, Py_ssize_t* a,
+                             Py_ssize_t* b) noexcept nogil:
+    """Tap (kh, kw) of a stride-2 plane: its phase offset and shift (_phase_tap), and the span [a, b) of
+    column entries (output rows ohl..ohh) that one shifted copy from (to) the phase covers."""
+    _phase_tap(g, kh, kw, off, base)
+    a[0] = ohl * g.OW
+    b[0] = ohh * g.OW
+    if a[0] < -base[0]:
+        a[0] = -base[0]
+    if b[0] > HWq - base[0]:
+        b[0] = HWq - base[0]
+
+
+cdef inline void _zero_edge_columns(real* row, Py_ssize_t ohl, Py_ssize_t ohh, Py_ssize_t OW, Py_ssize_t lo,
+                                    Py_ssize_t hi) noexcept nogil:
+    """Zero columns [0, lo) and [hi, OW) of output rows ohl..ohh of one column row (the padding's taps)."""
+    cdef Py_ssize_t oh, ow
+    cdef real* dst
+    for oh in range(ohl, ohh):
+        dst = row + oh * OW
+        for ow in range(lo):
+            dst[ow] = 0
+        for ow in range(hi, OW):
+            dst[ow] = 0
+
+
 cdef void _im2col_plane_phase(const real* xc, real* col, Py_ssize_t ld, const Geom* g) noexcept nogil:
     cdef real q[PHASE_MAX]
-    cdef Py_ssize_t kh, kw, oh, ow, lo, hi, ohl, ohh, base, off, a, b, OW = g.OW
+    cdef Py_ssize_t kh, kw, lo, hi, ohl, ohh, base, off, a, b, OW = g.OW
     cdef Py_ssize_t HWq = ((g.H + 1) // 2) * g.OW
     cdef real* row
-    cdef real* dst
     _phase_split(xc, q, g)
     for kh in range(g.kH):
         valid_range(kh - g.pH, 2, g.H, g.OH, &ohl, &ohh)
@@ -259,29 +285,17 @@ cdef void _im2col_plane_phase(const real* xc, real* col, Py_ssize_t ld, const Ge
                 continue
             memset(row, 0, ohl * OW * sizeof(real))
             memset(row + ohh * OW, 0, (g.OH - ohh) * OW * sizeof(real))
-            _phase_tap(g, kh, kw, &off, &base)
-            a = ohl * OW
-            b = ohh * OW
-            if a < -base:
-                a = -base
-            if b > HWq - base:
-                b = HWq - base
+            _phase_span(g, kh, kw, ohl, ohh, HWq, &off, &base, &a, &b)
             if b > a:
                 memcpy(row + a, q + off + (a + base), (b - a) * sizeof(real))
-            for oh in range(ohl, ohh):
-                dst = row + oh * OW
-                for ow in range(lo):
-                    dst[ow] = 0
-                for ow in range(hi, OW):
-                    dst[ow] = 0
+            _zero_edge_columns(row, ohl, ohh, OW, lo, hi)
 
 
 cdef void _col2im_plane_phase(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noexcept nogil:
     cdef real q[PHASE_MAX]
-    cdef Py_ssize_t kh, kw, oh, ow, lo, hi, ohl, ohh, base, off, a, b, i, ih, j, OW = g.OW
+    cdef Py_ssize_t kh, kw, lo, hi, ohl, ohh, base, off, a, b, i, ih, j, OW = g.OW
     cdef Py_ssize_t Hp = (g.H + 1) // 2, HWq = ((g.H + 1) // 2) * g.OW, W = g.W, half = g.W // 2
     cdef real* row
-    cdef real* src
     cdef real* qt
     cdef real* d
     cdef const real* s0
@@ -294,19 +308,8 @@ cdef void _col2im_plane_phase(real* col, Py_ssize_t ld, real* dxc, const Geom* g
             valid_range(kw - g.pW, 2, g.W, OW, &lo, &hi)
             if ohh == ohl or hi == lo:
                 continue
-            for oh in range(ohl, ohh):
-                src = row + oh * OW
-                for ow in range(lo):
-                    src[ow] = 0
-                for ow in range(hi, OW):
-                    src[ow] = 0
-            _phase_tap(g, kh, kw, &off, &base)
-            a = ohl * OW
-            b = ohh * OW
-            if a < -base:
-                a = -base
-            if b > HWq - base:
-                b = HWq - base
+            _zero_edge_columns(row, ohl, ohh, OW, lo, hi)
+            _phase_span(g, kh, kw, ohl, ohh, HWq, &off, &base, &a, &b)
             qt = q + off + base
             for i in range(a, b):
                 qt[i] += row[i]
