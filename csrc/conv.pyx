@@ -248,12 +248,14 @@ cdef inline void _phase_span(const Geom* g, Py_ssize_t kh, Py_ssize_t kw, Py_ssi
     """Tap (kh, kw) of a stride-2 plane: its phase offset and shift (_phase_tap), and the span [a, b) of
     column entries (output rows ohl..ohh) that one shifted copy from (to) the phase covers."""
     _phase_tap(g, kh, kw, off, base)
-    a[0] = ohl * g.OW
-    b[0] = ohh * g.OW
-    if a[0] < -base[0]:
-        a[0] = -base[0]
-    if b[0] > HWq - base[0]:
-        b[0] = HWq - base[0]
+    _clip_span(ohl * g.OW, ohh * g.OW, base[0], HWq, a, b)
+
+
+cdef inline void _clip_span(Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t base, Py_ssize_t n, Py_ssize_t* a,
+                            Py_ssize_t* b) noexcept nogil:
+    """[a0, b0) clipped so that [a + base, b + base) stays inside a source of n entries (a shifted copy)."""
+    a[0] = a0 if a0 >= -base else -base
+    b[0] = b0 if b0 <= n - base else n - base
 
 
 cdef inline void _zero_edge_columns(real* row, Py_ssize_t ohl, Py_ssize_t ohh, Py_ssize_t OW, Py_ssize_t lo,
@@ -352,19 +354,9 @@ cdef void _im2col_plane(const real* xc, real* col, Py_ssize_t ld, const Geom* g)
             memset(row + ohh * OW, 0, (g.OH - ohh) * OW * sizeof(real))
             if g.same:
                 base = ih0 * g.W + iw0
-                a = ohl * OW
-                b = ohh * OW
-                if a < -base:
-                    a = -base
-                if b > HW - base:
-                    b = HW - base
+                _clip_span(ohl * OW, ohh * OW, base, HW, &a, &b)
                 memcpy(row + a, xc + (a + base), (b - a) * sizeof(real))
-                for oh in range(ohl, ohh):
-                    dst = row + oh * OW
-                    for ow in range(lo):
-                        dst[ow] = 0
-                    for ow in range(hi, OW):
-                        dst[ow] = 0
+                _zero_edge_columns(row, ohl, ohh, OW, lo, hi)
             elif g.sW == 1 and lo == 0 and hi == OW:
                 # the whole output row sees real pixels (no padding on this side): one copy per row
                 for oh in range(ohl, ohh):
@@ -408,19 +400,9 @@ cdef void _col2im_plane(real* col, Py_ssize_t ld, real* dxc, const Geom* g) noex
             if ohh == ohl or hi == lo:
                 continue
             if g.same:
-                for oh in range(ohl, ohh):
-                    src = row + oh * OW
-                    for ow in range(lo):
-                        src[ow] = 0
-                    for ow in range(hi, OW):
-                        src[ow] = 0
+                _zero_edge_columns(row, ohl, ohh, OW, lo, hi)
                 base = ih0 * g.W + iw0
-                a = ohl * OW
-                b = ohh * OW
-                if a < -base:
-                    a = -base
-                if b > HW - base:
-                    b = HW - base
+                _clip_span(ohl * OW, ohh * OW, base, HW, &a, &b)
                 for i in range(a, b):
                     dxc[i + base] += row[i]
             else:
