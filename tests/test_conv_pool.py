@@ -611,15 +611,16 @@ def test_batched_backward_is_block_parallel_and_thread_independent(conv_settings
     # without the BLAS thread hook (a serial build, another BLAS) products use the BLAS's own threads, whose
     # rounding may change with their count (README, Threads): hold them at one thread there
     hooked = conv_kernels._blas_thread_hooks_set()
-    with contextlib.nullcontext() if hooked else threadpoolctl.threadpool_limits(1, user_api="blas"):
-        for n in (1, 2, 3):
-            fastbp.set_num_threads(n)
+    for n in (1, 2, 3):
+        fastbp.set_num_threads(n)  # sets the BLAS's threads too: hold them at one after it
+        with contextlib.nullcontext() if hooked else threadpoolctl.threadpool_limits(1, user_api="blas"):
             results.append(C.conv2d_backward(g, x, w, **params))
     for other in results[1:]:
         for a, e in zip(other, results[0]):
             np.testing.assert_array_equal(a, e)
-    only_dx = C.conv2d_backward(g, x, w, need_weight_grad=False, need_bias_grad=False, **params)
-    only_dw = C.conv2d_backward(g, x, w, need_input_grad=False, need_bias_grad=False, **params)
+    with contextlib.nullcontext() if hooked else threadpoolctl.threadpool_limits(1, user_api="blas"):
+        only_dx = C.conv2d_backward(g, x, w, need_weight_grad=False, need_bias_grad=False, **params)
+        only_dw = C.conv2d_backward(g, x, w, need_input_grad=False, need_bias_grad=False, **params)
     np.testing.assert_array_equal(only_dx[0], results[0][0])
     np.testing.assert_array_equal(only_dw[1], results[0][1])
     assert only_dx[1] is None and only_dw[0] is None
