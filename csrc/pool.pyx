@@ -267,6 +267,52 @@ cdef Py_ssize_t _chunk_samples(const PGeom* g):
     return nb if nb > 0 else 1
 
 
+cdef enum:
+    WIN_MAX_FORWARD = 0
+    WIN_AVG_FORWARD = 1
+    WIN_AVG_BACKWARD = 2
+
+
+cdef void _window_kernel(int kind, bint single, char* src, char* dst, int64_t* ind,
+                         const PGeom* g) noexcept nogil:
+    if kind == WIN_MAX_FORWARD:
+        if single:
+            _max_forward[float](<float*>src, <float*>dst, ind, g)
+        else:
+            _max_forward[double](<double*>src, <double*>dst, ind, g)
+    elif kind == WIN_AVG_FORWARD:
+        if single:
+            _avg_forward[float](<float*>src, <float*>dst, g)
+        else:
+            _avg_forward[double](<double*>src, <double*>dst, g)
+    else:
+        if single:
+            _avg_backward[float](<float*>src, <float*>dst, g)
+        else:
+            _avg_backward[double](<double*>src, <double*>dst, g)
+
+
+cdef int _run_windowed(int kind, object src, object dst, object ind, const PGeom* g) except -1:
+    """A windowed kernel over all samples, in chunks of _chunk_samples samples with PyErr_CheckSignals
+    between them (see above). src/dst are the kernel's input and output arrays (for the backward grad_out
+    and dx), ind the max-pool indices (shaped like the output) or None."""
+    cdef PGeom gc = g[0]
+    cdef bint single = src.dtype == np.float32
+    cdef bint fwd = kind != WIN_AVG_BACKWARD
+    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW, isz = src.dtype.itemsize
+    cdef Py_ssize_t ss = (xs if fwd else ys) * isz, ds = (ys if fwd else xs) * isz
+    cdef Py_ssize_t n0, nb = _chunk_samples(g)
+    cdef char* ps = <char*>_ptr(src)
+    cdef char* pd = <char*>_ptr(dst)
+    cdef int64_t* pi = <int64_t*>_ptr(ind) if ind is not None else NULL
+    for n0 in range(0, g.N, nb):
+        gc.N = nb if nb < g.N - n0 else g.N - n0
+        with nogil:
+            _window_kernel(kind, single, ps + n0 * ss, pd + n0 * ds, pi + n0 * ys if pi != NULL else NULL, &gc)
+        PyErr_CheckSignals()
+    return 0
+
+
 # ----- public kernels -------------------------------------------------------------------------------
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, out=None):
     """Max over each window of x (N, C, H, W). Returns (y, indices): y (N, C, OH, OW) and the int64 flat
@@ -280,22 +326,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, out=N
     oy, oi = out if out is not None else (None, None)
     y = out_array(oy, (g.N, g.C, g.OH, g.OW), x.dtype, "out[0]", (x,))
     ind = out_array(oi, (g.N, g.C, g.OH, g.OW), np.dtype(np.int64), "out[1]", (x, y))
-    cdef char* px = <char*>_ptr(x)
-    cdef char* py = <char*>_ptr(y)
-    cdef int64_t* pi = <int64_t*>_ptr(ind)
-    cdef PGeom gc = g
-    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = x.dtype.itemsize
-    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
-    for n0 in range(0, g.N, nb):
-        gc.N = nb if nb < g.N - n0 else g.N - n0
-        if x.dtype == np.float32:
-            with nogil:
-                _max_forward[float](<float*>(px + n0 * xs * isz), <float*>(py + n0 * ys * isz), pi + n0 * ys, &gc)
-        else:
-            with nogil:
-                _max_forward[double](<double*>(px + n0 * xs * isz), <double*>(py + n0 * ys * isz), pi + n0 * ys,
-                                     &gc)
-        PyErr_CheckSignals()
+    _run_windowed(WIN_MAX_FORWARD, x, y, ind, &g)
     return y, ind
 
 
@@ -346,20 +377,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     x = as_float_array(x, "x")
     _geometry(&g, "avg_pool2d", x.shape, kernel_size, stride, padding, 1)
     y = np.empty((g.N, g.C, g.OH, g.OW), dtype=x.dtype)
-    cdef char* px = <char*>_ptr(x)
-    cdef char* py = <char*>_ptr(y)
-    cdef PGeom gc = g
-    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = x.dtype.itemsize
-    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
-    for n0 in range(0, g.N, nb):
-        gc.N = nb if nb < g.N - n0 else g.N - n0
-        if x.dtype == np.float32:
-            with nogil:
-                _avg_forward[float](<float*>(px + n0 * xs * isz), <float*>(py + n0 * ys * isz), &gc)
-        else:
-            with nogil:
-                _avg_forward[double](<double*>(px + n0 * xs * isz), <double*>(py + n0 * ys * isz), &gc)
-        PyErr_CheckSignals()
+    _run_windowed(WIN_AVG_FORWARD, x, y, None, &g)
     return y
 
 
@@ -373,20 +391,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
         raise ValueError(f"avg_pool2d_backward: grad_out has shape {grad_out.shape}, expected "
                          f"{(g.N, g.C, g.OH, g.OW)} for input_shape {shp}")
     dx = np.empty(shp, dtype=grad_out.dtype)
-    cdef char* pg = <char*>_ptr(grad_out)
-    cdef char* pdx = <char*>_ptr(dx)
-    cdef PGeom gc = g
-    cdef Py_ssize_t n0, nb = _chunk_samples(&g), isz = grad_out.dtype.itemsize
-    cdef Py_ssize_t xs = g.C * g.H * g.W, ys = g.C * g.OH * g.OW
-    for n0 in range(0, g.N, nb):
-        gc.N = nb if nb < g.N - n0 else g.N - n0
-        if grad_out.dtype == np.float32:
-            with nogil:
-                _avg_backward[float](<float*>(pg + n0 * ys * isz), <float*>(pdx + n0 * xs * isz), &gc)
-        else:
-            with nogil:
-                _avg_backward[double](<double*>(pg + n0 * ys * isz), <double*>(pdx + n0 * xs * isz), &gc)
-        PyErr_CheckSignals()
+    _run_windowed(WIN_AVG_BACKWARD, grad_out, dx, None, &g)
     return dx
 
 
