@@ -8,7 +8,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 # Default environment: the harness sets no environment variable (allocator thresholds, OpenMP wait policy,
 # OpenBLAS thread timeout, thread counts) -- users run with the defaults, and so do the figures. These
@@ -46,18 +45,10 @@ def import_torch():
 
 
 def time_fn(fn, repeat=30, warmup=5, min_time=0.2):
-    """Median wall time of fn() in milliseconds over `repeat` timed calls (at least `min_time` s)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeat or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) > 20 * repeat:
-            break
-    return statistics.median(times)
+    """Median wall time of fn() in milliseconds over `repeat` timed calls (at least `min_time` s): the
+    median of workloads.time_fn's per-call times (bench/workloads.py, the separate-process harness)."""
+    from workloads import time_fn as wall_times
+    return statistics.median(wall_times(fn, repeat=repeat, warmup=warmup, min_time=min_time))
 
 
 def machine_info():

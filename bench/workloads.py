@@ -120,12 +120,10 @@ def fastbp_workloads():
     from fastbp import nn
     from fastbp.nn import functional as F
 
-    def mlp(batch):
-        fastbp.manual_seed(0)
-        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-        opt = fastbp.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    def train(model, opt, batches):
+        """One eager training step per call, on the next batch."""
         loss_fn = nn.CrossEntropyLoss()
-        it = itertools.cycle(mnist_batches(batch, flat=True))
+        it = itertools.cycle(batches)
 
         def step():
             x, y = next(it)
@@ -133,6 +131,12 @@ def fastbp_workloads():
             loss_fn(model(fastbp.tensor(x)), y).backward()
             opt.step()
         return step
+
+    def mlp(batch):
+        fastbp.manual_seed(0)
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+        opt = fastbp.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return train(model, opt, mnist_batches(batch, flat=True))
 
     def lenet():
         fastbp.manual_seed(0)
@@ -141,15 +145,7 @@ def fastbp_workloads():
             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
         opt = fastbp.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = nn.CrossEntropyLoss()
-        it = itertools.cycle(mnist_batches(64, flat=False))
-
-        def step():
-            x, y = next(it)
-            opt.zero_grad()
-            loss_fn(model(fastbp.tensor(x)), y).backward()
-            opt.step()
-        return step
+        return train(model, opt, mnist_batches(64, flat=False))
 
     def conv(backward):
         x, w, b, g = conv_data()
