@@ -152,15 +152,7 @@ def test_lr_changed_between_replays_is_used():
     data = batches((8, 20), 5, np.float32)
     runs = []
     for compiled in (False, True):
-        model = mlp(np.float32)
-        opt = optim.SGD(model.parameters(), lr=0.1)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        model, opt, step = make_step(lr=0.1, momentum=0.0)
         run = fastbp.compile(step) if compiled else step
         for i in range(6):
             opt.param_groups[0]["lr"] = 0.1 / (i + 1)
@@ -170,9 +162,10 @@ def test_lr_changed_between_replays_is_used():
         assert np.array_equal(a, b)
 
 
-def make_step():
-    model = mlp(np.float32)
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+def make_step(model=None, lr=0.1, momentum=0.9):
+    """(model, optimizer, step): SGD, cross-entropy; the test MLP unless a model is given."""
+    model = mlp(np.float32) if model is None else model
+    opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
 
     def step(x, y):
         opt.zero_grad()
@@ -361,14 +354,7 @@ def test_steady_state_allocations():
     allocates every activation and gradient, about 1 MiB) and there are no minor page faults per step."""
     fastbp.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    _, _, step = make_step(model, lr=0.01)
     data = batches((64, 784), 10, np.float32)
     eager_peak, _ = _measure(step, data)
     peak, faults = _measure(fastbp.compile(step), data)
