@@ -199,6 +199,7 @@ class FusedCrossEntropy(Function):
 GRAPH_FORMS = {
     "linear": lambda x, w, b: F.linear(x, w, b),
     "linear_nobias": lambda x, w: F.linear(x, w),
+    "linear_relu": lambda x, w, b: F.relu(F.linear(x, w, b)),  # what a captured step fuses into one call
     "matmul": _matmul,
     "relu": F.relu,
     "leaky_relu": F.leaky_relu,

@@ -333,10 +333,11 @@ def test_compare_command_reports_every_requested_op():
     out = run_python(["-m", "fastbp", "compare", "relu", "sgd_step", "nll_loss", "linear"])
     assert out.returncode == 0, out.stderr
     rows = [l for l in out.stdout.splitlines() if l.split() and l.split()[0] in ("relu", "SGD", "nll_loss", "linear")]
-    # linear has two registry entries (with and without bias): 5 ops x float32/float64
-    assert len(rows) == 10 and all(l.endswith("yes") for l in rows), out.stdout
+    # linear has three registry entries (with bias, without, and fused with a ReLU): 6 ops x float32/float64
+    assert len(rows) == 12 and all(l.endswith("yes") for l in rows), out.stdout
     assert sum("linear (bias=None)" in l for l in rows) == 2
-    assert "5 ops, 0 outside tolerance" in out.stdout
+    assert sum("linear (followed by relu" in l for l in rows) == 2
+    assert "6 ops, 0 outside tolerance" in out.stdout
     assert run_python(["-m", "fastbp", "compare", "no_such_op"]).returncode == 2
 
 

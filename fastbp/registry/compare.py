@@ -20,6 +20,7 @@ from . import REGISTRY
 # here is a function of fastbp.nn.functional of the same name (a test checks every path resolves).
 PUBLIC_NAMES = {
     "linear_nobias": ("linear", "fastbp.nn.functional.linear", "bias=None"),
+    "linear_relu": ("linear", "fastbp.nn.functional.linear", "followed by relu, fused (captured steps)"),
     "matmul": ("matmul", "fastbp.Tensor.__matmul__", None),
     "cross_entropy_fused": ("cross_entropy", "fastbp.nn.functional.cross_entropy", "fused forward+backward"),
     "nll": ("nll_loss", "fastbp.nn.functional.nll_loss", None),

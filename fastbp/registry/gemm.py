@@ -53,6 +53,18 @@ SPECS = [
         diff_inputs=(0, 1, 2),
     ),
     OpSpec(
+        # a Linear followed by a ReLU as one kernel call (the ReLU in the product's epilogue), as captured
+        # steps run it; the backward is the two kernels' (relu_backward on the pre-activation, then linear;
+        # relu_backward is verified by the relu entry, so the kernels named are linear's and so is the tolerance)
+        name="linear_relu",
+        kernels=("linear_forward", "linear_backward"),
+        forward=lambda B, x, w, b: B.linear_forward(x, w, b, activation="relu")[1],
+        backward=lambda B, g, out, x, w, b: B.linear_backward(B.relu_backward(g, B.linear_forward(x, w, b)), x, w,
+                                                              True, True, True),
+        samples=_linear_samples,
+        diff_inputs=(0, 1, 2),
+    ),
+    OpSpec(
         name="linear_nobias",
         kernels=("linear_forward", "linear_backward"),
         forward=lambda B, x, w: B.linear_forward(x, w, None),
