@@ -93,6 +93,7 @@ cdef extern from "fastbp_omp.h":
         int load_busy
         long long load_next_ns
         int gemm_blocks_max
+        int bound_modules
     fastbp_threading* fastbp_thr
     int fastbp_threads_for(Py_ssize_t work) noexcept nogil
     int fastbp_machine_busy() noexcept nogil

@@ -53,8 +53,15 @@ _cpus = _usable_cpus()
 _state.gemm_blocks_max = 4 if _cpus >= 4 else (2 if _cpus >= 2 else 1)
 cdef bint _forked = False
 
+_state.bound_modules = 0
 _threading_capsule = PyCapsule_New(&_state, b"fastbp._C._runtime.threading", NULL)
 fastbp_bind_threading(&_state)
+
+
+def _bound_modules():
+    """How many modules use these thread settings: this one and every kernel module that bound itself at
+    import (tests check that every kernel module did)."""
+    return _state.bound_modules
 
 
 def openmp_enabled():

@@ -39,13 +39,19 @@ typedef struct {
     /* At most this many fixed blocks per matrix product (csrc/gemm.pyx): 1, 2 or 4, from the CPUs this
        process may use, not from the thread count, so products stay bit-identical for any thread count. */
     volatile int gemm_blocks_max;
+    /* How many modules bound themselves to these settings (fastbp_bind_threading): a test checks that
+       every kernel module did (one that does not runs every loop serially). */
+    int bound_modules;
 } fastbp_threading;
 
 /* Until bind_threading runs (module import), a module runs serially. */
 static fastbp_threading fastbp_threading_unbound = {1, 262144, NULL, NULL, 0, 1};
 static fastbp_threading* fastbp_thr = &fastbp_threading_unbound;
 
-static inline void fastbp_bind_threading(void* state) { fastbp_thr = (fastbp_threading*)state; }
+static inline void fastbp_bind_threading(void* state) {
+    fastbp_thr = (fastbp_threading*)state;
+    fastbp_thr->bound_modules++;
+}
 
 /* Make the BLAS single-threaded for the duration of a kernel call; returns 0 (nothing done) without the
    hooks. Calls from several Python threads that overlap share one section: the first to enter saves the

@@ -25,32 +25,35 @@
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from _common cimport real, as_float_array, check_same_dtype, threads_for
+from _common cimport bind_threading, real, r_relu, as_float_array, check_same_dtype, threads_for, out_array
 
 import math
 
 import numpy as np
 
 cnp.import_array()
+bind_threading()
 
 
 cdef extern from "norm.h" nogil:
-    void bn_stats_f(const float* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, double* mean,
-                    double* var)
-    void bn_stats_d(const double* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, double* mean,
-                    double* var)
-    void bn_apply_f(const float* x, float* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, float m,
-                    float scale, float shift)
-    void bn_apply_d(const double* x, double* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c,
-                    double m, double scale, double shift)
-    void bn_grad_sums_f(const float* g, const float* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c,
-                        double mean, double* sg, double* sgx)
-    void bn_grad_sums_d(const double* g, const double* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
-                        Py_ssize_t c, double mean, double* sg, double* sgx)
-    void bn_grad_apply_f(const float* g, const float* x, float* dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
-                         Py_ssize_t c, float m, float A, float B, float E, int constant_stats)
-    void bn_grad_apply_d(const double* g, const double* x, double* dx, Py_ssize_t N, Py_ssize_t C,
-                         Py_ssize_t L, Py_ssize_t c, double m, double A, double B, double E, int constant_stats)
+    void bn_plane_stats_f(const float* r, Py_ssize_t L, double K, double* s)
+    void bn_plane_stats_d(const double* r, Py_ssize_t L, double K, double* s)
+    void bn_plane_grad_sums_f(const float* gr, const float* r, const float* m, Py_ssize_t L, double mean,
+                              double* s)
+    void bn_plane_grad_sums_d(const double* gr, const double* r, const double* m, Py_ssize_t L, double mean,
+                              double* s)
+    void bn_plane_apply_f(const float* r, float* y, float* relu_out, Py_ssize_t L, float m, float scale,
+                          float shift)
+    void bn_plane_apply_d(const double* r, double* y, double* relu_out, Py_ssize_t L, double m, double scale,
+                          double shift)
+    void bn_plane_grad_apply_f(const float* gr, const float* r, const float* mk, float* o, Py_ssize_t L, float m,
+                               float A, float B, float E, int constant_stats)
+    void bn_plane_grad_apply_d(const double* gr, const double* r, const double* mk, double* o, Py_ssize_t L,
+                               double m, double A, double B, double E, int constant_stats)
+
+
+cdef enum:
+    PLANE_MIN = 8   # planes of at least this many values take the plane path (below: the row path)
 
 
 cdef struct BNGeom:
@@ -65,67 +68,215 @@ cdef inline void* _optr(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-# ----- batch normalization: per-channel work ----------------------------------------------------------------
-cdef void _forward_channel(const real* x, real* y, const BNGeom* g, Py_ssize_t c, const real* w, const real* b,
-                           real* smean, real* sinvstd, double* bmean, double* bvar, bint training,
-                           double eps) noexcept nogil:
-    """Channel c: batch statistics (training; stored in smean, sinvstd and in double in bmean, bvar) or the
-    given ones (evaluation: smean, sinvstd hold them), then y."""
-    cdef double mean, var, invstd, scale
-    if training:
-        if real is float:
-            bn_stats_f(x, g.N, g.C, g.L, c, &mean, &var)
-        else:
-            bn_stats_d(x, g.N, g.C, g.L, c, &mean, &var)
-        invstd = 1.0 / sqrt(var + eps)
-        bmean[c] = mean
-        bvar[c] = var
-        smean[c] = <real>mean
-        sinvstd[c] = <real>invstd
-    scale = (<double>w[c] if w != NULL else 1.0) * <double>sinvstd[c]
+cdef inline double _shift_of(double K0) noexcept nogil:
+    # an infinite or NaN first element would turn every x - K into inf or NaN (-inf - -inf = NaN): no shift
+    # then, so the mean is the IEEE sum's (+-inf or NaN, as PyTorch's)
+    return K0 if K0 - K0 == 0 else 0.0
+
+
+cdef inline const real* _at(const real* a, Py_ssize_t o) noexcept nogil:
+    return a + o if a != NULL else NULL
+
+
+# ----- batch normalization: the per-plane partial sums -------------------------------------------------------
+# part[2 p], part[2 p + 1] are plane p's two sums (p = n C + c). The plane path computes a plane with the
+# vector loops of norm.h; the row path (planes under PLANE_MIN values) adds the values in order, which is
+# what norm.h's lanes compute for such a plane (every value goes to lane 0; the other lanes add exact zeros).
+cdef void _stats_plane(const real* x, const BNGeom* g, Py_ssize_t p, double* part) noexcept nogil:
+    cdef double K = _shift_of(<double>x[(p % g.C) * g.L])
     if real is float:
-        bn_apply_f(x, y, g.N, g.C, g.L, c, smean[c], <float>scale, b[c] if b != NULL else 0)
+        bn_plane_stats_f(x + p * g.L, g.L, K, part + 2 * p)
     else:
-        bn_apply_d(x, y, g.N, g.C, g.L, c, smean[c], scale, b[c] if b != NULL else 0)
+        bn_plane_stats_d(x + p * g.L, g.L, K, part + 2 * p)
 
 
-cdef void _backward_channel(const real* gy, const real* x, real* dx, const BNGeom* g, Py_ssize_t c,
-                            const real* w, const real* smean, const real* sinvstd, real* dw, real* db,
-                            bint training) noexcept nogil:
-    cdef double sg = 0, sgx = 0, invstd = sinvstd[c], n = <double>(g.N * g.L)
-    cdef double A, B, E
-    if training or dw != NULL or db != NULL:
-        if real is float:
-            bn_grad_sums_f(gy, x, g.N, g.C, g.L, c, smean[c], &sg, &sgx)
+cdef void _stats_row(const real* x, const BNGeom* g, Py_ssize_t n, double* part) noexcept nogil:
+    cdef Py_ssize_t c, l, p
+    cdef double K, d, s1, s2
+    for c in range(g.C):
+        K = _shift_of(<double>x[c * g.L])
+        p = n * g.C + c
+        s1 = 0
+        s2 = 0
+        for l in range(g.L):
+            d = <double>x[p * g.L + l] - K
+            s1 = s1 + d
+            s2 = s2 + d * d
+        part[2 * p] = s1
+        part[2 * p + 1] = s2
+
+
+cdef void _grad_sums_plane(const real* gy, const real* x, const real* mk, const BNGeom* g, Py_ssize_t p,
+                           const real* smean, double* part) noexcept nogil:
+    cdef Py_ssize_t o = p * g.L
+    if real is float:
+        bn_plane_grad_sums_f(gy + o, x + o, _at(mk, o), g.L, smean[p % g.C], part + 2 * p)
+    else:
+        bn_plane_grad_sums_d(gy + o, x + o, _at(mk, o), g.L, smean[p % g.C], part + 2 * p)
+
+
+cdef void _grad_sums_row(const real* gy, const real* x, const real* mk, const BNGeom* g, Py_ssize_t n,
+                         const real* smean, double* part) noexcept nogil:
+    cdef Py_ssize_t c, l, p, i
+    cdef double mean, gv, s1, s2
+    for c in range(g.C):
+        mean = smean[c]
+        p = n * g.C + c
+        s1 = 0
+        s2 = 0
+        for l in range(g.L):
+            i = p * g.L + l
+            gv = <double>(gy[i] if mk == NULL or mk[i] > 0 else 0)
+            s1 = s1 + gv
+            s2 = s2 + gv * (<double>x[i] - mean)
+        part[2 * p] = s1
+        part[2 * p + 1] = s2
+
+
+cdef void _partials(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+                    double* part, bint grads, int nt) noexcept nogil:
+    """Every plane's two sums into part: the statistics' (grads false: sums of x - K and (x - K)^2) or the
+    gradient's (grads: sums of g' and g' (x - mean), g' = a masked by mk)."""
+    cdef Py_ssize_t p, n
+    if g.L >= PLANE_MIN:
+        if grads:
+            for p in prange(g.N * g.C, schedule="static", num_threads=nt):
+                _grad_sums_plane(a, x, mk, g, p, smean, part)
         else:
-            bn_grad_sums_d(gy, x, g.N, g.C, g.L, c, smean[c], &sg, &sgx)
-    if dw != NULL:
-        dw[c] = <real>(sgx * invstd)
-    if db != NULL:
-        db[c] = <real>sg
+            for p in prange(g.N * g.C, schedule="static", num_threads=nt):
+                _stats_plane(a, g, p, part)
+    elif grads:
+        for n in prange(g.N, schedule="static", num_threads=nt):
+            _grad_sums_row(a, x, mk, g, n, smean, part)
+    else:
+        for n in prange(g.N, schedule="static", num_threads=nt):
+            _stats_row(a, g, n, part)
+
+
+cdef void _channel_sums(const double* part, const BNGeom* g, Py_ssize_t c, double* s1, double* s2) noexcept nogil:
+    """Channel c's sums: its planes' partial sums added in sample order."""
+    cdef Py_ssize_t n
+    cdef double a = 0, b = 0
+    for n in range(g.N):
+        a = a + part[2 * (n * g.C + c)]
+        b = b + part[2 * (n * g.C + c) + 1]
+    s1[0] = a
+    s2[0] = b
+
+
+# ----- batch normalization: the elementwise passes ----------------------------------------------------------
+cdef void _apply_plane(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_t p, const real* smean,
+                       const real* coef) noexcept nogil:
+    cdef Py_ssize_t c = p % g.C, o = p * g.L
+    if real is float:
+        bn_plane_apply_f(x + o, <float*>_at(y, o), <float*>_at(r, o), g.L, smean[c], coef[c], coef[g.C + c])
+    else:
+        bn_plane_apply_d(x + o, <double*>_at(y, o), <double*>_at(r, o), g.L, smean[c], coef[c], coef[g.C + c])
+
+
+cdef void _apply_row(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_t n, const real* smean,
+                     const real* coef) noexcept nogil:
+    cdef Py_ssize_t c, l, i
+    cdef real m, sc, sh, v
+    for c in range(g.C):
+        m = smean[c]
+        sc = coef[c]
+        sh = coef[g.C + c]
+        for l in range(g.L):
+            i = (n * g.C + c) * g.L + l
+            v = (x[i] - m) * sc + sh
+            if y != NULL:
+                y[i] = v
+            if r != NULL:
+                r[i] = r_relu(v)
+
+
+cdef void _grad_apply_plane(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g,
+                            Py_ssize_t p, const real* smean, const real* coef, bint constant) noexcept nogil:
+    cdef Py_ssize_t o = p * g.L, c = p % g.C
+    if real is float:
+        bn_plane_grad_apply_f(gy + o, x + o, _at(mk, o), dx + o, g.L, smean[c], coef[c], coef[g.C + c],
+                              coef[2 * g.C + c], constant)
+    else:
+        bn_plane_grad_apply_d(gy + o, x + o, _at(mk, o), dx + o, g.L, smean[c], coef[c], coef[g.C + c],
+                              coef[2 * g.C + c], constant)
+
+
+cdef void _grad_apply_row(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g,
+                          Py_ssize_t n, const real* smean, const real* coef, bint constant) noexcept nogil:
+    cdef Py_ssize_t c, l, i
+    cdef real m, A, B, E, gv
+    for c in range(g.C):
+        m = smean[c]
+        A = coef[c]
+        B = coef[g.C + c]
+        E = coef[2 * g.C + c]
+        for l in range(g.L):
+            i = (n * g.C + c) * g.L + l
+            gv = gy[i] if mk == NULL or mk[i] > 0 else 0
+            if constant:
+                dx[i] = A * gv
+            else:
+                dx[i] = A * gv + (B * (x[i] - m) + E)
+
+
+cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real* w, const real* b, real* smean,
+                   real* sinvstd, double* bmean, double* bvar, bint training, double eps, double* part,
+                   real* coef) noexcept nogil:
+    cdef Py_ssize_t c, p, n
+    cdef int nt = threads_for(g.N * g.C * g.L)
+    cdef double s1, s2, cnt = <double>(g.N * g.L), m1, v, K
+    if training:
+        _partials(x, NULL, NULL, g, NULL, part, False, nt)
+        for c in range(g.C):
+            _channel_sums(part, g, c, &s1, &s2)
+            K = _shift_of(<double>x[c * g.L])
+            m1 = s1 / cnt
+            v = s2 / cnt - m1 * m1
+            bmean[c] = K + m1
+            bvar[c] = 0 if v < 0 else v  # NaN passes through
+            smean[c] = <real>bmean[c]
+            sinvstd[c] = <real>(1.0 / sqrt(bvar[c] + eps))
+    for c in range(g.C):
+        coef[c] = <real>((<double>w[c] if w != NULL else 1.0) * <double>sinvstd[c])
+        coef[g.C + c] = b[c] if b != NULL else 0
+    if g.L >= PLANE_MIN:
+        for p in prange(g.N * g.C, schedule="static", num_threads=nt):
+            _apply_plane(x, y, r, g, p, smean, coef)
+    else:
+        for n in prange(g.N, schedule="static", num_threads=nt):
+            _apply_row(x, y, r, g, n, smean, coef)
+
+
+cdef void _backward(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g, const real* w,
+                    const real* smean, const real* sinvstd, real* dw, real* db, bint training, double* part,
+                    real* coef) noexcept nogil:
+    cdef Py_ssize_t c, p, n
+    cdef int nt = threads_for(g.N * g.C * g.L)
+    cdef double sg = 0, sgx = 0, invstd, A, cnt = <double>(g.N * g.L)
+    cdef bint sums = training or dw != NULL or db != NULL
+    if sums:
+        _partials(gy, x, mk, g, smean, part, True, nt)
+    for c in range(g.C):
+        if sums:
+            _channel_sums(part, g, c, &sg, &sgx)
+        invstd = sinvstd[c]
+        if dw != NULL:
+            dw[c] = <real>(sgx * invstd)
+        if db != NULL:
+            db[c] = <real>sg
+        A = (<double>w[c] if w != NULL else 1.0) * invstd
+        coef[c] = <real>A
+        coef[g.C + c] = <real>(-A * invstd * invstd * sgx / cnt if training else 0.0)
+        coef[2 * g.C + c] = <real>(-A * sg / cnt if training else 0.0)
     if dx == NULL:
         return
-    A = (<double>w[c] if w != NULL else 1.0) * invstd
-    B = -A * invstd * invstd * sgx / n if training else 0.0
-    E = -A * sg / n if training else 0.0
-    if real is float:
-        bn_grad_apply_f(gy, x, dx, g.N, g.C, g.L, c, smean[c], <float>A, <float>B, <float>E, not training)
+    if g.L >= PLANE_MIN:
+        for p in prange(g.N * g.C, schedule="static", num_threads=nt):
+            _grad_apply_plane(gy, x, mk, dx, g, p, smean, coef, not training)
     else:
-        bn_grad_apply_d(gy, x, dx, g.N, g.C, g.L, c, smean[c], A, B, E, not training)
-
-
-cdef void _forward(const real* x, real* y, const BNGeom* g, const real* w, const real* b, real* smean,
-                   real* sinvstd, double* bmean, double* bvar, bint training, double eps) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in prange(g.C, schedule="static", num_threads=threads_for(g.N * g.C * g.L)):
-        _forward_channel(x, y, g, c, w, b, smean, sinvstd, bmean, bvar, training, eps)
-
-
-cdef void _backward(const real* gy, const real* x, real* dx, const BNGeom* g, const real* w, const real* smean,
-                    const real* sinvstd, real* dw, real* db, bint training) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in prange(g.C, schedule="static", num_threads=threads_for(g.N * g.C * g.L)):
-        _backward_channel(gy, x, dx, g, c, w, smean, sinvstd, dw, db, training)
+        for n in prange(g.N, schedule="static", num_threads=nt):
+            _grad_apply_row(gy, x, mk, dx, g, n, smean, coef, not training)
 
 
 # ----- batch normalization: validation (before any nogil code) ---------------------------------------------
@@ -158,7 +309,8 @@ cdef object _channel_vector(object a, str name, object x, str op, bint writeable
     return np.ascontiguousarray(a)
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, out=None,
+                       activation=None, activation_out=None):
     """Batch normalization of x (N, C, ...) over every dimension but the channel one (dim 1), as PyTorch's
     batch_norm. Returns (y, save_mean, save_invstd), the last two of shape (C,) in x's dtype.
 
@@ -166,7 +318,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     dtype) are updated in place with `momentum` (the unbiased variance goes into running_var).
     Evaluation: running_mean and running_var are required and used. weight and bias may be None
     (affine=False). The statistics of each channel are summed in a fixed order (any thread count gives the
-    same bits)."""
+    same bits). out: the array y is written to.
+
+    activation="relu" (a BatchNorm followed by a ReLU, as captured steps run it): returns (y, save_mean,
+    save_invstd, relu(y)) with relu(y) in activation_out (or a new array); relu(y) has the bits of
+    relu_forward(y). y itself is written only when `out` is given (it is None otherwise)."""
     cdef BNGeom g
     op = "batch_norm"
     x = _geometry(&g, as_float_array(x, "x"), op)
@@ -174,6 +330,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     eps = float(eps)
     if not eps >= 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+    if activation is None and activation_out is not None:
+        raise ValueError(f"{op}: activation_out is given but activation is None")
     weight = _channel_vector(weight, "weight", x, op)
     bias = _channel_vector(bias, "bias", x, op)
     if (running_mean is None) != (running_var is None):
@@ -190,7 +350,12 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
                 raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
     elif running_mean is None:
         raise ValueError(f"{op}: evaluation mode (training=False) needs running_mean and running_var")
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = None
+    if activation is None or out is not None:
+        y = out_array(out, x.shape, x.dtype, f"{op}: out", (x,))
+    r = None
+    if activation is not None:
+        r = out_array(activation_out, x.shape, x.dtype, f"{op}: activation_out", (x, y))
     smean = np.empty(g.C, dtype=x.dtype)
     sinvstd = np.empty(g.C, dtype=x.dtype)
     bmean = np.empty(g.C, dtype=np.float64)
@@ -198,38 +363,57 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     if not training:
         smean[...] = running_mean
         sinvstd[...] = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    result = (y, smean, sinvstd) if activation is None else (y, smean, sinvstd, r)
     if n == 0 or g.C == 0:
-        return y, smean, sinvstd
+        return result
+    part = np.empty(2 * g.N * g.C if training else 0, dtype=np.float64)
+    coef = np.empty(2 * g.C, dtype=x.dtype)
     cdef void* px = _ptr(x)
-    cdef void* py = _ptr(y)
+    cdef void* py = _optr(y)
+    cdef void* pr = _optr(r)
     cdef void* pw = _optr(weight)
     cdef void* pb = _optr(bias)
     cdef void* pm = _ptr(smean)
     cdef void* ps = _ptr(sinvstd)
     cdef double* pbm = <double*>_ptr(bmean)
     cdef double* pbv = <double*>_ptr(bvar)
+    cdef double* ppart = <double*>_ptr(part)
+    cdef void* pcoef = _ptr(coef)
     cdef bint tr = training
     cdef double e = eps
     if x.dtype == np.float32:
         with nogil:
-            _forward[float](<float*>px, <float*>py, &g, <float*>pw, <float*>pb, <float*>pm, <float*>ps, pbm, pbv,
-                            tr, e)
+            _forward[float](<float*>px, <float*>py, <float*>pr, &g, <float*>pw, <float*>pb, <float*>pm,
+                            <float*>ps, pbm, pbv, tr, e, ppart, <float*>pcoef)
     else:
         with nogil:
-            _forward[double](<double*>px, <double*>py, &g, <double*>pw, <double*>pb, <double*>pm, <double*>ps,
-                             pbm, pbv, tr, e)
+            _forward[double](<double*>px, <double*>py, <double*>pr, &g, <double*>pw, <double*>pb, <double*>pm,
+                             <double*>ps, pbm, pbv, tr, e, ppart, <double*>pcoef)
     if training and running_mean is not None:
         running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * bmean
         unbiased = bvar * (<double>n / <double>(n - 1))
         running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * unbiased
-    return y, smean, sinvstd
+    return result
+
+
+cdef object _grad_out(object out, Py_ssize_t i, tuple shape, object dtype, str name, bint need, tuple inputs):
+    if not need:
+        return None
+    if out is None or out[i] is None:
+        return np.empty(shape, dtype=dtype)
+    return out_array(out[i], shape, dtype, name, inputs)
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, need_input_grad=True,
-                        need_weight_grad=True, need_bias_grad=True):
+                        need_weight_grad=True, need_bias_grad=True, relu_output=None, out=None):
     """Gradients of batch_norm_forward: (dx, dweight, dbias), each None where not needed (dweight and dbias
     also None when weight is None). save_mean and save_invstd are what the forward returned (in evaluation
-    mode: the running mean and 1 / sqrt(running_var + eps), constants)."""
+    mode: the running mean and 1 / sqrt(running_var + eps), constants). out: a tuple of three arrays (or
+    None each) the gradients are written to.
+
+    relu_output (a BatchNorm followed by a ReLU, as captured steps run it): grad_out is the gradient of
+    relu(y), relu_output is relu(y), and the ReLU's backward (grad_out where relu_output > 0, else 0: the bits
+    of relu_backward) is applied first."""
     cdef BNGeom g
     op = "batch_norm_backward"
     x = _geometry(&g, as_float_array(x, "x"), op)
@@ -237,6 +421,11 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
     check_same_dtype(x, "x", grad_out, "grad_out")
     if grad_out.shape != x.shape:
         raise ValueError(f"{op}: grad_out has shape {grad_out.shape} but x has shape {x.shape}")
+    if relu_output is not None:
+        relu_output = as_float_array(relu_output, "relu_output")
+        check_same_dtype(x, "x", relu_output, "relu_output")
+        if relu_output.shape != x.shape:
+            raise ValueError(f"{op}: relu_output has shape {relu_output.shape} but x has shape {x.shape}")
     weight = _channel_vector(weight, "weight", x, op)
     if save_mean is None or save_invstd is None:
         raise ValueError(f"{op}: save_mean and save_invstd are required (from batch_norm_forward)")
@@ -245,27 +434,38 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
     cdef bint tr = bool(training)
     if tr and g.N * g.L < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    dx = np.empty(x.shape, dtype=x.dtype) if need_input_grad else None
-    dw = np.zeros(g.C, dtype=x.dtype) if need_weight_grad and weight is not None else None
-    db = np.zeros(g.C, dtype=x.dtype) if need_bias_grad and weight is not None else None
+    if out is not None and (not isinstance(out, tuple) or len(out) != 3):
+        raise ValueError(f"{op}: out must be a tuple of three arrays or None (dx, dweight, dbias)")
+    ins = (grad_out, x, relu_output)
+    dx = _grad_out(out, 0, x.shape, x.dtype, f"{op}: out[0]", need_input_grad, ins)
+    dw = _grad_out(out, 1, (g.C,), x.dtype, f"{op}: out[1]", need_weight_grad and weight is not None, ins)
+    db = _grad_out(out, 2, (g.C,), x.dtype, f"{op}: out[2]", need_bias_grad and weight is not None, ins)
     if g.N * g.L == 0 or g.C == 0 or (dx is None and dw is None and db is None):
+        for a in (dw, db):
+            if a is not None:
+                a[...] = 0
         return dx, dw, db
+    part = np.empty(2 * g.N * g.C, dtype=np.float64)
+    coef = np.empty(3 * g.C, dtype=x.dtype)
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
+    cdef void* pmk = _optr(relu_output)
     cdef void* pdx = _optr(dx)
     cdef void* pw = _optr(weight)
     cdef void* pm = _ptr(save_mean)
     cdef void* ps = _ptr(save_invstd)
     cdef void* pdw = _optr(dw)
     cdef void* pdb = _optr(db)
+    cdef double* ppart = <double*>_ptr(part)
+    cdef void* pcoef = _ptr(coef)
     if x.dtype == np.float32:
         with nogil:
-            _backward[float](<float*>pg, <float*>px, <float*>pdx, &g, <float*>pw, <float*>pm, <float*>ps,
-                             <float*>pdw, <float*>pdb, tr)
+            _backward[float](<float*>pg, <float*>px, <float*>pmk, <float*>pdx, &g, <float*>pw, <float*>pm,
+                             <float*>ps, <float*>pdw, <float*>pdb, tr, ppart, <float*>pcoef)
     else:
         with nogil:
-            _backward[double](<double*>pg, <double*>px, <double*>pdx, &g, <double*>pw, <double*>pm,
-                              <double*>ps, <double*>pdw, <double*>pdb, tr)
+            _backward[double](<double*>pg, <double*>px, <double*>pmk, <double*>pdx, &g, <double*>pw,
+                              <double*>pm, <double*>ps, <double*>pdw, <double*>pdb, tr, ppart, <double*>pcoef)
     return dx, dw, db
 
 

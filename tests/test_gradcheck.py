@@ -226,6 +226,10 @@ GRAPH_FORMS = {
     "batch_norm_train": lambda x, w, b, rm, rv, **p: F.batch_norm(x, rm.data.copy(), rv.data.copy(), w, b, True, **p),
     "batch_norm_eval": lambda x, w, b, rm, rv, **p: F.batch_norm(x, rm, rv, w, b, False, **p),
     "batch_norm_noaffine": lambda x, **p: F.batch_norm(x, None, None, None, None, True, **p),
+    # what a captured step fuses into one call each way
+    "batch_norm_relu_train": lambda x, w, b, rm, rv, **p: F.relu(F.batch_norm(x, rm.data.copy(), rv.data.copy(), w, b,
+                                                                              True, **p)),
+    "batch_norm_relu_eval": lambda x, w, b, rm, rv, **p: F.relu(F.batch_norm(x, rm, rv, w, b, False, **p)),
     "dropout_mask_scale": lambda x, mask, scale: MaskScale.apply(x, mask=mask, scale=scale),  # F.dropout's op
 }
 

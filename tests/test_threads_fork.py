@@ -75,6 +75,40 @@ def test_large_elementwise_softmax_loss_and_step_match_reference_and_one_thread(
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_every_kernel_module_uses_the_process_wide_thread_settings():
+    """Each kernel module binds itself to fastbp._C._runtime's settings at import; one that does not keeps a
+    private serial default, so fastbp.set_num_threads (and the tests' parallel threshold) never reach its
+    loops. BatchNorm's module once missed it: every BatchNorm ran on one thread."""
+    assert _runtime._bound_modules() == 1 + len(_backend.compiled_modules)
+
+
+@TWO_THREADS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_batch_norm_relu_above_threshold_matches_reference_and_one_thread(restore_threads, dtype):
+    """BatchNorm (plane path) and its fused ReLU forms above the real parallel threshold: 2 threads give the
+    same bits as 1 and the reference's values."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16, 48, 48)).astype(dtype) + dtype(3)  # 294,912 elements
+    g = rng.standard_normal(x.shape).astype(dtype)
+    w, b = (1 + 0.3 * rng.standard_normal(16)).astype(dtype), rng.standard_normal(16).astype(dtype)
+
+    def run(B):
+        rm, rv = np.zeros(16, dtype), np.ones(16, dtype)
+        y, mean, invstd, r = B.batch_norm_forward(x, w, b, rm, rv, True, out=np.empty_like(x), activation="relu")
+        return [y, mean, invstd, r, rm, rv, *B.batch_norm_backward(g, x, w, mean, invstd, True),
+                *B.batch_norm_backward(g, x, w, mean, invstd, True, relu_output=r)]
+
+    fastbp.set_num_threads(1)
+    one = run(C)
+    fastbp.set_num_threads(2)
+    two = run(C)
+    ref = run(R)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)
+    for k, (a, b_, c) in enumerate(zip(one, two, ref)):
+        np.testing.assert_array_equal(a, b_, err_msg=f"output {k}")
+        np.testing.assert_allclose(b_, c, err_msg=f"output {k}", **tol)
+
+
 @TWO_THREADS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_products_do_not_depend_on_thread_count(restore_threads, dtype):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._util import as_float_array, check_same_dtype
+from ._util import _into, as_float_array, check_same_dtype
 
 
 def _channel_vector(a, name, x, op, writeable=False):
@@ -35,12 +35,18 @@ def _bcast(v, ndim):
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, out=None,
+                       activation=None, activation_out=None):
     """training: mean, var = batch mean and biased variance over all dims but 1, invstd = 1 / sqrt(var + eps);
     running stats updated in place (unbiased variance). Evaluation: the running ones.
-    y = (x - mean) * (weight * invstd) + bias. Returns (y, save_mean, save_invstd)."""
+    y = (x - mean) * (weight * invstd) + bias. Returns (y, save_mean, save_invstd); with activation="relu",
+    (y or None when out is None, save_mean, save_invstd, relu(y))."""
     op = "batch_norm"
     as_float_array(x, "x")
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+    if activation is None and activation_out is not None:
+        raise ValueError(f"{op}: activation_out is given but activation is None")
     axes, n = _geometry(x, op)
     training = bool(training)
     eps = float(eps)
@@ -77,13 +83,19 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     scale = (w * save_invstd.astype(np.float64)).astype(dt)
     shift = bias if bias is not None else np.zeros(x.shape[1], dtype=dt)
     y = (x - _bcast(save_mean, x.ndim)) * _bcast(scale, x.ndim) + _bcast(shift, x.ndim)
-    return np.ascontiguousarray(y, dtype=dt), save_mean, save_invstd
+    y = np.ascontiguousarray(y, dtype=dt)
+    if activation is None:
+        return _into(y, out, f"{op}: out"), save_mean, save_invstd
+    from .activations import relu_forward
+    return (_into(y, out, f"{op}: out") if out is not None else None, save_mean, save_invstd,
+            _into(relu_forward(y), activation_out, f"{op}: activation_out"))
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, need_input_grad=True,
-                        need_weight_grad=True, need_bias_grad=True):
+                        need_weight_grad=True, need_bias_grad=True, relu_output=None, out=None):
     """sg = sum g, sgx = sum g (x - mean), A = weight invstd: dbias = sg, dweight = invstd sgx,
-    dx = A g - A invstd^2 sgx / n (x - mean) - A sg / n (training), A g (evaluation)."""
+    dx = A g - A invstd^2 sgx / n (x - mean) - A sg / n (training), A g (evaluation). With relu_output,
+    g = relu_backward(grad_out, relu_output) first. out: a tuple of three arrays (or None each)."""
     op = "batch_norm_backward"
     as_float_array(x, "x")
     axes, n = _geometry(x, op)
@@ -91,6 +103,15 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
     check_same_dtype(x, "x", grad_out, "grad_out")
     if grad_out.shape != x.shape:
         raise ValueError(f"{op}: grad_out has shape {grad_out.shape} but x has shape {x.shape}")
+    if relu_output is not None:
+        as_float_array(relu_output, "relu_output")
+        check_same_dtype(x, "x", relu_output, "relu_output")
+        if relu_output.shape != x.shape:
+            raise ValueError(f"{op}: relu_output has shape {relu_output.shape} but x has shape {x.shape}")
+        from .activations import relu_backward
+        grad_out = relu_backward(grad_out, relu_output)
+    if out is not None and (not isinstance(out, tuple) or len(out) != 3):
+        raise ValueError(f"{op}: out must be a tuple of three arrays or None (dx, dweight, dbias)")
     weight = _channel_vector(weight, "weight", x, op)
     if save_mean is None or save_invstd is None:
         raise ValueError(f"{op}: save_mean and save_invstd are required (from batch_norm_forward)")
@@ -119,7 +140,9 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
             dw = (sgx * invstd).astype(dt)
         if need_bias_grad:
             db = sg.astype(dt)
-    return dx, dw, db
+    if out is None:
+        return dx, dw, db
+    return tuple(_into(r, o, f"{op}: out[{k}]") for k, (r, o) in enumerate(zip((dx, dw, db), out)))
 
 
 def dropout_mask_scale(x, mask, scale):

@@ -39,6 +39,10 @@ PUBLIC_NAMES = {
     "batch_norm_train": ("batch_norm", "fastbp.nn.functional.batch_norm", "training=True"),
     "batch_norm_eval": ("batch_norm", "fastbp.nn.functional.batch_norm", "training=False"),
     "batch_norm_noaffine": ("batch_norm", "fastbp.nn.functional.batch_norm", "weight=None, bias=None"),
+    "batch_norm_relu_train": ("batch_norm", "fastbp.nn.functional.batch_norm",
+                              "training=True, followed by relu, fused (captured steps)"),
+    "batch_norm_relu_eval": ("batch_norm", "fastbp.nn.functional.batch_norm",
+                             "training=False, followed by relu, fused (captured steps)"),
     "dropout_mask_scale": ("dropout", "fastbp.nn.functional.dropout", None),
     "conv2d_nobias": ("conv2d", "fastbp.nn.functional.conv2d", "bias=None"),
 }

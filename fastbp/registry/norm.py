@@ -3,7 +3,8 @@
 batch_norm_train returns (y, save_mean, save_invstd, running_mean, running_var) from copies of the running
 statistics, so the forward test compares the in-place running-stat update too; its gradients are those of
 y with respect to x, weight and bias through the batch statistics. batch_norm_eval uses the running
-statistics (constants). batch_norm_noaffine has no weight or bias. Samples: (N, C), (N, C, L) and
+statistics (constants). batch_norm_noaffine has no weight or bias. batch_norm_relu_train / _eval are relu(batch_norm(x)) through the fused
+forms (activation="relu" forward, relu_output= backward) that captured steps use. Samples: (N, C), (N, C, L) and
 (N, C, H, W) shapes, odd sizes, a batch of 2, non-contiguous inputs, a mean far from zero, and one input
 above PARALLEL_MIN elements (the OpenMP branch). Dropout's mask is fixed in the sample (as the Python layer
 draws it) and shaped like the input or like its leading (N, C) dimensions (channel-wise)."""
@@ -76,6 +77,24 @@ def _noaffine_backward(B, g, out, x, momentum=0.1, eps=1e-5):
     return (dx,)
 
 
+def _relu_train_forward(B, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+    return B.batch_norm_forward(x, w, b, None, None, True, momentum, eps, activation="relu")[3]
+
+
+def _relu_train_backward(B, g, out, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+    _, mean, invstd, r = B.batch_norm_forward(x, w, b, None, None, True, momentum, eps, activation="relu")
+    return B.batch_norm_backward(g, x, w, mean, invstd, True, relu_output=r)
+
+
+def _relu_eval_forward(B, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+    return B.batch_norm_forward(x, w, b, rm, rv, False, momentum, eps, activation="relu")[3]
+
+
+def _relu_eval_backward(B, g, out, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+    _, mean, invstd, r = B.batch_norm_forward(x, w, b, rm, rv, False, momentum, eps, activation="relu")
+    return B.batch_norm_backward(g, x, w, mean, invstd, False, relu_output=r)
+
+
 def _dropout_samples(rng, dt):
     cases = []
     for cid, shape, mdims, p in [("elementwise_7x5", (7, 5), 2, 0.3), ("elementwise_3x4x5x2", (3, 4, 5, 2), 4, 0.5),
@@ -103,6 +122,24 @@ SPECS = [
         kernels=("batch_norm_forward", "batch_norm_backward"),
         forward=_eval_forward,
         backward=_eval_backward,
+        samples=_bn_samples(),
+        diff_inputs=(0, 1, 2),
+    ),
+    # a BatchNorm followed by a ReLU as one kernel call each way, as captured steps run it: the forward
+    # writes relu(y) in the pass that computes y, the backward applies the ReLU's mask as it reads grad_out
+    OpSpec(
+        name="batch_norm_relu_train",
+        kernels=("batch_norm_forward", "batch_norm_backward"),
+        forward=_relu_train_forward,
+        backward=_relu_train_backward,
+        samples=_bn_samples(),
+        diff_inputs=(0, 1, 2),
+    ),
+    OpSpec(
+        name="batch_norm_relu_eval",
+        kernels=("batch_norm_forward", "batch_norm_backward"),
+        forward=_relu_eval_forward,
+        backward=_relu_eval_backward,
         samples=_bn_samples(),
         diff_inputs=(0, 1, 2),
     ),
