@@ -530,6 +530,87 @@ def _plan_cross_entropy(tape, escaping):
     return plan
 
 
+def _input_uses(tape):
+    """{slot: how many times the ops of the tape read it} (as an argument, a view's base or a gradient)."""
+    uses = {}
+
+    def count(spec):
+        acc = set()
+        _slots_of(spec, acc)
+        for slot in acc:
+            uses[slot] = uses.get(slot, 0) + 1
+
+    by_id = {id(obj): slot for slot, obj in _slot_items(tape.slot_objs)}
+
+    def count_py(v):  # an opaque call's arguments are the captured objects themselves
+        if isinstance(v, (tuple, list)):
+            for x in v:
+                count_py(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                count_py(x)
+        elif id(v) in by_id:
+            uses[by_id[id(v)]] = uses.get(by_id[id(v)], 0) + 1
+
+    for op in tape.ops:
+        if op[0] == "py":
+            count_py(op[2])
+            count_py(op[3])
+        elif op[0] in ("k", "fwd"):
+            a, k = (op[3], op[4]) if op[0] == "k" else (op[2], op[3])
+            for x in list(a) + list(k.values()):
+                count(x)
+        elif op[0] == "bwd":
+            count(op[3])
+        else:
+            count(op[2])
+    return uses
+
+
+def _slot_items(slot_objs):
+    return slot_objs.items() if isinstance(slot_objs, dict) else enumerate(slot_objs)
+
+
+def _plan_bn_relu(tape, escaping, uses):
+    """{index of a batch_norm_forward: (index of the relu_forward right after it that reads its output,
+    whether the output y is still needed)}: the pair runs as one batch_norm_forward(activation="relu")
+    that writes relu(y) (and y only when another op reads it; not fused when the step returns y)."""
+    ops = tape.ops
+    plan = {}
+    for j in range(len(ops) - 1):
+        a, b = ops[j], ops[j + 1]
+        if a[0] != "k" or a[1] != "batch_norm_forward" or b[0] != "k" or b[1] != "relu_forward":
+            continue
+        if a[5][0] != "t" or not a[5][1] or a[5][1][0][0] != "s" or b[5][0] != "s" or b[4] or len(b[3]) != 1 or \
+                b[3][0] != a[5][1][0] or "out" in a[4] or "activation" in a[4] or b[5][1] in escaping:
+            continue
+        if a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:  # one backend
+            continue
+        y = a[5][1][0][1]
+        if y in escaping:  # a returned array must not be a buffer the next replay overwrites
+            continue
+        plan[j] = (j + 1, uses.get(y, 0) > 1)
+    return plan
+
+
+def _plan_relu_bn_backward(tape, escaping, uses):
+    """{index of a batch_norm_backward: index of the relu_backward right before it whose output is its
+    grad_out and is read by nothing else}: the pair runs as one batch_norm_backward(relu_output=...)."""
+    ops = tape.ops
+    plan = {}
+    for j in range(len(ops) - 1):
+        a, b = ops[j], ops[j + 1]
+        if a[0] != "k" or a[1] != "relu_backward" or b[0] != "k" or b[1] != "batch_norm_backward":
+            continue
+        if a[5][0] != "s" or a[4] or len(a[3]) != 2 or not b[3] or b[3][0] != a[5] or "relu_output" in b[4] or \
+                "out" in b[4] or a[5][1] in escaping or uses.get(a[5][1], 0) != 1:
+            continue
+        if a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:
+            continue
+        plan[j + 1] = j
+    return plan
+
+
 class _Tape:
     """One finished recording: ops, inputs, what was returned, and the persistent arrays it reads."""
 
@@ -559,11 +640,17 @@ class _Tape:
         escaping = set()
         _slots_of(self.result_spec, escaping)
         fixed = {}   # slot -> name of its buffer
+        uses = _input_uses(self)
         epilogues = _plan_relu_epilogues(self, escaping) if fuse else {}
         ce_pairs = _plan_cross_entropy(self, escaping) if fuse else {}
-        dropped = set(epilogues.values()) | set(ce_pairs.values())
+        bn_relu = _plan_bn_relu(self, escaping, uses) if fuse else {}
+        relu_bn = _plan_relu_bn_backward(self, escaping, uses) if fuse else {}
+        dropped = set(epilogues.values()) | set(ce_pairs.values()) | {r for r, _ in bn_relu.values()} | \
+            set(relu_bn.values())
         self.fused = {"relu in linear_forward": len(epilogues),
-                      "cross-entropy forward+backward": len(ce_pairs)}
+                      "cross-entropy forward+backward": len(ce_pairs),
+                      "relu in batch_norm forward": len(bn_relu),
+                      "relu in batch_norm backward": len(relu_bn)}
 
         def const(v):
             name = f"C{counter[0]}"
@@ -637,14 +724,43 @@ class _Tape:
                 if op[5][1] in escaping:
                     lines.append(f"    s{op[5][1]} = t[2]")
                 continue
-            if op[0] == "k":
+            if j in bn_relu:  # batch_norm_forward + relu_forward as one kernel call
                 _, name, fn, a, k, out = op
+                r_out = self.ops[bn_relu[j][0]][5]
+                call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
+                fixed[r_out[1]] = const(slot_objs[r_out[1]])
+                y_slot = out[1][0][1]
+                if bn_relu[j][1]:
+                    fixed[y_slot] = const(slot_objs[y_slot])
+                    call += f", out={fixed[y_slot]}"
+                lines.append(f"    t = {const(fn)}({call}, activation='relu', activation_out={fixed[r_out[1]]})")
+                for i, x in enumerate(out[1][1:], 1):
+                    if x[0] != "x":
+                        bind(f"t[{i}]", x)
+                continue
+            if j in relu_bn:  # relu_backward + batch_norm_backward as one kernel call
+                _, name, fn, a, k, out = op
+                rb = self.ops[relu_bn[j]]
+                a = (rb[3][0],) + tuple(a[1:])
+                k = dict(k, relu_output=rb[3][1])
+            if op[0] == "k":
+                _, name, fn, _a, _k, out = op
+                if j not in relu_bn:
+                    a, k = _a, _k
                 call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
                 form = _OUT_KERNELS.get(name)
                 outs = set()
                 _slots_of(out, outs)
                 if form is not None and "out" not in k and outs and not outs & escaping:
                     bufs = [slot_objs[x[1]] if x[0] == "s" else None for x in (out[1] if out[0] == "t" else (out,))]
+                    if form == "first" and out[0] == "t" and out[1] and out[1][0][0] == "s":
+                        y_slot = out[1][0][1]
+                        fixed[y_slot] = const(slot_objs[y_slot])
+                        lines.append(f"    t = {const(fn)}({call}, out={fixed[y_slot]})")
+                        for i, x in enumerate(out[1][1:], 1):
+                            if x[0] != "x":
+                                bind(f"t[{i}]", x)
+                        continue
                     if form == "tuple" and out[0] == "t" or form == "single" and out[0] == "s":
                         for x in (out[1] if out[0] == "t" else (out,)):
                             if x[0] == "s":
@@ -693,12 +809,13 @@ class _Tape:
 _builtin_compile = compile  # the module defines its own `compile` below
 
 
-# kernels with an `out=` parameter: "single" array or a "tuple" matching the result tuple
+# kernels with an `out=` parameter: "single" array, a "tuple" matching the result tuple, or the "first" array
+# of the result tuple (the others are small and allocated per call)
 _OUT_KERNELS = {"linear_forward": "single", "linear_backward": "tuple", "relu_forward": "single",
                 "relu_backward": "single", "sigmoid_forward": "single", "sigmoid_backward": "single",
                 "tanh_forward": "single", "tanh_backward": "single", "cross_entropy_backward": "single",
                 "conv2d_forward": "single", "conv2d_backward": "tuple", "max_pool2d_forward": "tuple",
-                "max_pool2d_backward": "single"}
+                "max_pool2d_backward": "single", "batch_norm_forward": "first", "batch_norm_backward": "tuple"}
 
 
 def _slots_of(spec, acc):

@@ -528,7 +528,8 @@ def test_fusions_counted_and_same_bits(name):
     and backward as one; the comparisons above already run with fusion on (the default)."""
     data = batches((8, 20), 5, np.float32)
     cap = train(lambda: mlp(np.float32), OPTIMIZERS[name], data, 5, compiled=True)
-    assert cap[3].fusions() == [{"relu in linear_forward": 1, "cross-entropy forward+backward": 1}]
+    assert cap[3].fusions() == [{"relu in linear_forward": 1, "cross-entropy forward+backward": 1,
+                                 "relu in batch_norm forward": 0, "relu in batch_norm backward": 0}]
     eager = train(lambda: mlp(np.float32), OPTIMIZERS[name], data, 5, compiled=False)
     assert_same_bits(eager, cap)
 
@@ -539,7 +540,8 @@ def test_fuse_false_replays_kernel_by_kernel():
     run = fastbp.compile(step, fuse=False)
     for i in range(3):
         run(*data[i])
-    assert run.fusions() == [{"relu in linear_forward": 0, "cross-entropy forward+backward": 0}]
+    assert run.fusions() == [{"relu in linear_forward": 0, "cross-entropy forward+backward": 0,
+                              "relu in batch_norm forward": 0, "relu in batch_norm backward": 0}]
     assert "activation=" not in run.replay_source()[0] and "cross_entropy_fused" not in run.replay_source()[0]
 
 
@@ -568,6 +570,77 @@ def test_relu_epilogue_not_used_when_the_pre_activation_is_returned(backend):
     for a, b in zip(*results):
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             assert np.array_equal(x, y)
+
+
+class _Block(nn.Module):
+    """A residual block as in examples/resnet_mnist.py: conv-BN-ReLU, conv-BN, the sum, a ReLU."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        return nn.functional.relu(self.bn2(self.conv2(out)) + x)
+
+
+def small_resnet(dtype, width=4, hw=9):
+    """hw * hw >= 8: BatchNorm's plane path; < 8: its row path (norm.pyx's PLANE_MIN)."""
+    fastbp.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), _Block(width),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+    return m.double() if dtype == np.float64 else m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [9, 2])
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
+def test_batchnorm_relu_fused_same_bits(opt, hw, dtype):
+    """Both BatchNorm-ReLU pairs (the stem's and the block's first) run as one batch_norm_forward and one
+    batch_norm_backward each; the block's second BatchNorm feeds the sum and stays unfused."""
+    data = batches((6, 1, hw, hw), 10, dtype, n=3)
+    eager = train(lambda: small_resnet(dtype, hw=hw), OPTIMIZERS[opt], data, 5, compiled=False)
+    cap = train(lambda: small_resnet(dtype, hw=hw), OPTIMIZERS[opt], data, 5, compiled=True)
+    fused = cap[3].fusions()[0]
+    assert fused["relu in batch_norm forward"] == 2 and fused["relu in batch_norm backward"] == 2
+    src = cap[3].replay_source()[0]
+    assert src.count("activation='relu'") == 2 and src.count("relu_output=") == 2
+    assert_same_bits(eager, cap)
+    assert_replayed(cap[3])
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("returned", [False, True])
+def test_batchnorm_relu_fused_when_y_is_read(backend, returned):
+    """The BatchNorm's output y also feeds a penalty: the fused forward writes y as well (out=). When the
+    step returns y, the pair is not fused (y must not be a buffer the next replay overwrites: the results
+    are kept, not copied, until the end). Bits as eager either way."""
+    data = batches((6, 3, 5, 5), 4, np.float64)
+    results = []
+    with fastbp.backend(backend):
+        for compiled in (False, True):
+            fastbp.manual_seed(0)
+            bn, lin = nn.BatchNorm2d(3).double(), nn.Linear(75, 4).double()
+            opt = optim.SGD(list(bn.parameters()) + list(lin.parameters()), lr=0.1, momentum=0.9)
+
+            def step(x, y):
+                opt.zero_grad()
+                z = bn(x)
+                loss = nn.functional.cross_entropy(lin(z.relu().flatten(1)), y) + (z * z).mean() * 1e-2
+                loss.backward()
+                opt.step()
+                return (loss, z) if returned else (loss,)
+            run = fastbp.compile(step) if compiled else step
+            outs = [run(*data[i % 4]) for i in range(5)]
+            results.append([t.data for o in outs for t in o] +
+                           [p.data.copy() for p in list(bn.parameters()) + list(lin.parameters())] +
+                           [bn.running_mean.data.copy(), bn.running_var.data.copy()])
+            if compiled:
+                assert run.fusions()[0]["relu in batch_norm forward"] == (0 if returned else 1)
+                assert ("activation='relu'" in run.replay_source()[0]) != returned
+    for x, y in zip(*results):
+        assert np.array_equal(x, y)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(reduction="sum"), dict(label_smoothing=0.1),

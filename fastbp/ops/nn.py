@@ -18,14 +18,18 @@ class Linear(Function):
 
 
 class Relu(Function):
+    """Saves its output, as PyTorch does: relu(x) > 0 exactly where x > 0 (NaN in neither), so relu_backward
+    gives the same bits from it, and the input is free to go (a captured step then fuses a BatchNorm and the
+    ReLU after it without writing the BatchNorm's output)."""
+
     @staticmethod
     def forward(ctx, x):
-        ctx.x = x
-        return _backend.current.relu_forward(x)
+        ctx.y = y = _backend.current.relu_forward(x)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        return (_backend.current.relu_backward(g, ctx.x),)
+        return (_backend.current.relu_backward(g, ctx.y),)
 
 
 class Sigmoid(Function):
