@@ -39,12 +39,20 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
         (dst)[3] = (v)[3];                                                                                   \
     } while (0)
 
+/* The per-plane functions are inlined into the range functions' instruction-set clones (not inlined, they
+   would run the baseline build's code) */
+#if defined(__GNUC__)
+#define FASTBP_PLANE_INLINE static inline __attribute__((always_inline))
+#else
+#define FASTBP_PLANE_INLINE static inline
+#endif
+
 #define FASTBP_LANES_SUM(s) ((((s)[0] + (s)[4]) + ((s)[2] + (s)[6])) + (((s)[1] + (s)[5]) + ((s)[3] + (s)[7])))
 
 #define FASTBP_NORM_FUNCS(SUF, REAL)                                                                          \
     /* One plane of L values (the plane path, csrc/norm.pyx): s[0] = sum of x - K, s[1] = sum of          \
        (x - K)^2, in the lanes and tree of bn_stats. */                                                   \
-    FASTBP_CLONES static void bn_plane_stats_##SUF(const REAL* restrict r, ptrdiff_t L, double K,         \
+    FASTBP_PLANE_INLINE void bn_plane_stats_##SUF(const REAL* restrict r, ptrdiff_t L, double K,         \
                                                    double* restrict s)                                    \
     {                                                                                                     \
         fastbp_v4d a0 = {0, 0, 0, 0}, a1 = a0, q0 = a0, q1 = a0, d0, d1;                                  \
@@ -77,7 +85,7 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
                                                                                                           \
     /* One plane: s[0] = sum of g, s[1] = sum of g (x - mean), in the lanes and tree of bn_grad_sums.     \
        With a mask m (not NULL), g is read as (m > 0 ? g : 0): relu_backward's rule for the output m. */  \
-    FASTBP_CLONES static void bn_plane_grad_sums_##SUF(const REAL* restrict gr, const REAL* restrict r,   \
+    FASTBP_PLANE_INLINE void bn_plane_grad_sums_##SUF(const REAL* restrict gr, const REAL* restrict r,   \
                                                        const REAL* restrict m, ptrdiff_t L, double mean,  \
                                                        double* restrict s)                                \
     {                                                                                                     \
@@ -128,7 +136,7 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
                                                                                                           \
     /* One plane: y = (x - m) * scale + shift; with relu_out (not NULL) also relu_out = relu(y) (y itself \
        is written only when y is not NULL). relu is r_relu's rule: 0 if y <= 0 else y (NaN kept). */      \
-    FASTBP_CLONES static void bn_plane_apply_##SUF(const REAL* restrict r, REAL* restrict y,              \
+    FASTBP_PLANE_INLINE void bn_plane_apply_##SUF(const REAL* restrict r, REAL* restrict y,              \
                                                    REAL* restrict relu_out, ptrdiff_t L, REAL m,          \
                                                    REAL scale, REAL shift)                                \
     {                                                                                                     \
@@ -151,7 +159,7 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
                                                                                                           \
     /* One plane: dx = A g' + (B (x - m) + E), g' = g or, with a mask, (mask > 0 ? g : 0); dx = A g' when \
        the statistics are constants. */                                                                   \
-    FASTBP_CLONES static void bn_plane_grad_apply_##SUF(const REAL* restrict gr, const REAL* restrict r,  \
+    FASTBP_PLANE_INLINE void bn_plane_grad_apply_##SUF(const REAL* restrict gr, const REAL* restrict r,  \
                                                         const REAL* restrict mk, REAL* restrict o,        \
                                                         ptrdiff_t L, REAL m, REAL A, REAL B, REAL E,      \
                                                         int constant_stats)                               \
@@ -179,8 +187,65 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
         }                                                                                                 \
     }
 
+/* The plane path's loops (csrc/norm.pyx): planes p0 .. p1 - 1 of an (N, C, L) array (plane p = n C + c) per
+   call, so that one call covers about a few thousand values whatever L is (one call per plane cost 50% on
+   7x7 planes). The per-plane functions above are inlined into each instruction-set clone. */
+#define FASTBP_NORM_RANGES(SUF, REAL)                                                                         \
+    /* part[2 p], part[2 p + 1]: plane p's sums of x - K and (x - K)^2, K = the channel's first element  \
+       (0 when it is inf or NaN: x - K would be NaN everywhere) */                                        \
+    FASTBP_CLONES static void bn_planes_stats_##SUF(const REAL* restrict x, ptrdiff_t p0, ptrdiff_t p1,   \
+                                                    ptrdiff_t C, ptrdiff_t L, double* restrict part)      \
+    {                                                                                                     \
+        for (ptrdiff_t p = p0; p < p1; p++) {                                                             \
+            const double K0 = (double)x[(p % C) * L];                                                     \
+            bn_plane_stats_##SUF(x + p * L, L, K0 - K0 == 0 ? K0 : 0.0, part + 2 * p);                   \
+        }                                                                                                 \
+    }                                                                                                     \
+                                                                                                          \
+    /* part[2 p], part[2 p + 1]: plane p's sums of g' and g' (x - mean[c]) (g' = g, masked by mk) */      \
+    FASTBP_CLONES static void bn_planes_grad_sums_##SUF(const REAL* restrict g, const REAL* restrict x,   \
+                                                        const REAL* restrict mk, ptrdiff_t p0,            \
+                                                        ptrdiff_t p1, ptrdiff_t C, ptrdiff_t L,           \
+                                                        const REAL* restrict mean, double* restrict part) \
+    {                                                                                                     \
+        for (ptrdiff_t p = p0; p < p1; p++)                                                               \
+            bn_plane_grad_sums_##SUF(g + p * L, x + p * L, mk ? mk + p * L : NULL, L,                     \
+                                     (double)mean[p % C], part + 2 * p);                                  \
+    }                                                                                                     \
+                                                                                                          \
+    /* y (when not NULL) and relu(y) (when r is not NULL) of planes p0 .. p1 - 1: coef[c] is the channel's \
+       scale, coef[C + c] its shift */                                                                    \
+    FASTBP_CLONES static void bn_planes_apply_##SUF(const REAL* restrict x, REAL* restrict y,             \
+                                                    REAL* restrict r, ptrdiff_t p0, ptrdiff_t p1,         \
+                                                    ptrdiff_t C, ptrdiff_t L, const REAL* restrict mean,  \
+                                                    const REAL* restrict coef)                            \
+    {                                                                                                     \
+        for (ptrdiff_t p = p0; p < p1; p++) {                                                             \
+            const ptrdiff_t c = p % C;                                                                    \
+            bn_plane_apply_##SUF(x + p * L, y ? y + p * L : NULL, r ? r + p * L : NULL, L, mean[c],       \
+                                 coef[c], coef[C + c]);                                                   \
+        }                                                                                                 \
+    }                                                                                                     \
+                                                                                                          \
+    /* dx of planes p0 .. p1 - 1: coef[c], coef[C + c], coef[2 C + c] are the channel's A, B, E */         \
+    FASTBP_CLONES static void bn_planes_grad_apply_##SUF(const REAL* restrict g, const REAL* restrict x,  \
+                                                         const REAL* restrict mk, REAL* restrict dx,      \
+                                                         ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t C,         \
+                                                         ptrdiff_t L, const REAL* restrict mean,          \
+                                                         const REAL* restrict coef, int constant_stats)   \
+    {                                                                                                     \
+        for (ptrdiff_t p = p0; p < p1; p++) {                                                             \
+            const ptrdiff_t c = p % C;                                                                    \
+            bn_plane_grad_apply_##SUF(g + p * L, x + p * L, mk ? mk + p * L : NULL, dx + p * L, L,        \
+                                      mean[c], coef[c], coef[C + c], coef[2 * C + c], constant_stats);    \
+        }                                                                                                 \
+    }
+
 FASTBP_NORM_FUNCS(f, float)
 FASTBP_NORM_FUNCS(d, double)
+FASTBP_NORM_RANGES(f, float)
+FASTBP_NORM_RANGES(d, double)
 #undef FASTBP_NORM_FUNCS
+#undef FASTBP_NORM_RANGES
 
 #endif

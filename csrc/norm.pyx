@@ -36,28 +36,34 @@ bind_threading()
 
 
 cdef extern from "norm.h" nogil:
-    void bn_plane_stats_f(const float* r, Py_ssize_t L, double K, double* s)
-    void bn_plane_stats_d(const double* r, Py_ssize_t L, double K, double* s)
-    void bn_plane_grad_sums_f(const float* gr, const float* r, const float* m, Py_ssize_t L, double mean,
-                              double* s)
-    void bn_plane_grad_sums_d(const double* gr, const double* r, const double* m, Py_ssize_t L, double mean,
-                              double* s)
-    void bn_plane_apply_f(const float* r, float* y, float* relu_out, Py_ssize_t L, float m, float scale,
-                          float shift)
-    void bn_plane_apply_d(const double* r, double* y, double* relu_out, Py_ssize_t L, double m, double scale,
-                          double shift)
-    void bn_plane_grad_apply_f(const float* gr, const float* r, const float* mk, float* o, Py_ssize_t L, float m,
-                               float A, float B, float E, int constant_stats)
-    void bn_plane_grad_apply_d(const double* gr, const double* r, const double* mk, double* o, Py_ssize_t L,
-                               double m, double A, double B, double E, int constant_stats)
+    void bn_planes_stats_f(const float* x, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L, double* part)
+    void bn_planes_stats_d(const double* x, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L,
+                           double* part)
+    void bn_planes_grad_sums_f(const float* g, const float* x, const float* mk, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t C, Py_ssize_t L, const float* mean, double* part)
+    void bn_planes_grad_sums_d(const double* g, const double* x, const double* mk, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t C, Py_ssize_t L, const double* mean, double* part)
+    void bn_planes_apply_f(const float* x, float* y, float* r, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C,
+                           Py_ssize_t L, const float* mean, const float* coef)
+    void bn_planes_apply_d(const double* x, double* y, double* r, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C,
+                           Py_ssize_t L, const double* mean, const double* coef)
+    void bn_planes_grad_apply_f(const float* g, const float* x, const float* mk, float* dx, Py_ssize_t p0,
+                                Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L, const float* mean, const float* coef,
+                                int constant_stats)
+    void bn_planes_grad_apply_d(const double* g, const double* x, const double* mk, double* dx, Py_ssize_t p0,
+                                Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L, const double* mean,
+                                const double* coef, int constant_stats)
 
 
 cdef enum:
-    PLANE_MIN = 8   # planes of at least this many values take the plane path (below: the row path)
+    PLANE_MIN = 8       # planes of at least this many values take the plane path (below: the row path)
+    PLANE_CHUNK = 4096  # the plane path hands each thread whole planes, about this many values per call
 
 
 cdef struct BNGeom:
     Py_ssize_t N, C, L
+    Py_ssize_t pch      # planes per chunk of the plane path (a function of L only)
+    Py_ssize_t nch      # chunks: ceil(N C / pch)
 
 
 cdef inline void* _ptr(object a):
@@ -74,110 +80,144 @@ cdef inline double _shift_of(double K0) noexcept nogil:
     return K0 if K0 - K0 == 0 else 0.0
 
 
-cdef inline const real* _at(const real* a, Py_ssize_t o) noexcept nogil:
-    return a + o if a != NULL else NULL
+# ----- batch normalization: the sums ------------------------------------------------------------------------
+# Each channel's two sums (statistics: of x - K and (x - K)^2, K the channel's first element; gradient: of g'
+# and g' (x - mean), g' = grad_out masked by the ReLU's output when fused) are the planes' sums added in
+# sample order, a plane's sum being norm.h's (lanes and tree; for planes under 8 values, the values added in
+# order, which is what the lanes give). Planes of PLANE_MIN values or more take the plane path (one plane per
+# prange iteration, partial sums part[2 p], part[2 p + 1] for plane p = n C + c, then added per channel);
+# smaller planes the row path (blocks of ROW_BLOCK channels per iteration, each block reading its channels
+# sample after sample: contiguous for (N, C) input). Either way the bits do not depend on the threads.
+cdef enum:
+    ROW_BLOCK = 32
 
 
-# ----- batch normalization: the per-plane partial sums -------------------------------------------------------
-# part[2 p], part[2 p + 1] are plane p's two sums (p = n C + c). The plane path computes a plane with the
-# vector loops of norm.h; the row path (planes under PLANE_MIN values) adds the values in order, which is
-# what norm.h's lanes compute for such a plane (every value goes to lane 0; the other lanes add exact zeros).
-cdef void _stats_plane(const real* x, const BNGeom* g, Py_ssize_t p, double* part) noexcept nogil:
-    cdef double K = _shift_of(<double>x[(p % g.C) * g.L])
+cdef inline void _chunk(const BNGeom* g, Py_ssize_t k, Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
+    p0[0] = k * g.pch
+    p1[0] = p0[0] + g.pch if p0[0] + g.pch < g.N * g.C else g.N * g.C
+
+
+cdef void _sums_chunk(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+                      Py_ssize_t k, double* part, bint grads) noexcept nogil:
+    cdef Py_ssize_t p0, p1
+    _chunk(g, k, &p0, &p1)
     if real is float:
-        bn_plane_stats_f(x + p * g.L, g.L, K, part + 2 * p)
-    else:
-        bn_plane_stats_d(x + p * g.L, g.L, K, part + 2 * p)
-
-
-cdef void _stats_row(const real* x, const BNGeom* g, Py_ssize_t n, double* part) noexcept nogil:
-    cdef Py_ssize_t c, l, p
-    cdef double K, d, s1, s2
-    for c in range(g.C):
-        K = _shift_of(<double>x[c * g.L])
-        p = n * g.C + c
-        s1 = 0
-        s2 = 0
-        for l in range(g.L):
-            d = <double>x[p * g.L + l] - K
-            s1 = s1 + d
-            s2 = s2 + d * d
-        part[2 * p] = s1
-        part[2 * p + 1] = s2
-
-
-cdef void _grad_sums_plane(const real* gy, const real* x, const real* mk, const BNGeom* g, Py_ssize_t p,
-                           const real* smean, double* part) noexcept nogil:
-    cdef Py_ssize_t o = p * g.L
-    if real is float:
-        bn_plane_grad_sums_f(gy + o, x + o, _at(mk, o), g.L, smean[p % g.C], part + 2 * p)
-    else:
-        bn_plane_grad_sums_d(gy + o, x + o, _at(mk, o), g.L, smean[p % g.C], part + 2 * p)
-
-
-cdef void _grad_sums_row(const real* gy, const real* x, const real* mk, const BNGeom* g, Py_ssize_t n,
-                         const real* smean, double* part) noexcept nogil:
-    cdef Py_ssize_t c, l, p, i
-    cdef double mean, gv, s1, s2
-    for c in range(g.C):
-        mean = smean[c]
-        p = n * g.C + c
-        s1 = 0
-        s2 = 0
-        for l in range(g.L):
-            i = p * g.L + l
-            gv = <double>(gy[i] if mk == NULL or mk[i] > 0 else 0)
-            s1 = s1 + gv
-            s2 = s2 + gv * (<double>x[i] - mean)
-        part[2 * p] = s1
-        part[2 * p + 1] = s2
-
-
-cdef void _partials(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
-                    double* part, bint grads, int nt) noexcept nogil:
-    """Every plane's two sums into part: the statistics' (grads false: sums of x - K and (x - K)^2) or the
-    gradient's (grads: sums of g' and g' (x - mean), g' = a masked by mk)."""
-    cdef Py_ssize_t p, n
-    if g.L >= PLANE_MIN:
         if grads:
-            for p in prange(g.N * g.C, schedule="static", num_threads=nt):
-                _grad_sums_plane(a, x, mk, g, p, smean, part)
+            bn_planes_grad_sums_f(a, x, mk, p0, p1, g.C, g.L, smean, part)
         else:
-            for p in prange(g.N * g.C, schedule="static", num_threads=nt):
-                _stats_plane(a, g, p, part)
-    elif grads:
-        for n in prange(g.N, schedule="static", num_threads=nt):
-            _grad_sums_row(a, x, mk, g, n, smean, part)
+            bn_planes_stats_f(a, p0, p1, g.C, g.L, part)
     else:
-        for n in prange(g.N, schedule="static", num_threads=nt):
-            _stats_row(a, g, n, part)
+        if grads:
+            bn_planes_grad_sums_d(a, x, mk, p0, p1, g.C, g.L, smean, part)
+        else:
+            bn_planes_stats_d(a, p0, p1, g.C, g.L, part)
 
 
-cdef void _channel_sums(const double* part, const BNGeom* g, Py_ssize_t c, double* s1, double* s2) noexcept nogil:
-    """Channel c's sums: its planes' partial sums added in sample order."""
-    cdef Py_ssize_t n
-    cdef double a = 0, b = 0
-    for n in range(g.N):
-        a = a + part[2 * (n * g.C + c)]
-        b = b + part[2 * (n * g.C + c) + 1]
-    s1[0] = a
-    s2[0] = b
+cdef void _sums_block(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+                      Py_ssize_t blk, double* tot, bint grads) noexcept nogil:
+    """Row path: channels blk ROW_BLOCK .. (blk + 1) ROW_BLOCK - 1 (clipped to C); tot[2 c], tot[2 c + 1]."""
+    cdef Py_ssize_t c0 = blk * ROW_BLOCK, c1 = c0 + ROW_BLOCK, n, c, l, i
+    cdef double ref[ROW_BLOCK]
+    cdef double s1[ROW_BLOCK]
+    cdef double s2[ROW_BLOCK]
+    cdef double d, v, p1, p2
+    if c1 > g.C:
+        c1 = g.C
+    for c in range(c0, c1):
+        ref[c - c0] = smean[c] if grads else _shift_of(<double>a[c * g.L])
+        s1[c - c0] = 0
+        s2[c - c0] = 0
+    if g.L == 1:  # a plane's sum is its value (0 + v = v for the sums here: they are never -0)
+        for n in range(g.N):
+            if grads and mk != NULL:
+                for c in range(c0, c1):
+                    i = n * g.C + c
+                    v = <double>a[i]
+                    v = v if mk[i] > 0 else 0
+                    s1[c - c0] = s1[c - c0] + v
+                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c - c0])
+            elif grads:
+                for c in range(c0, c1):
+                    i = n * g.C + c
+                    v = <double>a[i]
+                    s1[c - c0] = s1[c - c0] + v
+                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c - c0])
+            else:
+                for c in range(c0, c1):
+                    d = <double>a[n * g.C + c] - ref[c - c0]
+                    s1[c - c0] = s1[c - c0] + d
+                    s2[c - c0] = s2[c - c0] + d * d
+    for n in range(g.N if g.L > 1 else 0):
+        for c in range(c0, c1):
+            p1 = 0
+            p2 = 0
+            for l in range(g.L):
+                i = (n * g.C + c) * g.L + l
+                if grads:
+                    v = <double>(a[i] if mk == NULL or mk[i] > 0 else 0)
+                    p1 = p1 + v
+                    p2 = p2 + v * (<double>x[i] - ref[c - c0])
+                else:
+                    d = <double>a[i] - ref[c - c0]
+                    p1 = p1 + d
+                    p2 = p2 + d * d
+            s1[c - c0] = s1[c - c0] + p1
+            s2[c - c0] = s2[c - c0] + p2
+    for c in range(c0, c1):
+        tot[2 * c] = s1[c - c0]
+        tot[2 * c + 1] = s2[c - c0]
+
+
+cdef void _channel_totals(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+                          double* part, double* tot, bint grads, int nt) noexcept nogil:
+    """Every channel's two sums into tot[2 c], tot[2 c + 1]: the statistics' (grads false; a is x) or the
+    gradient's (grads; a is grad_out, masked by mk when not NULL)."""
+    cdef Py_ssize_t k, n, c, blk
+    cdef double u, v
+    if g.L >= PLANE_MIN:
+        for k in prange(g.nch, schedule="static", num_threads=nt):
+            _sums_chunk(a, x, mk, g, smean, k, part, grads)
+        for c in range(g.C):
+            u = 0
+            v = 0
+            for n in range(g.N):
+                u = u + part[2 * (n * g.C + c)]
+                v = v + part[2 * (n * g.C + c) + 1]
+            tot[2 * c] = u
+            tot[2 * c + 1] = v
+    else:
+        for blk in prange((g.C + ROW_BLOCK - 1) // ROW_BLOCK, schedule="static", num_threads=nt):
+            _sums_block(a, x, mk, g, smean, blk, tot, grads)
 
 
 # ----- batch normalization: the elementwise passes ----------------------------------------------------------
-cdef void _apply_plane(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_t p, const real* smean,
+cdef void _apply_chunk(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_t k, const real* smean,
                        const real* coef) noexcept nogil:
-    cdef Py_ssize_t c = p % g.C, o = p * g.L
+    cdef Py_ssize_t p0, p1
+    _chunk(g, k, &p0, &p1)
     if real is float:
-        bn_plane_apply_f(x + o, <float*>_at(y, o), <float*>_at(r, o), g.L, smean[c], coef[c], coef[g.C + c])
+        bn_planes_apply_f(x, y, r, p0, p1, g.C, g.L, smean, coef)
     else:
-        bn_plane_apply_d(x + o, <double*>_at(y, o), <double*>_at(r, o), g.L, smean[c], coef[c], coef[g.C + c])
+        bn_planes_apply_d(x, y, r, p0, p1, g.C, g.L, smean, coef)
 
 
 cdef void _apply_row(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_t n, const real* smean,
                      const real* coef) noexcept nogil:
-    cdef Py_ssize_t c, l, i
+    cdef Py_ssize_t c, l, i, o = n * g.C * g.L
     cdef real m, sc, sh, v
+    if g.L == 1:  # (N, C) input: one loop over the channels of sample n
+        if r == NULL:
+            for c in range(g.C):
+                y[o + c] = (x[o + c] - smean[c]) * coef[c] + coef[g.C + c]
+        elif y == NULL:
+            for c in range(g.C):
+                r[o + c] = r_relu((x[o + c] - smean[c]) * coef[c] + coef[g.C + c])
+        else:
+            for c in range(g.C):
+                v = (x[o + c] - smean[c]) * coef[c] + coef[g.C + c]
+                y[o + c] = v
+                r[o + c] = r_relu(v)
+        return
     for c in range(g.C):
         m = smean[c]
         sc = coef[c]
@@ -191,21 +231,24 @@ cdef void _apply_row(const real* x, real* y, real* r, const BNGeom* g, Py_ssize_
                 r[i] = r_relu(v)
 
 
-cdef void _grad_apply_plane(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g,
-                            Py_ssize_t p, const real* smean, const real* coef, bint constant) noexcept nogil:
-    cdef Py_ssize_t o = p * g.L, c = p % g.C
+cdef void _grad_apply_chunk(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g,
+                            Py_ssize_t k, const real* smean, const real* coef, bint constant) noexcept nogil:
+    cdef Py_ssize_t p0, p1
+    _chunk(g, k, &p0, &p1)
     if real is float:
-        bn_plane_grad_apply_f(gy + o, x + o, _at(mk, o), dx + o, g.L, smean[c], coef[c], coef[g.C + c],
-                              coef[2 * g.C + c], constant)
+        bn_planes_grad_apply_f(gy, x, mk, dx, p0, p1, g.C, g.L, smean, coef, constant)
     else:
-        bn_plane_grad_apply_d(gy + o, x + o, _at(mk, o), dx + o, g.L, smean[c], coef[c], coef[g.C + c],
-                              coef[2 * g.C + c], constant)
+        bn_planes_grad_apply_d(gy, x, mk, dx, p0, p1, g.C, g.L, smean, coef, constant)
 
 
 cdef void _grad_apply_row(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g,
                           Py_ssize_t n, const real* smean, const real* coef, bint constant) noexcept nogil:
-    cdef Py_ssize_t c, l, i
+    cdef Py_ssize_t c, l, i, o = n * g.C * g.L
     cdef real m, A, B, E, gv
+    if g.L == 1 and mk == NULL and not constant:  # (N, C) input in training: one loop over the channels
+        for c in range(g.C):
+            dx[o + c] = coef[c] * gy[o + c] + (coef[g.C + c] * (x[o + c] - smean[c]) + coef[2 * g.C + c])
+        return
     for c in range(g.C):
         m = smean[c]
         A = coef[c]
@@ -222,14 +265,15 @@ cdef void _grad_apply_row(const real* gy, const real* x, const real* mk, real* d
 
 cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real* w, const real* b, real* smean,
                    real* sinvstd, double* bmean, double* bvar, bint training, double eps, double* part,
-                   real* coef) noexcept nogil:
-    cdef Py_ssize_t c, p, n
+                   double* tot, real* coef) noexcept nogil:
+    cdef Py_ssize_t c, k, n
     cdef int nt = threads_for(g.N * g.C * g.L)
     cdef double s1, s2, cnt = <double>(g.N * g.L), m1, v, K
     if training:
-        _partials(x, NULL, NULL, g, NULL, part, False, nt)
+        _channel_totals(x, NULL, NULL, g, NULL, part, tot, False, nt)
         for c in range(g.C):
-            _channel_sums(part, g, c, &s1, &s2)
+            s1 = tot[2 * c]
+            s2 = tot[2 * c + 1]
             K = _shift_of(<double>x[c * g.L])
             m1 = s1 / cnt
             v = s2 / cnt - m1 * m1
@@ -241,8 +285,8 @@ cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real*
         coef[c] = <real>((<double>w[c] if w != NULL else 1.0) * <double>sinvstd[c])
         coef[g.C + c] = b[c] if b != NULL else 0
     if g.L >= PLANE_MIN:
-        for p in prange(g.N * g.C, schedule="static", num_threads=nt):
-            _apply_plane(x, y, r, g, p, smean, coef)
+        for k in prange(g.nch, schedule="static", num_threads=nt):
+            _apply_chunk(x, y, r, g, k, smean, coef)
     else:
         for n in prange(g.N, schedule="static", num_threads=nt):
             _apply_row(x, y, r, g, n, smean, coef)
@@ -250,16 +294,17 @@ cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real*
 
 cdef void _backward(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g, const real* w,
                     const real* smean, const real* sinvstd, real* dw, real* db, bint training, double* part,
-                    real* coef) noexcept nogil:
-    cdef Py_ssize_t c, p, n
+                    double* tot, real* coef) noexcept nogil:
+    cdef Py_ssize_t c, k, n
     cdef int nt = threads_for(g.N * g.C * g.L)
     cdef double sg = 0, sgx = 0, invstd, A, cnt = <double>(g.N * g.L)
     cdef bint sums = training or dw != NULL or db != NULL
     if sums:
-        _partials(gy, x, mk, g, smean, part, True, nt)
+        _channel_totals(gy, x, mk, g, smean, part, tot, True, nt)
     for c in range(g.C):
         if sums:
-            _channel_sums(part, g, c, &sg, &sgx)
+            sg = tot[2 * c]
+            sgx = tot[2 * c + 1]
         invstd = sinvstd[c]
         if dw != NULL:
             dw[c] = <real>(sgx * invstd)
@@ -272,8 +317,8 @@ cdef void _backward(const real* gy, const real* x, const real* mk, real* dx, con
     if dx == NULL:
         return
     if g.L >= PLANE_MIN:
-        for p in prange(g.N * g.C, schedule="static", num_threads=nt):
-            _grad_apply_plane(gy, x, mk, dx, g, p, smean, coef, not training)
+        for k in prange(g.nch, schedule="static", num_threads=nt):
+            _grad_apply_chunk(gy, x, mk, dx, g, k, smean, coef, not training)
     else:
         for n in prange(g.N, schedule="static", num_threads=nt):
             _grad_apply_row(gy, x, mk, dx, g, n, smean, coef, not training)
@@ -288,6 +333,8 @@ cdef object _geometry(BNGeom* g, object x, str op):
     g.L = 1
     for d in x.shape[2:]:
         g.L *= d
+    g.pch = PLANE_CHUNK // g.L if 0 < g.L < PLANE_CHUNK else 1  # (empty planes never reach a loop)
+    g.nch = (g.N * g.C + g.pch - 1) // g.pch
     return x
 
 
@@ -366,7 +413,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     result = (y, smean, sinvstd) if activation is None else (y, smean, sinvstd, r)
     if n == 0 or g.C == 0:
         return result
-    part = np.empty(2 * g.N * g.C if training else 0, dtype=np.float64)
+    part = np.empty(2 * g.N * g.C if training and g.L >= PLANE_MIN else 0, dtype=np.float64)
+    tot = np.empty(2 * g.C, dtype=np.float64)
     coef = np.empty(2 * g.C, dtype=x.dtype)
     cdef void* px = _ptr(x)
     cdef void* py = _optr(y)
@@ -378,17 +426,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     cdef double* pbm = <double*>_ptr(bmean)
     cdef double* pbv = <double*>_ptr(bvar)
     cdef double* ppart = <double*>_ptr(part)
+    cdef double* ptot = <double*>_ptr(tot)
     cdef void* pcoef = _ptr(coef)
     cdef bint tr = training
     cdef double e = eps
     if x.dtype == np.float32:
         with nogil:
             _forward[float](<float*>px, <float*>py, <float*>pr, &g, <float*>pw, <float*>pb, <float*>pm,
-                            <float*>ps, pbm, pbv, tr, e, ppart, <float*>pcoef)
+                            <float*>ps, pbm, pbv, tr, e, ppart, ptot, <float*>pcoef)
     else:
         with nogil:
             _forward[double](<double*>px, <double*>py, <double*>pr, &g, <double*>pw, <double*>pb, <double*>pm,
-                             <double*>ps, pbm, pbv, tr, e, ppart, <double*>pcoef)
+                             <double*>ps, pbm, pbv, tr, e, ppart, ptot, <double*>pcoef)
     if training and running_mean is not None:
         running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * bmean
         unbiased = bvar * (<double>n / <double>(n - 1))
@@ -445,7 +494,8 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
             if a is not None:
                 a[...] = 0
         return dx, dw, db
-    part = np.empty(2 * g.N * g.C, dtype=np.float64)
+    part = np.empty(2 * g.N * g.C if g.L >= PLANE_MIN else 0, dtype=np.float64)
+    tot = np.empty(2 * g.C, dtype=np.float64)
     coef = np.empty(3 * g.C, dtype=x.dtype)
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
@@ -457,15 +507,16 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
     cdef void* pdw = _optr(dw)
     cdef void* pdb = _optr(db)
     cdef double* ppart = <double*>_ptr(part)
+    cdef double* ptot = <double*>_ptr(tot)
     cdef void* pcoef = _ptr(coef)
     if x.dtype == np.float32:
         with nogil:
             _backward[float](<float*>pg, <float*>px, <float*>pmk, <float*>pdx, &g, <float*>pw, <float*>pm,
-                             <float*>ps, <float*>pdw, <float*>pdb, tr, ppart, <float*>pcoef)
+                             <float*>ps, <float*>pdw, <float*>pdb, tr, ppart, ptot, <float*>pcoef)
     else:
         with nogil:
             _backward[double](<double*>pg, <double*>px, <double*>pmk, <double*>pdx, &g, <double*>pw,
-                              <double*>pm, <double*>ps, <double*>pdw, <double*>pdb, tr, ppart, <double*>pcoef)
+                              <double*>pm, <double*>ps, <double*>pdw, <double*>pdb, tr, ppart, ptot, <double*>pcoef)
     return dx, dw, db
 
 
