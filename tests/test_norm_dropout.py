@@ -153,6 +153,23 @@ def test_batchnorm_bad_input():
             B.batch_norm_forward(np.zeros(3, np.float32), None, None, None, None, True)
         with pytest.raises(ValueError, match="writeable C-contiguous"):
             B.batch_norm_forward(x, None, None, np.zeros(6, np.float32)[::2], np.ones(3, np.float32), True)
+        # the fused forms and out= buffers (captured steps): bad values name what is wrong
+        with pytest.raises(ValueError, match="activation must be None or 'relu'"):
+            B.batch_norm_forward(x, None, None, None, None, True, activation="tanh")
+        with pytest.raises(ValueError, match="activation_out is given but activation is None"):
+            B.batch_norm_forward(x, None, None, None, None, True, activation_out=np.empty_like(x))
+        with pytest.raises(ValueError, match=r"activation_out has shape \(2, 3, 5\), expected \(2, 3, 4\)"):
+            B.batch_norm_forward(x, None, None, None, None, True, activation="relu",
+                                 activation_out=np.empty((2, 3, 5), np.float32))
+        with pytest.raises(ValueError, match=r"out has shape \(2, 3\), expected \(2, 3, 4\)"):
+            B.batch_norm_forward(x, None, None, None, None, True, out=np.empty((2, 3), np.float32))
+        m, s = np.zeros(3, np.float32), np.ones(3, np.float32)
+        with pytest.raises(ValueError, match=r"relu_output has shape \(2, 3, 5\) but x has shape \(2, 3, 4\)"):
+            B.batch_norm_backward(x, x, None, m, s, True, relu_output=np.zeros((2, 3, 5), np.float32))
+        with pytest.raises(TypeError, match="dtype"):
+            B.batch_norm_backward(x, x, None, m, s, True, relu_output=np.zeros((2, 3, 4)))
+        with pytest.raises(ValueError, match="out must be a tuple of three arrays"):
+            B.batch_norm_backward(x, x, None, m, s, True, out=(np.empty_like(x),))
 
 
 def test_batchnorm_nan_propagates_to_its_channel_only():
@@ -240,6 +257,37 @@ def test_relu_inplace_accepted_and_identity_and_adaptive_pool():
                                rtol=1e-12)
     with pytest.raises(NotImplementedError, match="divide"):
         F.adaptive_avg_pool2d(tensor(z), 4)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5), (3, 2, 4, 4), (2, 40, 3, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_relu_fused_forms_give_the_separate_kernels_bits(shape, dtype):
+    """activation="relu" writes relu_forward(y)'s bits (and y when out= is given); relu_output= gives
+    batch_norm_backward(relu_backward(g, r))'s bits, with NaN, inf and exact zeros in play: row path
+    (planes under 8 values, 40 channels: two channel blocks) and plane path, both modes."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::7] = 0
+    x.flat[3], x.flat[-2] = np.nan, np.inf
+    g = rng.standard_normal(shape).astype(dtype)
+    g.flat[5] = np.nan
+    c = shape[1]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), (0.5 + rng.random(c)).astype(dtype)
+    for training in (True, False):
+        y, mean, invstd = C.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), training)
+        y2, mean2, invstd2, r = C.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), training,
+                                                     out=np.empty_like(x), activation="relu")
+        none, _, _, r3 = C.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), training, activation="relu")
+        assert none is None
+        for a, e in [(y2, y), (mean2, mean), (invstd2, invstd), (r, C.relu_forward(y)), (r3, r)]:
+            np.testing.assert_array_equal(a, e)
+        separate = C.batch_norm_backward(C.relu_backward(g, r), x, w, mean, invstd, training)
+        bufs = (np.empty_like(x), np.empty(c, dtype), np.empty(c, dtype))
+        fused = C.batch_norm_backward(g, x, w, mean, invstd, training, relu_output=r, out=bufs)
+        for a, e, buf in zip(fused, separate, bufs):
+            assert a is buf
+            np.testing.assert_array_equal(a, e)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
