@@ -47,6 +47,17 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
 #define FASTBP_PLANE_INLINE static inline
 #endif
 
+/* bn_plane_grad_sums' step over values p .. p + 7: g0, g1 hold g' widened; x - mean from r */
+#define FASTBP_GRAD_ACC8(SUF)                                                                                \
+    do {                                                                                                     \
+        FASTBP_LOAD4_##SUF(x0, r + p);                                                                       \
+        FASTBP_LOAD4_##SUF(x1, r + p + 4);                                                                   \
+        a0 += g0;                                                                                            \
+        a1 += g1;                                                                                            \
+        b0 += g0 * (x0 - M4);                                                                                \
+        b1 += g1 * (x1 - M4);                                                                                \
+    } while (0)
+
 #define FASTBP_LANES_SUM(s) ((((s)[0] + (s)[4]) + ((s)[2] + (s)[6])) + (((s)[1] + (s)[5]) + ((s)[3] + (s)[7])))
 
 #define FASTBP_NORM_FUNCS(SUF, REAL)                                                                          \
@@ -96,12 +107,7 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
             for (p = 0; p < L8; p += 8) {                                                                 \
                 FASTBP_LOAD4_##SUF(g0, gr + p);                                                           \
                 FASTBP_LOAD4_##SUF(g1, gr + p + 4);                                                       \
-                FASTBP_LOAD4_##SUF(x0, r + p);                                                            \
-                FASTBP_LOAD4_##SUF(x1, r + p + 4);                                                        \
-                a0 += g0;                                                                                 \
-                a1 += g1;                                                                                 \
-                b0 += g0 * (x0 - M4);                                                                     \
-                b1 += g1 * (x1 - M4);                                                                     \
+                FASTBP_GRAD_ACC8(SUF);                                                                    \
             }                                                                                             \
         else /* g where m > 0, else +0, selected in REAL before widening (g read unconditionally, so     \
                 the select is a blend, not a branch per element) */                                       \
@@ -113,12 +119,7 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
                 }                                                                                         \
                 FASTBP_LOAD4_##SUF(g0, gm);                                                               \
                 FASTBP_LOAD4_##SUF(g1, gm + 4);                                                           \
-                FASTBP_LOAD4_##SUF(x0, r + p);                                                            \
-                FASTBP_LOAD4_##SUF(x1, r + p + 4);                                                        \
-                a0 += g0;                                                                                 \
-                a1 += g1;                                                                                 \
-                b0 += g0 * (x0 - M4);                                                                     \
-                b1 += g1 * (x1 - M4);                                                                     \
+                FASTBP_GRAD_ACC8(SUF);                                                                    \
             }                                                                                             \
         double a[8], b[8];                                                                                \
         FASTBP_LANES4(a, a0);                                                                             \

@@ -489,19 +489,25 @@ def _spec_eq(s, t, a, b):
 
 # ----------------------------------------------------------------------------------------------------------
 # fusions: rewrites of a finished tape that keep every bit of the eager step
+def _kernel_pairs(tape, first, second):
+    """(j, op j, op j + 1) for each kernel call `first` followed directly by a kernel call `second` of the
+    same backend."""
+    ops = tape.ops
+    for j in range(len(ops) - 1):
+        a, b = ops[j], ops[j + 1]
+        if a[0] == "k" and a[1] == first and b[0] == "k" and b[1] == second and \
+                a[2].__module__.rpartition(".")[0] == b[2].__module__.rpartition(".")[0]:
+            yield j, a, b
+
+
 def _plan_relu_epilogues(tape, escaping):
     """{index of a linear_forward: index of the relu_forward right after it that reads its output}: the
     pair runs as one linear_forward(activation="relu") writing both buffers (neither may be returned)."""
-    ops = tape.ops
     plan = {}
-    for j in range(len(ops) - 1):
-        a, b = ops[j], ops[j + 1]
-        if a[0] != "k" or a[1] != "linear_forward" or b[0] != "k" or b[1] != "relu_forward":
-            continue
+    for j, a, b in _kernel_pairs(tape, "linear_forward", "relu_forward"):
         if a[5][0] != "s" or b[5][0] != "s" or "out" in a[4] or b[4] or len(b[3]) != 1 or b[3][0] != a[5]:
             continue
-        if a[5][1] in escaping or b[5][1] in escaping or \
-                a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:  # one backend
+        if a[5][1] in escaping or b[5][1] in escaping:
             continue
         plan[j] = j + 1
     return plan
@@ -575,16 +581,10 @@ def _plan_bn_relu(tape, escaping, uses):
     """{index of a batch_norm_forward: (index of the relu_forward right after it that reads its output,
     whether the output y is still needed)}: the pair runs as one batch_norm_forward(activation="relu")
     that writes relu(y) (and y only when another op reads it; not fused when the step returns y)."""
-    ops = tape.ops
     plan = {}
-    for j in range(len(ops) - 1):
-        a, b = ops[j], ops[j + 1]
-        if a[0] != "k" or a[1] != "batch_norm_forward" or b[0] != "k" or b[1] != "relu_forward":
-            continue
+    for j, a, b in _kernel_pairs(tape, "batch_norm_forward", "relu_forward"):
         if a[5][0] != "t" or not a[5][1] or a[5][1][0][0] != "s" or b[5][0] != "s" or b[4] or len(b[3]) != 1 or \
                 b[3][0] != a[5][1][0] or "out" in a[4] or "activation" in a[4] or b[5][1] in escaping:
-            continue
-        if a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:  # one backend
             continue
         y = a[5][1][0][1]
         if y in escaping:  # a returned array must not be a buffer the next replay overwrites
@@ -596,16 +596,10 @@ def _plan_bn_relu(tape, escaping, uses):
 def _plan_relu_bn_backward(tape, escaping, uses):
     """{index of a batch_norm_backward: index of the relu_backward right before it whose output is its
     grad_out and is read by nothing else}: the pair runs as one batch_norm_backward(relu_output=...)."""
-    ops = tape.ops
     plan = {}
-    for j in range(len(ops) - 1):
-        a, b = ops[j], ops[j + 1]
-        if a[0] != "k" or a[1] != "relu_backward" or b[0] != "k" or b[1] != "batch_norm_backward":
-            continue
+    for j, a, b in _kernel_pairs(tape, "relu_backward", "batch_norm_backward"):
         if a[5][0] != "s" or a[4] or len(a[3]) != 2 or not b[3] or b[3][0] != a[5] or "relu_output" in b[4] or \
                 "out" in b[4] or a[5][1] in escaping or uses.get(a[5][1], 0) != 1:
-            continue
-        if a[2].__module__.rpartition(".")[0] != b[2].__module__.rpartition(".")[0]:
             continue
         plan[j + 1] = j
     return plan

@@ -108,41 +108,18 @@ def _dropout_samples(rng, dt):
     return cases
 
 
+def _bn_spec(name, forward, backward):
+    return OpSpec(name=name, kernels=("batch_norm_forward", "batch_norm_backward"), forward=forward,
+                  backward=backward, samples=_bn_samples(), diff_inputs=(0, 1, 2))
+
+
 SPECS = [
-    OpSpec(
-        name="batch_norm_train",
-        kernels=("batch_norm_forward", "batch_norm_backward"),
-        forward=_train_forward,
-        backward=_train_backward,
-        samples=_bn_samples(),
-        diff_inputs=(0, 1, 2),
-    ),
-    OpSpec(
-        name="batch_norm_eval",
-        kernels=("batch_norm_forward", "batch_norm_backward"),
-        forward=_eval_forward,
-        backward=_eval_backward,
-        samples=_bn_samples(),
-        diff_inputs=(0, 1, 2),
-    ),
+    _bn_spec("batch_norm_train", _train_forward, _train_backward),
+    _bn_spec("batch_norm_eval", _eval_forward, _eval_backward),
     # a BatchNorm followed by a ReLU as one kernel call each way, as captured steps run it: the forward
     # writes relu(y) in the pass that computes y, the backward applies the ReLU's mask as it reads grad_out
-    OpSpec(
-        name="batch_norm_relu_train",
-        kernels=("batch_norm_forward", "batch_norm_backward"),
-        forward=_relu_train_forward,
-        backward=_relu_train_backward,
-        samples=_bn_samples(),
-        diff_inputs=(0, 1, 2),
-    ),
-    OpSpec(
-        name="batch_norm_relu_eval",
-        kernels=("batch_norm_forward", "batch_norm_backward"),
-        forward=_relu_eval_forward,
-        backward=_relu_eval_backward,
-        samples=_bn_samples(),
-        diff_inputs=(0, 1, 2),
-    ),
+    _bn_spec("batch_norm_relu_train", _relu_train_forward, _relu_train_backward),
+    _bn_spec("batch_norm_relu_eval", _relu_eval_forward, _relu_eval_backward),
     OpSpec(
         name="batch_norm_noaffine",
         kernels=("batch_norm_forward", "batch_norm_backward"),
