@@ -1,12 +1,15 @@
 # Design: batch normalization forward and backward, and dropout's mask-and-scale.
 #
 # Batch norm works on x viewed as a C-contiguous (N, C, L) array: (N, C) input has L = 1, (N, C, L) is
-# itself, (N, C, H, W) has L = H W. One channel is N planes of L values. Every loop is a prange over
-# channels whose body is a single call of a per-channel cdef function (_forward_channel, _backward_channel;
-# their inner loops are in csrc/norm.h), so nothing is assigned in the prange body but the loop index.
-# Each channel's sums run serially in a fixed order (eight double partial sums, see norm.h), so results are
-# bit-identical for any thread count. Statistics are summed in double; y and dx are computed in the input's
-# precision from constants rounded to it.
+# itself, (N, C, H, W) has L = H W. One channel is N planes of L values; plane p = n C + c is contiguous.
+# Sums read the input in memory order: each plane is summed on its own in a fixed order (norm.h; planes of
+# PLANE_MIN values or more, chunks of whole planes per prange iteration) or, for small planes, blocks of
+# channels are summed over the samples; a channel's plane sums are added in sample order. The split depends
+# only on the shape, so results are bit-identical for any thread count. Every prange body is a single call
+# of a cdef function (nothing assigned in it but the loop index). Statistics are summed in double; y and dx
+# are computed in the input's precision from constants rounded to it, elementwise, in memory order. The
+# fused forms (activation="relu", relu_output=) apply relu_forward's / relu_backward's rule in the same
+# passes.
 #
 #   training:  mean, var = batch mean and biased variance per channel; invstd = 1 / sqrt(var + eps)
 #              y = (x - mean) * (weight * invstd) + bias
@@ -84,8 +87,9 @@ cdef inline double _shift_of(double K0) noexcept nogil:
 # Each channel's two sums (statistics: of x - K and (x - K)^2, K the channel's first element; gradient: of g'
 # and g' (x - mean), g' = grad_out masked by the ReLU's output when fused) are the planes' sums added in
 # sample order, a plane's sum being norm.h's (lanes and tree; for planes under 8 values, the values added in
-# order, which is what the lanes give). Planes of PLANE_MIN values or more take the plane path (one plane per
-# prange iteration, partial sums part[2 p], part[2 p + 1] for plane p = n C + c, then added per channel);
+# order, which is what the lanes give). Planes of PLANE_MIN values or more take the plane path (chunks of
+# whole planes per prange iteration, partial sums part[2 p], part[2 p + 1] for plane p = n C + c, then added
+# per channel);
 # smaller planes the row path (blocks of ROW_BLOCK channels per iteration, each block reading its channels
 # sample after sample: contiguous for (N, C) input). Either way the bits do not depend on the threads.
 cdef enum:
@@ -397,12 +401,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
                 raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
     elif running_mean is None:
         raise ValueError(f"{op}: evaluation mode (training=False) needs running_mean and running_var")
+    ins = (x, weight, bias, running_mean, running_var)
     y = None
     if activation is None or out is not None:
-        y = out_array(out, x.shape, x.dtype, f"{op}: out", (x,))
+        y = out_array(out, x.shape, x.dtype, f"{op}: out", ins)
     r = None
     if activation is not None:
-        r = out_array(activation_out, x.shape, x.dtype, f"{op}: activation_out", (x, y))
+        r = out_array(activation_out, x.shape, x.dtype, f"{op}: activation_out", ins + (y,))
     smean = np.empty(g.C, dtype=x.dtype)
     sinvstd = np.empty(g.C, dtype=x.dtype)
     bmean = np.empty(g.C, dtype=np.float64)
@@ -485,10 +490,11 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     if out is not None and (not isinstance(out, tuple) or len(out) != 3):
         raise ValueError(f"{op}: out must be a tuple of three arrays or None (dx, dweight, dbias)")
-    ins = (grad_out, x, relu_output)
+    ins = (grad_out, x, relu_output, weight, save_mean, save_invstd)
     dx = _grad_out(out, 0, x.shape, x.dtype, f"{op}: out[0]", need_input_grad, ins)
-    dw = _grad_out(out, 1, (g.C,), x.dtype, f"{op}: out[1]", need_weight_grad and weight is not None, ins)
-    db = _grad_out(out, 2, (g.C,), x.dtype, f"{op}: out[2]", need_bias_grad and weight is not None, ins)
+    dw = _grad_out(out, 1, (g.C,), x.dtype, f"{op}: out[1]", need_weight_grad and weight is not None, ins + (dx,))
+    db = _grad_out(out, 2, (g.C,), x.dtype, f"{op}: out[2]", need_bias_grad and weight is not None,
+                   ins + (dx, dw))
     if g.N * g.L == 0 or g.C == 0 or (dx is None and dw is None and db is None):
         for a in (dw, db):
             if a is not None:

@@ -87,6 +87,7 @@ class _Recorder:
         self.leaves = {}          # id(tensor) -> (tensor, its data array)
         self.problem = None
         self.nctx = 0             # Functions recorded as a whole (their ctx objects are locals of the replay)
+        self.aliases = {}         # index of a "fwd"/"bwd" op -> specs of the inputs its output shared memory with
 
     # where a value comes from
     def new_slot(self, arr):
@@ -302,6 +303,8 @@ def _apply(cls, *args, **kwargs):
         rec.depth -= 1
     c = rec.nctx
     rec.nctx += 1
+    ins = [a.data if isinstance(a, Tensor) else a for a in list(args) + list(kwargs.values())]
+    _note_aliases(rec, t.data, ins, specs + tuple(kspecs.values()))
     rec.ops.append(("fwd", cls, specs, kspecs, rec.out_spec(t.data), c, needs))
     if t._node is not None:
         t._node.backward = _recorded_backward(rec, cls, c)
@@ -318,9 +321,20 @@ def _recorded_backward(rec, cls, c):
             res = cls.backward(ctx, g)
         finally:
             rec.depth -= 1
+        _note_aliases(rec, res, [g], (gs,))
         rec.ops.append(("bwd", cls, c, gs, rec.out_spec(res)))
         return res
     return backward
+
+
+def _note_aliases(rec, out, ins, specs):
+    """Record, for the op about to be appended, the specs of its inputs that its output shares memory with
+    (a Function's forward may return a view of an input: flatten, reshape, ...; see _escaping)."""
+    outs = [x for x in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(x, np.ndarray)]
+    shared = tuple(sp for a, sp in zip(ins, specs)
+                   if isinstance(a, np.ndarray) and any(np.may_share_memory(o, a) for o in outs))
+    if shared:
+        rec.aliases[len(rec.ops)] = shared
 
 
 def _const(a):
@@ -536,6 +550,24 @@ def _plan_cross_entropy(tape, escaping):
     return plan
 
 
+def _escaping(tape):
+    """Slots whose arrays the step's result may share memory with, so that no kernel writes them into a
+    buffer the next replay overwrites: the returned slots (a returned view names its base), and, through
+    every Function recorded as a whole whose output shared memory with some of its inputs at capture
+    (flatten, reshape, ...: _note_aliases), those inputs when its output escapes (transitively)."""
+    escaping = set()
+    _slots_of(tape.result_spec, escaping)
+    for j in range(len(tape.ops) - 1, -1, -1):
+        op = tape.ops[j]
+        if op[0] in ("fwd", "bwd") and j in tape.aliases:
+            outs = set()
+            _slots_of(op[4], outs)
+            if outs & escaping:
+                for x in tape.aliases[j]:
+                    _slots_of(x, escaping)
+    return escaping
+
+
 def _input_uses(tape):
     """{slot: how many times the ops of the tape read it} (as an argument, a view's base or a gradient)."""
     uses = {}
@@ -555,8 +587,10 @@ def _input_uses(tape):
         elif isinstance(v, dict):
             for x in v.values():
                 count_py(x)
-        elif id(v) in by_id:
-            uses[by_id[id(v)]] = uses.get(by_id[id(v)], 0) + 1
+        else:
+            arr = getattr(v, "data", None) if isinstance(v, Tensor) else v  # a Tensor argument reads its data
+            if id(arr) in by_id:
+                uses[by_id[id(arr)]] = uses.get(by_id[id(arr)], 0) + 1
 
     for op in tape.ops:
         if op[0] == "py":
@@ -610,6 +644,7 @@ class _Tape:
 
     def __init__(self, rec, input_slots, result_spec):
         self.ops = rec.ops
+        self.aliases = rec.aliases
         self.input_slots = input_slots
         self.result_spec = result_spec
         self.leaves = list(rec.leaves.values())
@@ -631,8 +666,7 @@ class _Tape:
         ns = {"_Stale": _Stale, "_view": _view}
         lines = []
         counter = [0]
-        escaping = set()
-        _slots_of(self.result_spec, escaping)
+        escaping = _escaping(self)
         fixed = {}   # slot -> name of its buffer
         uses = _input_uses(self)
         epilogues = _plan_relu_epilogues(self, escaping) if fuse else {}

@@ -643,6 +643,39 @@ def test_batchnorm_relu_fused_when_y_is_read(backend, returned):
         assert np.array_equal(x, y)
 
 
+@pytest.mark.parametrize("returned", ["bn_flat", "relu_flat", "logits_flat"])
+def test_returned_views_of_kernel_outputs_are_never_replay_buffers(returned):
+    """A step returns a view (flatten: a Function recorded as a whole) of an array a kernel writes: the
+    BatchNorm's output (which a fused forward would write into a buffer), the ReLU's, or the Linear's. The
+    returned arrays, kept without copying, must match eager and never share memory with one another."""
+    rng = np.random.default_rng(0)
+    data = [(fastbp.tensor(rng.standard_normal((6, 3, 5, 5))), fastbp.tensor(rng.integers(0, 4, 6)))
+            for _ in range(4)]
+    results = []
+    for compiled in (False, True):
+        fastbp.manual_seed(0)
+        bn, lin = nn.BatchNorm2d(3).double(), nn.Linear(75, 4).double()
+        opt = optim.SGD(list(bn.parameters()) + list(lin.parameters()), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            z = bn(x)
+            r = z.relu()
+            logits = lin(r.flatten(1))
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            return loss, {"bn_flat": z, "relu_flat": r, "logits_flat": logits}[returned].flatten(0)
+        run = fastbp.compile(step) if compiled else step
+        outs = [run(*data[i % 4])[1].data for i in range(5)]
+        if compiled:
+            assert_replayed(run)
+            assert not any(np.shares_memory(a, b) for i, a in enumerate(outs) for b in outs[i + 1:])
+        results.append(outs)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("options", [dict(), dict(reduction="sum"), dict(label_smoothing=0.1),
                                      dict(weight="w"), dict(reduction="none")])
 def test_cross_entropy_pair_fused(options):
