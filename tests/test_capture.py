@@ -610,6 +610,13 @@ def test_batchnorm_relu_fused_same_bits(opt, hw, dtype):
     assert_replayed(cap[3])
 
 
+def bn_linear():
+    """BatchNorm2d(3) and Linear(75, 4) in float64 with one SGD-momentum optimizer, seeded."""
+    fastbp.manual_seed(0)
+    bn, lin = nn.BatchNorm2d(3).double(), nn.Linear(75, 4).double()
+    return bn, lin, optim.SGD(list(bn.parameters()) + list(lin.parameters()), lr=0.1, momentum=0.9)
+
+
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 @pytest.mark.parametrize("returned", [False, True])
 def test_batchnorm_relu_fused_when_y_is_read(backend, returned):
@@ -620,9 +627,7 @@ def test_batchnorm_relu_fused_when_y_is_read(backend, returned):
     results = []
     with fastbp.backend(backend):
         for compiled in (False, True):
-            fastbp.manual_seed(0)
-            bn, lin = nn.BatchNorm2d(3).double(), nn.Linear(75, 4).double()
-            opt = optim.SGD(list(bn.parameters()) + list(lin.parameters()), lr=0.1, momentum=0.9)
+            bn, lin, opt = bn_linear()
 
             def step(x, y):
                 opt.zero_grad()
@@ -653,9 +658,7 @@ def test_returned_views_of_kernel_outputs_are_never_replay_buffers(returned):
             for _ in range(4)]
     results = []
     for compiled in (False, True):
-        fastbp.manual_seed(0)
-        bn, lin = nn.BatchNorm2d(3).double(), nn.Linear(75, 4).double()
-        opt = optim.SGD(list(bn.parameters()) + list(lin.parameters()), lr=0.1, momentum=0.9)
+        bn, lin, opt = bn_linear()
 
         def step(x, y):
             opt.zero_grad()
