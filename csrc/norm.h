@@ -16,7 +16,6 @@
 #include "fastbp_clones.h"
 
 typedef double fastbp_v4d __attribute__((vector_size(32)));
-typedef long long fastbp_v4l __attribute__((vector_size(32)));
 typedef float fastbp_v4f __attribute__((vector_size(16)));
 
 /* dst = four consecutive values at p (any alignment) as doubles (macros, not functions: a function returning
@@ -192,26 +191,26 @@ typedef float fastbp_v4f __attribute__((vector_size(16)));
    call, so that one call covers about a few thousand values whatever L is (one call per plane cost 50% on
    7x7 planes). The per-plane functions above are inlined into each instruction-set clone. */
 #define FASTBP_NORM_RANGES(SUF, REAL)                                                                         \
-    /* part[2 p], part[2 p + 1]: plane p's sums of x - K and (x - K)^2, K = the channel's first element  \
-       (0 when it is inf or NaN: x - K would be NaN everywhere) */                                        \
+    /* part[2 p], part[2 p + 1]: plane p's sums of x - K[c] and (x - K[c])^2 (K: the channels' shifts,    \
+       norm.pyx) */                                                                                       \
     FASTBP_CLONES static void bn_planes_stats_##SUF(const REAL* restrict x, ptrdiff_t p0, ptrdiff_t p1,   \
-                                                    ptrdiff_t C, ptrdiff_t L, double* restrict part)      \
+                                                    ptrdiff_t C, ptrdiff_t L, const double* restrict K,   \
+                                                    double* restrict part)                                \
     {                                                                                                     \
-        for (ptrdiff_t p = p0; p < p1; p++) {                                                             \
-            const double K0 = (double)x[(p % C) * L];                                                     \
-            bn_plane_stats_##SUF(x + p * L, L, K0 - K0 == 0 ? K0 : 0.0, part + 2 * p);                   \
-        }                                                                                                 \
+        for (ptrdiff_t p = p0; p < p1; p++)                                                               \
+            bn_plane_stats_##SUF(x + p * L, L, K[p % C], part + 2 * p);                                   \
     }                                                                                                     \
                                                                                                           \
     /* part[2 p], part[2 p + 1]: plane p's sums of g' and g' (x - mean[c]) (g' = g, masked by mk) */      \
     FASTBP_CLONES static void bn_planes_grad_sums_##SUF(const REAL* restrict g, const REAL* restrict x,   \
                                                         const REAL* restrict mk, ptrdiff_t p0,            \
                                                         ptrdiff_t p1, ptrdiff_t C, ptrdiff_t L,           \
-                                                        const REAL* restrict mean, double* restrict part) \
+                                                        const double* restrict mean,                      \
+                                                        double* restrict part)                            \
     {                                                                                                     \
         for (ptrdiff_t p = p0; p < p1; p++)                                                               \
-            bn_plane_grad_sums_##SUF(g + p * L, x + p * L, mk ? mk + p * L : NULL, L,                     \
-                                     (double)mean[p % C], part + 2 * p);                                  \
+            bn_plane_grad_sums_##SUF(g + p * L, x + p * L, mk ? mk + p * L : NULL, L, mean[p % C],        \
+                                     part + 2 * p);                                                       \
     }                                                                                                     \
                                                                                                           \
     /* y (when not NULL) and relu(y) (when r is not NULL) of planes p0 .. p1 - 1: coef[c] is the channel's \

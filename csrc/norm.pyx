@@ -39,11 +39,12 @@ bind_threading()
 
 
 cdef extern from "norm.h" nogil:
-    void bn_planes_stats_f(const float* x, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L, double* part)
+    void bn_planes_stats_f(const float* x, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L,
+                           const double* K, double* part)
     void bn_planes_stats_d(const double* x, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C, Py_ssize_t L,
-                           double* part)
+                           const double* K, double* part)
     void bn_planes_grad_sums_f(const float* g, const float* x, const float* mk, Py_ssize_t p0, Py_ssize_t p1,
-                               Py_ssize_t C, Py_ssize_t L, const float* mean, double* part)
+                               Py_ssize_t C, Py_ssize_t L, const double* mean, double* part)
     void bn_planes_grad_sums_d(const double* g, const double* x, const double* mk, Py_ssize_t p0, Py_ssize_t p1,
                                Py_ssize_t C, Py_ssize_t L, const double* mean, double* part)
     void bn_planes_apply_f(const float* x, float* y, float* r, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t C,
@@ -84,8 +85,9 @@ cdef inline double _shift_of(double K0) noexcept nogil:
 
 
 # ----- batch normalization: the sums ------------------------------------------------------------------------
-# Each channel's two sums (statistics: of x - K and (x - K)^2, K the channel's first element; gradient: of g'
-# and g' (x - mean), g' = grad_out masked by the ReLU's output when fused) are the planes' sums added in
+# Each channel's two sums (statistics: of x - K and (x - K)^2, K the channel's shift, _shift_of its first
+# element; gradient: of g' and g' (x - mean), g' = grad_out masked by the ReLU's output when fused) are the
+# planes' sums added in
 # sample order, a plane's sum being norm.h's (lanes and tree; for planes under 8 values, the values added in
 # order, which is what the lanes give). Planes of PLANE_MIN values or more take the plane path (chunks of
 # whole planes per prange iteration, partial sums part[2 p], part[2 p + 1] for plane p = n C + c, then added
@@ -101,34 +103,32 @@ cdef inline void _chunk(const BNGeom* g, Py_ssize_t k, Py_ssize_t* p0, Py_ssize_
     p1[0] = p0[0] + g.pch if p0[0] + g.pch < g.N * g.C else g.N * g.C
 
 
-cdef void _sums_chunk(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+cdef void _sums_chunk(const real* a, const real* x, const real* mk, const BNGeom* g, const double* ref,
                       Py_ssize_t k, double* part, bint grads) noexcept nogil:
     cdef Py_ssize_t p0, p1
     _chunk(g, k, &p0, &p1)
     if real is float:
         if grads:
-            bn_planes_grad_sums_f(a, x, mk, p0, p1, g.C, g.L, smean, part)
+            bn_planes_grad_sums_f(a, x, mk, p0, p1, g.C, g.L, ref, part)
         else:
-            bn_planes_stats_f(a, p0, p1, g.C, g.L, part)
+            bn_planes_stats_f(a, p0, p1, g.C, g.L, ref, part)
     else:
         if grads:
-            bn_planes_grad_sums_d(a, x, mk, p0, p1, g.C, g.L, smean, part)
+            bn_planes_grad_sums_d(a, x, mk, p0, p1, g.C, g.L, ref, part)
         else:
-            bn_planes_stats_d(a, p0, p1, g.C, g.L, part)
+            bn_planes_stats_d(a, p0, p1, g.C, g.L, ref, part)
 
 
-cdef void _sums_block(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+cdef void _sums_block(const real* a, const real* x, const real* mk, const BNGeom* g, const double* ref,
                       Py_ssize_t blk, double* tot, bint grads) noexcept nogil:
     """Row path: channels blk ROW_BLOCK .. (blk + 1) ROW_BLOCK - 1 (clipped to C); tot[2 c], tot[2 c + 1]."""
     cdef Py_ssize_t c0 = blk * ROW_BLOCK, c1 = c0 + ROW_BLOCK, n, c, l, i
-    cdef double ref[ROW_BLOCK]
     cdef double s1[ROW_BLOCK]
     cdef double s2[ROW_BLOCK]
     cdef double d, v, p1, p2
     if c1 > g.C:
         c1 = g.C
     for c in range(c0, c1):
-        ref[c - c0] = smean[c] if grads else _shift_of(<double>a[c * g.L])
         s1[c - c0] = 0
         s2[c - c0] = 0
     if g.L == 1:  # a plane's sum is its value (0 + v = v for the sums here: they are never -0)
@@ -139,48 +139,50 @@ cdef void _sums_block(const real* a, const real* x, const real* mk, const BNGeom
                     v = <double>a[i]
                     v = v if mk[i] > 0 else 0
                     s1[c - c0] = s1[c - c0] + v
-                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c - c0])
+                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c])
             elif grads:
                 for c in range(c0, c1):
                     i = n * g.C + c
                     v = <double>a[i]
                     s1[c - c0] = s1[c - c0] + v
-                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c - c0])
+                    s2[c - c0] = s2[c - c0] + v * (<double>x[i] - ref[c])
             else:
                 for c in range(c0, c1):
-                    d = <double>a[n * g.C + c] - ref[c - c0]
+                    d = <double>a[n * g.C + c] - ref[c]
                     s1[c - c0] = s1[c - c0] + d
                     s2[c - c0] = s2[c - c0] + d * d
-    for n in range(g.N if g.L > 1 else 0):
-        for c in range(c0, c1):
-            p1 = 0
-            p2 = 0
-            for l in range(g.L):
-                i = (n * g.C + c) * g.L + l
-                if grads:
-                    v = <double>(a[i] if mk == NULL or mk[i] > 0 else 0)
-                    p1 = p1 + v
-                    p2 = p2 + v * (<double>x[i] - ref[c - c0])
-                else:
-                    d = <double>a[i] - ref[c - c0]
-                    p1 = p1 + d
-                    p2 = p2 + d * d
-            s1[c - c0] = s1[c - c0] + p1
-            s2[c - c0] = s2[c - c0] + p2
+    else:
+        for n in range(g.N):
+            for c in range(c0, c1):
+                p1 = 0
+                p2 = 0
+                for l in range(g.L):
+                    i = (n * g.C + c) * g.L + l
+                    if grads:
+                        v = <double>(a[i] if mk == NULL or mk[i] > 0 else 0)
+                        p1 = p1 + v
+                        p2 = p2 + v * (<double>x[i] - ref[c])
+                    else:
+                        d = <double>a[i] - ref[c]
+                        p1 = p1 + d
+                        p2 = p2 + d * d
+                s1[c - c0] = s1[c - c0] + p1
+                s2[c - c0] = s2[c - c0] + p2
     for c in range(c0, c1):
         tot[2 * c] = s1[c - c0]
         tot[2 * c + 1] = s2[c - c0]
 
 
-cdef void _channel_totals(const real* a, const real* x, const real* mk, const BNGeom* g, const real* smean,
+cdef void _channel_totals(const real* a, const real* x, const real* mk, const BNGeom* g, const double* ref,
                           double* part, double* tot, bint grads, int nt) noexcept nogil:
-    """Every channel's two sums into tot[2 c], tot[2 c + 1]: the statistics' (grads false; a is x) or the
-    gradient's (grads; a is grad_out, masked by mk when not NULL)."""
+    """Every channel's two sums into tot[2 c], tot[2 c + 1]: the statistics' (grads false; a is x, ref[c] the
+    channel's shift K) or the gradient's (grads; a is grad_out, masked by mk when not NULL; ref[c] the
+    channel's mean, in double)."""
     cdef Py_ssize_t k, n, c, blk
     cdef double u, v
     if g.L >= PLANE_MIN:
         for k in prange(g.nch, schedule="static", num_threads=nt):
-            _sums_chunk(a, x, mk, g, smean, k, part, grads)
+            _sums_chunk(a, x, mk, g, ref, k, part, grads)
         for c in range(g.C):
             u = 0
             v = 0
@@ -191,7 +193,7 @@ cdef void _channel_totals(const real* a, const real* x, const real* mk, const BN
             tot[2 * c + 1] = v
     else:
         for blk in prange((g.C + ROW_BLOCK - 1) // ROW_BLOCK, schedule="static", num_threads=nt):
-            _sums_block(a, x, mk, g, smean, blk, tot, grads)
+            _sums_block(a, x, mk, g, ref, blk, tot, grads)
 
 
 # ----- batch normalization: the elementwise passes ----------------------------------------------------------
@@ -269,19 +271,20 @@ cdef void _grad_apply_row(const real* gy, const real* x, const real* mk, real* d
 
 cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real* w, const real* b, real* smean,
                    real* sinvstd, double* bmean, double* bvar, bint training, double eps, double* part,
-                   double* tot, real* coef) noexcept nogil:
+                   double* tot, double* ref, real* coef) noexcept nogil:
     cdef Py_ssize_t c, k, n
     cdef int nt = threads_for(g.N * g.C * g.L)
-    cdef double s1, s2, cnt = <double>(g.N * g.L), m1, v, K
+    cdef double s1, s2, cnt = <double>(g.N * g.L), m1, v
     if training:
-        _channel_totals(x, NULL, NULL, g, NULL, part, tot, False, nt)
+        for c in range(g.C):
+            ref[c] = _shift_of(<double>x[c * g.L])
+        _channel_totals(x, NULL, NULL, g, ref, part, tot, False, nt)
         for c in range(g.C):
             s1 = tot[2 * c]
             s2 = tot[2 * c + 1]
-            K = _shift_of(<double>x[c * g.L])
             m1 = s1 / cnt
             v = s2 / cnt - m1 * m1
-            bmean[c] = K + m1
+            bmean[c] = ref[c] + m1
             bvar[c] = 0 if v < 0 else v  # NaN passes through
             smean[c] = <real>bmean[c]
             sinvstd[c] = <real>(1.0 / sqrt(bvar[c] + eps))
@@ -298,13 +301,15 @@ cdef void _forward(const real* x, real* y, real* r, const BNGeom* g, const real*
 
 cdef void _backward(const real* gy, const real* x, const real* mk, real* dx, const BNGeom* g, const real* w,
                     const real* smean, const real* sinvstd, real* dw, real* db, bint training, double* part,
-                    double* tot, real* coef) noexcept nogil:
+                    double* tot, double* ref, real* coef) noexcept nogil:
     cdef Py_ssize_t c, k, n
     cdef int nt = threads_for(g.N * g.C * g.L)
     cdef double sg = 0, sgx = 0, invstd, A, cnt = <double>(g.N * g.L)
     cdef bint sums = training or dw != NULL or db != NULL
     if sums:
-        _channel_totals(gy, x, mk, g, smean, part, tot, True, nt)
+        for c in range(g.C):
+            ref[c] = <double>smean[c]
+        _channel_totals(gy, x, mk, g, ref, part, tot, True, nt)
     for c in range(g.C):
         if sums:
             sg = tot[2 * c]
@@ -419,7 +424,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     if n == 0 or g.C == 0:
         return result
     part = np.empty(2 * g.N * g.C if training and g.L >= PLANE_MIN else 0, dtype=np.float64)
-    tot = np.empty(2 * g.C, dtype=np.float64)
+    tot = np.empty(3 * g.C, dtype=np.float64)  # the channels' two sums, then their shifts (ref)
     coef = np.empty(2 * g.C, dtype=x.dtype)
     cdef void* px = _ptr(x)
     cdef void* py = _optr(y)
@@ -438,11 +443,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     if x.dtype == np.float32:
         with nogil:
             _forward[float](<float*>px, <float*>py, <float*>pr, &g, <float*>pw, <float*>pb, <float*>pm,
-                            <float*>ps, pbm, pbv, tr, e, ppart, ptot, <float*>pcoef)
+                            <float*>ps, pbm, pbv, tr, e, ppart, ptot, ptot + 2 * g.C, <float*>pcoef)
     else:
         with nogil:
             _forward[double](<double*>px, <double*>py, <double*>pr, &g, <double*>pw, <double*>pb, <double*>pm,
-                             <double*>ps, pbm, pbv, tr, e, ppart, ptot, <double*>pcoef)
+                             <double*>ps, pbm, pbv, tr, e, ppart, ptot, ptot + 2 * g.C, <double*>pcoef)
     if training and running_mean is not None:
         running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * bmean
         unbiased = bvar * (<double>n / <double>(n - 1))
@@ -501,7 +506,7 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
                 a[...] = 0
         return dx, dw, db
     part = np.empty(2 * g.N * g.C if g.L >= PLANE_MIN else 0, dtype=np.float64)
-    tot = np.empty(2 * g.C, dtype=np.float64)
+    tot = np.empty(3 * g.C, dtype=np.float64)  # the channels' two sums, then their means in double (ref)
     coef = np.empty(3 * g.C, dtype=x.dtype)
     cdef void* pg = _ptr(grad_out)
     cdef void* px = _ptr(x)
@@ -518,11 +523,13 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, n
     if x.dtype == np.float32:
         with nogil:
             _backward[float](<float*>pg, <float*>px, <float*>pmk, <float*>pdx, &g, <float*>pw, <float*>pm,
-                             <float*>ps, <float*>pdw, <float*>pdb, tr, ppart, ptot, <float*>pcoef)
+                             <float*>ps, <float*>pdw, <float*>pdb, tr, ppart, ptot, ptot + 2 * g.C,
+                             <float*>pcoef)
     else:
         with nogil:
             _backward[double](<double*>pg, <double*>px, <double*>pmk, <double*>pdx, &g, <double*>pw,
-                              <double*>pm, <double*>ps, <double*>pdw, <double*>pdb, tr, ppart, ptot, <double*>pcoef)
+                              <double*>pm, <double*>ps, <double*>pdw, <double*>pdb, tr, ppart, ptot,
+                              ptot + 2 * g.C, <double*>pcoef)
     return dx, dw, db
 
 
