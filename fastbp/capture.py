@@ -578,7 +578,7 @@ def _input_uses(tape):
         for slot in acc:
             uses[slot] = uses.get(slot, 0) + 1
 
-    by_id = {id(obj): slot for slot, obj in _slot_items(tape.slot_objs)}
+    by_id = {id(obj): slot for slot, obj in enumerate(tape.slot_objs)}
 
     def count_py(v):  # an opaque call's arguments are the captured objects themselves
         if isinstance(v, (tuple, list)):
@@ -605,10 +605,6 @@ def _input_uses(tape):
         else:
             count(op[2])
     return uses
-
-
-def _slot_items(slot_objs):
-    return slot_objs.items() if isinstance(slot_objs, dict) else enumerate(slot_objs)
 
 
 def _plan_bn_relu(tape, escaping, uses):
@@ -715,6 +711,10 @@ class _Tape:
                     if x[0] != "x":
                         bind(f"{target}[{j}]", x)
 
+        def bind_after_first(target, out):  # a result tuple's items after the first, which a buffer holds
+            for i, x in enumerate(out[1][1:], 1):
+                bind(f"{target}[{i}]", x)
+
         params = ", ".join(f"s{i}" for i in self.input_slots)
         guards = [f"{const(t)}.data is not {const(arr)}" for t, arr in self.leaves]
         if guards:
@@ -762,19 +762,14 @@ class _Tape:
                     fixed[y_slot] = const(slot_objs[y_slot])
                     call += f", out={fixed[y_slot]}"
                 lines.append(f"    t = {const(fn)}({call}, activation='relu', activation_out={fixed[r_out[1]]})")
-                for i, x in enumerate(out[1][1:], 1):
-                    if x[0] != "x":
-                        bind(f"t[{i}]", x)
+                bind_after_first("t", out)
                 continue
-            if j in relu_bn:  # relu_backward + batch_norm_backward as one kernel call
-                _, name, fn, a, k, out = op
-                rb = self.ops[relu_bn[j]]
-                a = (rb[3][0],) + tuple(a[1:])
-                k = dict(k, relu_output=rb[3][1])
             if op[0] == "k":
-                _, name, fn, _a, _k, out = op
-                if j not in relu_bn:
-                    a, k = _a, _k
+                _, name, fn, a, k, out = op
+                if j in relu_bn:  # relu_backward + batch_norm_backward as one kernel call
+                    rb = self.ops[relu_bn[j]]
+                    a = (rb[3][0],) + tuple(a[1:])
+                    k = dict(k, relu_output=rb[3][1])
                 call = ", ".join([expr(x) for x in a] + [f"{key}={expr(x)}" for key, x in k.items()])
                 form = _OUT_KERNELS.get(name)
                 outs = set()
@@ -785,9 +780,7 @@ class _Tape:
                         y_slot = out[1][0][1]
                         fixed[y_slot] = const(slot_objs[y_slot])
                         lines.append(f"    t = {const(fn)}({call}, out={fixed[y_slot]})")
-                        for i, x in enumerate(out[1][1:], 1):
-                            if x[0] != "x":
-                                bind(f"t[{i}]", x)
+                        bind_after_first("t", out)
                         continue
                     if form == "tuple" and out[0] == "t" or form == "single" and out[0] == "s":
                         for x in (out[1] if out[0] == "t" else (out,)):
