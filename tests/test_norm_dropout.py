@@ -259,12 +259,12 @@ def test_relu_inplace_accepted_and_identity_and_adaptive_pool():
         F.adaptive_avg_pool2d(tensor(z), 4)
 
 
-@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5), (3, 2, 4, 4), (2, 40, 3, 3)])
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5), (3, 2, 4, 4), (2, 40, 3, 3), (3, 40, 2, 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_relu_fused_forms_give_the_separate_kernels_bits(shape, dtype):
     """activation="relu" writes relu_forward(y)'s bits (and y when out= is given); relu_output= gives
     batch_norm_backward(relu_backward(g, r))'s bits, with NaN, inf and exact zeros in play: row path
-    (planes under 8 values, 40 channels: two channel blocks) and plane path, both modes."""
+    (planes under 8 values; (3, 40, 2, 2): two blocks of channels) and plane path, both modes."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(dtype)
     x.flat[::7] = 0

@@ -83,17 +83,20 @@ def test_every_kernel_module_uses_the_process_wide_thread_settings():
 
 
 @TWO_THREADS
+@pytest.mark.parametrize("shape", [(8, 16, 48, 48), (4096, 80), (2000, 40, 4)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_large_batch_norm_relu_above_threshold_matches_reference_and_one_thread(restore_threads, dtype):
-    """BatchNorm (plane path) and its fused ReLU forms above the real parallel threshold: 2 threads give the
-    same bits as 1 and the reference's values."""
+def test_large_batch_norm_relu_above_threshold_matches_reference_and_one_thread(restore_threads, dtype, shape):
+    """BatchNorm and its fused ReLU forms above the real parallel threshold (294,912 / 327,680 / 320,000
+    elements): the plane path, and the row path (planes under 8 values) with 3 and 2 blocks of channels for
+    the threads. 2 threads give the same bits as 1 and the reference's values."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((8, 16, 48, 48)).astype(dtype) + dtype(3)  # 294,912 elements
+    x = rng.standard_normal(shape).astype(dtype) + dtype(3)
     g = rng.standard_normal(x.shape).astype(dtype)
-    w, b = (1 + 0.3 * rng.standard_normal(16)).astype(dtype), rng.standard_normal(16).astype(dtype)
+    c = shape[1]
+    w, b = (1 + 0.3 * rng.standard_normal(c)).astype(dtype), rng.standard_normal(c).astype(dtype)
 
     def run(B):
-        rm, rv = np.zeros(16, dtype), np.ones(16, dtype)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
         y, mean, invstd, r = B.batch_norm_forward(x, w, b, rm, rv, True, out=np.empty_like(x), activation="relu")
         return [y, mean, invstd, r, rm, rv, *B.batch_norm_backward(g, x, w, mean, invstd, True),
                 *B.batch_norm_backward(g, x, w, mean, invstd, True, relu_output=r)]

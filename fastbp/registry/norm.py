@@ -3,11 +3,12 @@
 batch_norm_train returns (y, save_mean, save_invstd, running_mean, running_var) from copies of the running
 statistics, so the forward test compares the in-place running-stat update too; its gradients are those of
 y with respect to x, weight and bias through the batch statistics. batch_norm_eval uses the running
-statistics (constants). batch_norm_noaffine has no weight or bias. batch_norm_relu_train / _eval are relu(batch_norm(x)) through the fused
-forms (activation="relu" forward, relu_output= backward) that captured steps use. Samples: (N, C), (N, C, L) and
-(N, C, H, W) shapes, odd sizes, a batch of 2, non-contiguous inputs, a mean far from zero, and one input
-above PARALLEL_MIN elements (the OpenMP branch). Dropout's mask is fixed in the sample (as the Python layer
-draws it) and shaped like the input or like its leading (N, C) dimensions (channel-wise)."""
+statistics (constants). batch_norm_noaffine has no weight or bias. batch_norm_relu_train / _eval are
+relu(batch_norm(x)) through the fused forms (activation="relu" forward, relu_output= backward) that captured
+steps use. Samples: (N, C), (N, C, L) and (N, C, H, W) shapes, odd sizes, a batch of 2, non-contiguous
+inputs, a mean far from zero, and one input above PARALLEL_MIN elements (the OpenMP branch). Dropout's mask
+is fixed in the sample (as the Python layer draws it) and shaped like the input or like its leading (N, C)
+dimensions (channel-wise)."""
 import numpy as np
 
 from . import Case, OpSpec, noncontig, randn
